@@ -1,0 +1,3 @@
+/** The activities a worker registers: control ones on the CPU queue, training on GPU queues. */
+export { createControlActivities } from './control.js';
+export { createTrainingActivities } from './run-stage-job.js';

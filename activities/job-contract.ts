@@ -1,0 +1,72 @@
+/**
+ * The TypeScript side of the job contract (jobs/CONTRACT.md, version 1): the config a job reads,
+ * the events it writes, and what its exit code means.
+ */
+import { z } from 'zod';
+import type { DatasetFormat, Finetuning, Hyper, StageKind } from '../spec/schema.js';
+
+export const JOB_CONTRACT_VERSION = 1;
+/** File descriptor on which jobs write JSON-lines events. */
+export const EVENTS_FD = 3;
+
+export interface JobConfig {
+  contract: typeof JOB_CONTRACT_VERSION;
+  kind: StageKind;
+  run_id: string;
+  stage_id: string;
+  output_dir: string;
+  checkpoint_dir: string;
+  resume_from: string | null;
+  /** Model stacks: a full model directory, then adapters to merge in order. */
+  inputs: Record<string, string[]>;
+  datasets: { train: string | null; eval: string | null };
+  dataset_format: DatasetFormat | null;
+  finetuning: Finetuning;
+  hyper: Hyper;
+  params: Record<string, unknown>;
+}
+
+const Metrics = z.record(z.string(), z.number().nullable());
+
+export const JobEvent = z.discriminatedUnion('event', [
+  z.object({ event: z.literal('started'), total_steps: z.number().int().nonnegative().nullable().optional(), resumed_from_step: z.number().int().nullable().optional(), device: z.string().optional() }),
+  z.object({ event: z.literal('progress'), step: z.number().int().nonnegative(), total_steps: z.number().int().nonnegative().nullable().optional(), loss: z.number().nullable().optional(), metrics: Metrics.optional() }),
+  z.object({ event: z.literal('checkpoint'), step: z.number().int().nonnegative(), path: z.string().min(1) }),
+  z.object({ event: z.literal('metrics'), metrics: Metrics, step: z.number().int().optional() }),
+  z.object({ event: z.literal('done'), metrics: Metrics.optional() }),
+  z.object({
+    event: z.literal('error'),
+    category: z.enum(['config', 'data', 'unsupported', 'runtime']),
+    message: z.string(),
+    file: z.string().optional(),
+    line: z.number().int().optional(),
+    field: z.string().optional(),
+  }),
+]);
+export type JobEvent = z.infer<typeof JobEvent>;
+
+/** Parses one line; undefined for blank lines, an Error for anything that breaks the contract. */
+export function parseJobEvent(line: string): JobEvent | Error | undefined {
+  if (line.trim() === '') return undefined;
+  let raw: unknown;
+  try {
+    raw = JSON.parse(line);
+  } catch {
+    return new Error(`job wrote a line that is not JSON on the events channel: ${line.slice(0, 200)}`);
+  }
+  const parsed = JobEvent.safeParse(raw);
+  return parsed.success ? parsed.data : new Error(`job event does not follow the contract: ${parsed.error.issues[0]?.message ?? ''}: ${line.slice(0, 200)}`);
+}
+
+export const EXIT = { ok: 0, config: 2, data: 3, unsupported: 4 } as const;
+
+export type ExitClass = 'ok' | 'config' | 'data' | 'unsupported' | 'crash';
+
+/** Config, data and unsupported are the user's to fix: never retried. Everything else is. */
+export function classifyExit(exitCode: number | undefined, sawDone: boolean): ExitClass {
+  if (exitCode === EXIT.ok) return sawDone ? 'ok' : 'crash';
+  if (exitCode === EXIT.config) return 'config';
+  if (exitCode === EXIT.data) return 'data';
+  if (exitCode === EXIT.unsupported) return 'unsupported';
+  return 'crash';
+}

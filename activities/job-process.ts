@@ -1,0 +1,131 @@
+/**
+ * Runs one job process: argv array, its own process group, events read from fd 3, logs to a file.
+ * The process is raced against cancellation and a stall timer; whatever stops it, the whole
+ * process tree is terminated (TERM, then KILL after a grace period) and the reason is recorded.
+ */
+import { createWriteStream } from 'node:fs';
+import { createInterface } from 'node:readline';
+import type { Readable } from 'node:stream';
+import { execa } from 'execa';
+import { EVENTS_FD, parseJobEvent, type JobEvent } from './job-contract.js';
+
+export interface JobProcessOptions {
+  /** Command and arguments; never a shell string. */
+  argv: readonly [string, ...string[]];
+  cwd: string;
+  /** Extra environment (merged over the worker's, minus secrets: see `jobEnvironment`). */
+  env: Record<string, string>;
+  /** Append-only log of the job's stdout and stderr. */
+  logFile: string;
+  /** Called for every contract event, in order. */
+  onEvent: (event: JobEvent) => void;
+  /** Kill the job when no event arrives for this long. */
+  stallMs: number;
+  /** Aborts the job (activity cancellation, worker shutdown). */
+  signal: AbortSignal;
+  /** Time between TERM and KILL. Default 10 s. */
+  killGraceMs?: number;
+}
+
+export type StopReason = 'exited' | 'cancelled' | 'stalled';
+
+export interface JobProcessResult {
+  exitCode: number | undefined;
+  /** Set when the process ended by a signal. */
+  exitSignal: string | undefined;
+  reason: StopReason;
+  /** Events that broke the contract (not JSON, unknown shape). */
+  contractViolations: string[];
+  pid: number | undefined;
+}
+
+/** Variables a job never inherits: credentials belong to the worker, not to user code. */
+const SECRET_ENV = /^(REFINERY_S3_|AWS_|MINIO_|TEMPORAL_TLS|REFINERY_CODEC_KEY)/;
+
+export function jobEnvironment(base: NodeJS.ProcessEnv, extra: Record<string, string>): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(base)) if (v !== undefined && !SECRET_ENV.test(k)) env[k] = v;
+  return { ...env, ...extra, REFINERY_EVENTS_FD: String(EVENTS_FD), PYTHONUNBUFFERED: '1' };
+}
+
+export async function runJobProcess(options: JobProcessOptions): Promise<JobProcessResult> {
+  const { argv, signal } = options;
+  const killGraceMs = options.killGraceMs ?? 10_000;
+  const log = createWriteStream(options.logFile, { flags: 'a' });
+  const contractViolations: string[] = [];
+  let reason: StopReason = 'exited';
+
+  const child = execa(argv[0], argv.slice(1), {
+    cwd: options.cwd,
+    env: jobEnvironment(process.env, options.env),
+    extendEnv: false,
+    detached: true, // own process group: we kill the whole tree, not just the leader
+    stdin: 'ignore',
+    stdout: 'pipe',
+    stderr: 'pipe',
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    reject: false,
+    buffer: false,
+    cleanup: true,
+  });
+  child.stdout?.pipe(log, { end: false });
+  child.stderr?.pipe(log, { end: false });
+
+  let stallTimer: NodeJS.Timeout | undefined;
+  const armStall = () => {
+    clearTimeout(stallTimer);
+    stallTimer = setTimeout(() => stop('stalled'), options.stallMs);
+  };
+
+  let killTimer: NodeJS.Timeout | undefined;
+  const stop = (why: StopReason) => {
+    if (reason !== 'exited') return;
+    reason = why;
+    killGroup(child.pid, 'SIGTERM');
+    killTimer = setTimeout(() => killGroup(child.pid, 'SIGKILL'), killGraceMs);
+  };
+  const onAbort = () => stop('cancelled');
+  if (signal.aborted) onAbort();
+  else signal.addEventListener('abort', onAbort, { once: true });
+
+  const eventsStream = child.stdio[EVENTS_FD] as Readable | undefined;
+  const eventsDone = (async () => {
+    if (!eventsStream) return;
+    for await (const line of createInterface({ input: eventsStream, crlfDelay: Infinity })) {
+      const event = parseJobEvent(line);
+      if (event === undefined) continue;
+      if (event instanceof Error) {
+        contractViolations.push(event.message);
+        continue;
+      }
+      armStall();
+      options.onEvent(event);
+    }
+  })();
+
+  armStall();
+  const result = await child;
+  await eventsDone.catch(() => undefined);
+  clearTimeout(stallTimer);
+  signal.removeEventListener('abort', onAbort);
+  // The leader is gone; make sure nothing it spawned outlives it (dataloader workers and the like).
+  killGroup(child.pid, 'SIGKILL');
+  clearTimeout(killTimer);
+  await new Promise<void>((resolve) => log.end(resolve));
+  return {
+    exitCode: result.exitCode,
+    exitSignal: result.signal ?? undefined,
+    reason,
+    contractViolations,
+    pid: child.pid,
+  };
+}
+
+function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
+  if (pid === undefined) return;
+  try {
+    process.kill(-pid, sig);
+  } catch {
+    // already gone
+  }
+}

@@ -1,0 +1,196 @@
+/**
+ * `refinery`: the command line. Each command is a small function in client/commands/ that returns
+ * data; this file parses flags, prints (text or --json) and maps errors to one line and an exit code.
+ */
+import { Command } from 'commander';
+import { InputError } from '../spec/errors.js';
+import { connectClient } from './connection.js';
+import { CliError } from './errors.js';
+import { renderStatus } from './render.js';
+
+const program = new Command('refinery')
+  .description('Durable, auditable, resumable LLM post-training pipelines on Temporal')
+  .showHelpAfterError('(run with --help for usage)');
+
+const print = (json: boolean | undefined, data: unknown, text: () => string) => {
+  process.stdout.write((json ? JSON.stringify(data, null, 2) : text()) + '\n');
+};
+
+program
+  .command('validate')
+  .description('check a pipeline spec and its datasets without running anything')
+  .argument('<spec>', 'pipeline spec (YAML or JSON)')
+  .option('--json', 'machine-readable output')
+  .action(async (spec: string, opts: { json?: boolean }) => {
+    const { validateSpec } = await import('./commands/validate.js');
+    const result = await validateSpec(spec);
+    print(opts.json, result, () =>
+      [`${spec}: OK — pipeline "${result.plan.name}", ${result.plan.stages.length} stages in order: ${result.plan.stages.map((s) => s.id).join(' → ')}`,
+        ...result.datasets.map((d) => `  dataset ${d.name}: ${d.rows ?? '?'} rows (${d.path})`)].join('\n'),
+    );
+  });
+
+program
+  .command('run')
+  .description('start a pipeline run')
+  .argument('<spec>', 'pipeline spec (YAML or JSON)')
+  .option('--id <runId>', 'run id (default: <pipeline>-<timestamp>-<random>)')
+  .option('-w, --watch', 'show live progress until the run ends; exit code reflects the outcome')
+  .option('--resume-from <runId>', 'continue a failed or cancelled run: reuse its committed outputs and checkpoints')
+  .option('--force-stage <stageId...>', 'run these stages again even if a committed output matches')
+  .option('--by <who>', 'who starts the run (default: $REFINERY_USER or the OS user)')
+  .option('--json', 'machine-readable output')
+  .action(async (spec: string, opts: { id?: string; watch?: boolean; resumeFrom?: string; forceStage?: string[]; by?: string; json?: boolean }) => {
+    const { startRun, watchRun } = await import('./commands/run.js');
+    const { client, close } = await connectClient();
+    try {
+      const { runId, handle } = await startRun(client, spec, { id: opts.id, resumeFrom: opts.resumeFrom, forceStages: opts.forceStage, by: opts.by });
+      if (!opts.watch) {
+        print(opts.json, { runId }, () => `started run ${runId}\n  watch:  refinery status ${runId}\n  cancel: refinery cancel ${runId}`);
+        return;
+      }
+      if (!opts.json) process.stdout.write(`started run ${runId}\n`);
+      const final = await watchRun(handle, opts.json ? devNull() : process.stdout);
+      if (opts.json) print(true, final, () => '');
+      else printArtifacts(final);
+      process.exitCode = final.state === 'completed' ? 0 : final.state === 'cancelled' ? 130 : 1;
+    } finally {
+      await close();
+    }
+  });
+
+program
+  .command('status')
+  .description('show a run: per stage state, attempt, step/total, loss, metrics, artifacts')
+  .argument('<runId>')
+  .option('--json', 'machine-readable output')
+  .action(async (runId: string, opts: { json?: boolean }) => {
+    const { runStatus } = await import('./commands/manage.js');
+    const { client, close } = await connectClient();
+    try {
+      const status = await runStatus(client, runId);
+      print(opts.json, status, () => renderStatus(status));
+      if (!opts.json) printArtifacts(status);
+    } finally {
+      await close();
+    }
+  });
+
+program
+  .command('list')
+  .description('list runs (filters use the same search attributes as the Temporal UI)')
+  .option('--state <state>', 'running | completed | failed | cancelled')
+  .option('--pipeline <name>')
+  .option('--since <date>', 'started at or after this date')
+  .option('--limit <n>', 'at most this many', '50')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { state?: string; pipeline?: string; since?: string; limit: string; json?: boolean }) => {
+    const { listRuns } = await import('./commands/manage.js');
+    const { client, close } = await connectClient();
+    try {
+      const runs = await listRuns(client, { ...opts, limit: Number(opts.limit) });
+      print(opts.json, runs, () => runs.map((r) => `${r.runId.padEnd(40)} ${String(r.pipeline).padEnd(20)} ${String(r.state).padEnd(10)} ${r.startTime}`).join('\n') || 'no runs');
+    } finally {
+      await close();
+    }
+  });
+
+program
+  .command('cancel')
+  .description('cancel a run: its jobs are stopped (whole process trees) and the run shows cancelled')
+  .argument('<runId>')
+  .action(async (runId: string) => {
+    const { cancelRun } = await import('./commands/manage.js');
+    const { client, close } = await connectClient();
+    try {
+      await cancelRun(client, runId);
+      console.log(`cancellation requested for ${runId}`);
+    } finally {
+      await close();
+    }
+  });
+
+for (const approved of [true, false]) {
+  program
+    .command(approved ? 'approve' : 'reject')
+    .description(`${approved ? 'approve' : 'reject'} a stage that waits at an approval gate`)
+    .argument('<runId>')
+    .requiredOption('--stage <stageId>')
+    .requiredOption('--by <who>')
+    .requiredOption('--reason <text>')
+    .action(async (runId: string, opts: { stage: string; by: string; reason: string }) => {
+      const { decideApproval } = await import('./commands/manage.js');
+      const { client, close } = await connectClient();
+      try {
+        console.log(await decideApproval(client, runId, { stageId: opts.stage, approved, by: opts.by, reason: opts.reason }));
+      } finally {
+        await close();
+      }
+    });
+}
+
+program
+  .command('worker')
+  .description('run a worker (control queue and the default GPU queue unless told otherwise)')
+  .option('--no-control', 'do not serve workflows and control activities')
+  .option('--queue <taskQueue...>', 'GPU task queues to serve (default: refinery-gpu)')
+  .option('--scratch <dir>', 'scratch directory for job files (one per worker process)')
+  .action(async (opts: { control: boolean; queue?: string[]; scratch?: string }) => {
+    const { runWorker } = await import('../worker/main.js');
+    await runWorker({ control: opts.control, queues: opts.queue, scratchDir: opts.scratch });
+  });
+
+program
+  .command('stack')
+  .description('the local stack: Temporal dev server and MinIO (start | stop | status)')
+  .argument('<action>', 'start | stop | status')
+  .option('--json', 'machine-readable output')
+  .action(async (action: string, opts: { json?: boolean }) => {
+    const { main } = await import('../infra/stack.js');
+    process.exitCode = await main([action, ...(opts.json ? ['--json'] : [])]);
+  });
+
+program
+  .command('make-tiny-model')
+  .description('build the tiny Llama model and tokenizer used by the demo and the tests')
+  .requiredOption('--out <dir>')
+  .option('--data <file...>', 'text to train the tokenizer on', ['demo/data/sft.jsonl'])
+  .option('--seed <n>', 'seed', '0')
+  .action(async (opts: { out: string; data: string[]; seed: string }) => {
+    const { makeTinyModel } = await import('./commands/make-tiny-model.js');
+    console.log(await makeTinyModel(opts));
+  });
+
+function printArtifacts(status: { stages: { id: string; artifact?: { uri: string } }[] }): void {
+  const rows = status.stages.filter((s) => s.artifact);
+  if (rows.length === 0) return;
+  console.log('artifacts:');
+  for (const s of rows) console.log(`  ${s.id}: ${s.artifact!.uri}`);
+}
+
+function devNull(): NodeJS.WritableStream {
+  return { write: () => true } as unknown as NodeJS.WritableStream;
+}
+
+async function main(): Promise<void> {
+  try {
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    if (err instanceof InputError) {
+      for (const line of err.message.split('\n')) console.error(`error: ${line}`);
+      process.exitCode = 2;
+    } else if (err instanceof CliError) {
+      console.error(`error: ${err.message}`);
+      if (err.hint) console.error(`hint: ${err.hint}`);
+      process.exitCode = err.exitCode;
+    } else if ((err as Error).name === 'StackError') {
+      console.error(`error: ${(err as Error).message}`);
+      process.exitCode = 1;
+    } else {
+      console.error(`error: ${(err as Error).message ?? String(err)}`);
+      process.exitCode = 1;
+    }
+  }
+}
+
+await main();

@@ -1,0 +1,67 @@
+/** `status`, `cancel`, `approve`/`reject` and `list`: small commands over a run's workflow. */
+import type { Client } from '@temporalio/client';
+import { approvalUpdate, statusQuery } from '../../workflows/messages.js';
+import type { PipelineStatus } from '../../workflows/types.js';
+import { SEARCH_ATTRIBUTES } from '../../workflows/search-attributes.js';
+import { CliError } from '../errors.js';
+
+export async function runStatus(client: Client, runId: string): Promise<PipelineStatus> {
+  const handle = client.workflow.getHandle(runId);
+  try {
+    return await handle.query(statusQuery);
+  } catch (err) {
+    if ((err as Error).name === 'WorkflowNotFoundError') throw new CliError(`no run "${runId}"`, 'see "refinery list"');
+    throw err;
+  }
+}
+
+export async function cancelRun(client: Client, runId: string): Promise<void> {
+  await client.workflow.getHandle(runId).cancel();
+}
+
+export async function decideApproval(client: Client, runId: string, decision: { stageId: string; approved: boolean; by: string; reason: string }): Promise<string> {
+  try {
+    return await client.workflow.getHandle(runId).executeUpdate(approvalUpdate, { args: [decision] });
+  } catch (err) {
+    const msg = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
+    throw new CliError(`cannot ${decision.approved ? 'approve' : 'reject'}: ${msg}`);
+  }
+}
+
+export interface RunSummary {
+  runId: string;
+  pipeline: string | undefined;
+  state: string | undefined;
+  startTime: string;
+  closeTime?: string;
+}
+
+/** Lists pipeline runs through the visibility store (same filters as the Temporal UI). */
+export async function listRuns(client: Client, filter: { state?: string; pipeline?: string; since?: string; limit?: number }): Promise<RunSummary[]> {
+  const clauses = [`WorkflowType = 'pipelineWorkflow'`];
+  if (filter.state) clauses.push(`${SEARCH_ATTRIBUTES.state} = '${quote(filter.state)}'`);
+  if (filter.pipeline) clauses.push(`${SEARCH_ATTRIBUTES.pipeline} = '${quote(filter.pipeline)}'`);
+  if (filter.since) {
+    const since = new Date(filter.since);
+    if (Number.isNaN(since.getTime())) throw new CliError(`--since "${filter.since}" is not a date`, 'use e.g. 2026-11-01 or 2026-11-01T12:00:00Z');
+    clauses.push(`StartTime >= '${since.toISOString()}'`);
+  }
+  const out: RunSummary[] = [];
+  for await (const wf of client.workflow.list({ query: clauses.join(' AND ') })) {
+    const attrs = wf.searchAttributes as Record<string, unknown[] | undefined>;
+    out.push({
+      runId: wf.workflowId,
+      pipeline: attrs[SEARCH_ATTRIBUTES.pipeline]?.[0] as string | undefined,
+      state: (attrs[SEARCH_ATTRIBUTES.state]?.[0] as string | undefined) ?? wf.status.name.toLowerCase(),
+      startTime: wf.startTime.toISOString(),
+      closeTime: wf.closeTime?.toISOString(),
+    });
+    if (out.length >= (filter.limit ?? 50)) break;
+  }
+  return out;
+}
+
+function quote(v: string): string {
+  if (!/^[A-Za-z0-9_.-]+$/.test(v)) throw new CliError(`invalid filter value "${v}"`);
+  return v;
+}

@@ -1,0 +1,41 @@
+/** `refinery validate spec.yaml`: schema, references, cycles and every dataset line, without running. */
+import { stat } from 'node:fs/promises';
+import { validateJsonlFile } from '../../spec/datasets.js';
+import { InputError, type InputProblem } from '../../spec/errors.js';
+import { loadSpecFile } from '../../spec/load.js';
+import { planPipeline, type PipelinePlan } from '../../spec/plan.js';
+
+export interface ValidateResult {
+  plan: PipelinePlan;
+  datasets: { name: string; path: string; rows: number | null }[];
+}
+
+export async function validateSpec(file: string): Promise<ValidateResult> {
+  const loaded = await loadSpecFile(file);
+  const plan = planPipeline({ ...loaded, file });
+  const problems: InputProblem[] = [];
+  const datasets: ValidateResult['datasets'] = [];
+  const seen = new Set<string>();
+  for (const stage of plan.stages) {
+    for (const ds of [stage.dataset, stage.evalDataset]) {
+      if (!ds || seen.has(ds.name)) continue;
+      seen.add(ds.name);
+      if (ds.path.startsWith('s3://')) {
+        datasets.push({ name: ds.name, path: ds.path, rows: null }); // checked when the run starts
+        continue;
+      }
+      if (!(await stat(ds.path).then((s) => s.isFile()).catch(() => false))) {
+        problems.push({ file, message: `dataset "${ds.name}": ${ds.path} does not exist` });
+        continue;
+      }
+      const report = await validateJsonlFile(ds.path, ds.format, ds.path);
+      problems.push(...report.problems);
+      datasets.push({ name: ds.name, path: ds.path, rows: report.rows });
+    }
+  }
+  if (!plan.baseModel.startsWith('s3://') && !(await stat(plan.baseModel).then((s) => s.isDirectory()).catch(() => false))) {
+    problems.push({ file, field: 'base_model', message: `${plan.baseModel} is not a directory (the demo builds one with "npx refinery make-tiny-model")` });
+  }
+  if (problems.length > 0) throw new InputError(problems);
+  return { plan, datasets };
+}

@@ -1,0 +1,15 @@
+/** The Temporal client for CLI commands, with one clear line when the server is not there. */
+import { Client, Connection } from '@temporalio/client';
+import { temporalSettings } from '../worker/config.js';
+import { CliError } from './errors.js';
+
+export async function connectClient(): Promise<{ client: Client; close: () => Promise<void> }> {
+  const { address, namespace } = temporalSettings();
+  let connection: Connection;
+  try {
+    connection = await Connection.connect({ address, connectTimeout: '5s' });
+  } catch {
+    throw new CliError(`cannot reach Temporal at ${address}`, 'start the local stack with "npx refinery stack start" or set TEMPORAL_ADDRESS');
+  }
+  return { client: new Client({ connection, namespace }), close: () => connection.close() };
+}

@@ -1,0 +1,56 @@
+/** Text rendering of a run's status: one line per stage, for `status` and `run --watch`. */
+import type { PipelineStatus, StageStatus } from '../workflows/types.js';
+
+const BAR_WIDTH = 20;
+
+export function renderStatus(status: PipelineStatus, etas: Map<string, number | undefined> = new Map()): string {
+  const width = Math.max(...status.stages.map((s) => s.id.length), 5);
+  const lines = [`run ${status.runId} (${status.pipeline}): ${status.state}${status.error ? ` — ${status.error.split('\n')[0]}` : ''}`];
+  for (const s of status.stages) lines.push(`  ${s.id.padEnd(width)}  ${s.kind.padEnd(6)} ${renderStage(s, etas.get(s.id))}`);
+  return lines.join('\n');
+}
+
+function renderStage(s: StageStatus, etaSeconds: number | undefined): string {
+  const state = s.state.padEnd(17);
+  const parts: string[] = [state];
+  if (s.totalSteps) {
+    const frac = Math.min(1, s.step / s.totalSteps);
+    const filled = Math.round(frac * BAR_WIDTH);
+    parts.push(`[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}] ${s.step}/${s.totalSteps}`);
+  }
+  if (s.loss !== null && s.loss !== undefined) parts.push(`loss ${s.loss.toFixed(4)}`);
+  if (s.attempt > 1) parts.push(`attempt ${s.attempt}`);
+  if (s.resumedFromStep) parts.push(`resumed@${s.resumedFromStep}`);
+  if (s.state === 'running' && etaSeconds !== undefined) parts.push(`ETA ${formatSeconds(etaSeconds)}`);
+  if (s.gate) parts.push(`gate: ${s.gate}`);
+  if (s.error && (s.state === 'failed' || s.state === 'cancelled')) parts.push(`— ${s.error.split('\n')[0]}`);
+  return parts.join('  ');
+}
+
+export function formatSeconds(total: number): string {
+  const s = Math.max(0, Math.round(total));
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const sec = s % 60;
+  return h > 0 ? `${h}h${String(m).padStart(2, '0')}m` : `${m}:${String(sec).padStart(2, '0')}`;
+}
+
+/** Estimates time left per stage from the step rate seen between polls. */
+export class EtaTracker {
+  private first = new Map<string, { step: number; at: number }>();
+
+  update(status: PipelineStatus, now = Date.now()): Map<string, number | undefined> {
+    const out = new Map<string, number | undefined>();
+    for (const s of status.stages) {
+      if (s.state !== 'running' || !s.totalSteps) continue;
+      const f = this.first.get(s.id);
+      if (!f || s.step < f.step) {
+        this.first.set(s.id, { step: s.step, at: now });
+        continue;
+      }
+      const rate = (s.step - f.step) / ((now - f.at) / 1000);
+      if (rate > 0) out.set(s.id, (s.totalSteps - s.step) / rate);
+    }
+    return out;
+  }
+}

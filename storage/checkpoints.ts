@@ -1,0 +1,66 @@
+/**
+ * Checkpoints in object storage: committed like any artifact, listed newest first, restored only
+ * when every file verifies (invariant 2), pruned to the stage's save_total_limit.
+ */
+import { rm } from 'node:fs/promises';
+import path from 'node:path';
+import { commitDirectory, downloadCommitted, IntegrityError, readCommitted, type CommittedArtifact } from './commit.js';
+import { layout } from './layout.js';
+import type { ObjectStore } from './object-store.js';
+
+export interface CheckpointRestore {
+  /** The checkpoint now on local disk, if any verified. */
+  restored?: { step: number; dir: string };
+  /** Newer checkpoints that were skipped because they failed verification. */
+  skipped: { step: number; reason: string }[];
+}
+
+export async function commitCheckpoint(store: ObjectStore, artifactPrefix: string, step: number, localDir: string): Promise<CommittedArtifact> {
+  return commitDirectory(store, localDir, layout.checkpoint(artifactPrefix, step), { step });
+}
+
+/** Steps that have a commit marker, newest first. */
+export async function listCommittedSteps(store: ObjectStore, artifactPrefix: string): Promise<number[]> {
+  const objects = await store.list(`${layout.checkpoints(artifactPrefix)}/`, true);
+  const steps = new Set<number>();
+  for (const { key } of objects) {
+    const m = /\/step-(\d+)\/_COMMITTED$/.exec(key);
+    if (m) steps.add(Number(m[1]));
+  }
+  return [...steps].sort((a, b) => b - a);
+}
+
+/**
+ * Downloads the newest committed checkpoint whose files all verify into `<localParent>/checkpoint-N`.
+ * A corrupt or incomplete one is skipped (and its local copy removed), never used.
+ */
+export async function restoreNewestCheckpoint(store: ObjectStore, artifactPrefix: string, localParent: string): Promise<CheckpointRestore> {
+  const skipped: CheckpointRestore['skipped'] = [];
+  for (const step of await listCommittedSteps(store, artifactPrefix)) {
+    const dir = path.join(localParent, `checkpoint-${step}`);
+    try {
+      const artifact = await readCommitted(store, layout.checkpoint(artifactPrefix, step));
+      if (!artifact) continue;
+      await downloadCommitted(store, artifact, dir);
+      return { restored: { step, dir }, skipped };
+    } catch (err) {
+      if (!(err instanceof IntegrityError)) throw err;
+      skipped.push({ step, reason: err.message });
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  return { skipped };
+}
+
+/** Keeps the newest `keep` committed checkpoints; deletes the marker first so a half-deleted one is never read. */
+export async function pruneCheckpoints(store: ObjectStore, artifactPrefix: string, keep: number): Promise<number[]> {
+  const steps = await listCommittedSteps(store, artifactPrefix);
+  const doomed = steps.slice(keep);
+  for (const step of doomed) {
+    const prefix = layout.checkpoint(artifactPrefix, step);
+    await store.remove([`${prefix}/_COMMITTED`]);
+    const rest = await store.list(`${prefix}/`, true);
+    await store.remove(rest.map((o) => o.key));
+  }
+  return doomed;
+}

@@ -1,0 +1,30 @@
+/**
+ * Where things live in the bucket. Stage artifacts are content-addressed by their cache key, so a
+ * re-run with unchanged inputs finds the committed output (invariant 4) and a resumed run finds the
+ * checkpoints of the attempt it continues.
+ *
+ *   <prefix>/inputs/datasets/<sha256>/          committed copies of the datasets a run read
+ *   <prefix>/inputs/models/<tree-sha256>/       committed copies of local base models
+ *   <prefix>/artifacts/<kind>-<cachekey>/output/             a stage's committed output
+ *   <prefix>/artifacts/<kind>-<cachekey>/checkpoints/step-N/ its committed checkpoints
+ *   <prefix>/runs/<runId>/                      run manifest, audit events, job logs
+ */
+const SAFE_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+
+/** Every key segment built from user input goes through here: no "..", no slashes, no surprises. */
+export function segment(value: string): string {
+  if (!SAFE_SEGMENT.test(value) || value.includes('..')) throw new Error(`unsafe object key segment: ${JSON.stringify(value)}`);
+  return value;
+}
+
+export const layout = {
+  dataset: (prefix: string, sha256: string) => `${prefix}/inputs/datasets/${segment(sha256)}`,
+  model: (prefix: string, treeSha256: string) => `${prefix}/inputs/models/${segment(treeSha256)}`,
+  artifact: (prefix: string, kind: string, cacheKey: string) => `${prefix}/artifacts/${segment(kind)}-${segment(cacheKey)}`,
+  output: (artifactPrefix: string) => `${artifactPrefix}/output`,
+  checkpoints: (artifactPrefix: string) => `${artifactPrefix}/checkpoints`,
+  checkpoint: (artifactPrefix: string, step: number) => `${artifactPrefix}/checkpoints/step-${String(step).padStart(9, '0')}`,
+  run: (prefix: string, runId: string) => `${prefix}/runs/${segment(runId)}`,
+  jobLog: (prefix: string, runId: string, stageId: string, attempt: number) =>
+    `${prefix}/runs/${segment(runId)}/logs/${segment(stageId)}/attempt-${attempt}.log`,
+};

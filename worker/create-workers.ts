@@ -1,0 +1,77 @@
+/**
+ * Builds the workers of one process: the control worker (workflows + control activities, CPU
+ * task queue) and/or a training worker per GPU task queue. Tests use this directly.
+ */
+import path from 'node:path';
+import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { createControlActivities, createTrainingActivities } from '../activities/index.js';
+import type { StageKind } from '../spec/schema.js';
+import { ObjectStore } from '../storage/object-store.js';
+import { CONTROL_TASK_QUEUE, REPO_ROOT } from './config.js';
+import { GpuAllocator } from './gpu-allocator.js';
+import { codeVersion, jobsVersion } from './jobs-version.js';
+
+export interface WorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  store: ObjectStore;
+  /** Which roles this process plays. */
+  control: boolean;
+  /** GPU task queues to serve (empty: no training). */
+  trainingQueues: string[];
+  gpus: number[];
+  scratchDir: string;
+  python: string;
+  /** Replace the default Python job launcher (other trainers, test jobs). */
+  jobCommand?: (kind: StageKind) => [string, ...string[]];
+  workflowBundle?: WorkflowBundle;
+  /** How long in-flight training may take to stop on shutdown before it is cancelled. */
+  shutdownGraceTime?: string;
+  killGraceMs?: number;
+}
+
+/** Python jobs: one module per stage kind (cpt shares the SFT recipe). */
+export function pythonJobCommand(python: string): (kind: StageKind) => [string, ...string[]] {
+  return (kind) => [python, '-m', `refinery_jobs.${kind === 'cpt' ? 'sft' : kind}`];
+}
+
+export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
+  const workers: Worker[] = [];
+  if (options.control) {
+    const [jobs, code] = await Promise.all([jobsVersion(), codeVersion()]);
+    workers.push(
+      await Worker.create({
+        connection: options.connection,
+        namespace: options.namespace,
+        taskQueue: CONTROL_TASK_QUEUE,
+        ...(options.workflowBundle
+          ? { workflowBundle: options.workflowBundle }
+          : { workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts') }),
+        activities: createControlActivities({ store: options.store, jobsVersion: jobs, codeVersion: code }),
+      }),
+    );
+  }
+  const gpus = new GpuAllocator(options.gpus);
+  const training = createTrainingActivities({
+    store: options.store,
+    scratchDir: options.scratchDir,
+    jobCommand: options.jobCommand ?? pythonJobCommand(options.python),
+    jobCwd: path.join(REPO_ROOT, 'jobs'),
+    gpus,
+    killGraceMs: options.killGraceMs,
+  });
+  for (const taskQueue of options.trainingQueues) {
+    workers.push(
+      await Worker.create({
+        connection: options.connection,
+        namespace: options.namespace,
+        taskQueue,
+        activities: training,
+        // One job per GPU; a CPU-only worker runs one job at a time.
+        maxConcurrentActivityTaskExecutions: Math.max(1, options.gpus.length),
+        shutdownGraceTime: options.shutdownGraceTime ?? '30s',
+      }),
+    );
+  }
+  return workers;
+}

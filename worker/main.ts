@@ -1,0 +1,41 @@
+/**
+ * `refinery worker`: one worker process. By default it serves the control queue and the default
+ * GPU queue; a GPU node runs `--no-control --queue <pool>` with REFINERY_GPUS set.
+ */
+import { mkdir } from 'node:fs/promises';
+import { hostname } from 'node:os';
+import path from 'node:path';
+import { NativeConnection } from '@temporalio/worker';
+import { DEFAULT_TASK_QUEUE } from '../spec/plan.js';
+import { ObjectStore } from '../storage/object-store.js';
+import { jobsPython, stateDir, temporalSettings, workerGpus } from './config.js';
+import { createWorkers } from './create-workers.js';
+
+export interface RunWorkerOptions {
+  control?: boolean;
+  queues?: string[];
+  scratchDir?: string;
+}
+
+export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
+  const temporal = temporalSettings();
+  const scratchDir = options.scratchDir ?? path.join(stateDir(), 'scratch', `${hostname()}-${process.pid}`);
+  await mkdir(scratchDir, { recursive: true });
+  const store = new ObjectStore();
+  await store.ensureBucket();
+  const connection = await NativeConnection.connect({ address: temporal.address });
+  const workers = await createWorkers({
+    connection,
+    namespace: temporal.namespace,
+    store,
+    control: options.control ?? true,
+    trainingQueues: options.queues ?? [DEFAULT_TASK_QUEUE],
+    gpus: workerGpus(),
+    scratchDir,
+    python: jobsPython(),
+  });
+  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; scratch ${scratchDir}`);
+  // SIGINT/SIGTERM shut the workers down gracefully (the SDK installs the handlers).
+  await Promise.all(workers.map((w) => w.run()));
+  await connection.close();
+}

@@ -1,0 +1,3 @@
+/** Everything the worker bundles as workflow code. */
+export { pipelineWorkflow } from './pipeline.js';
+export { stageWorkflow } from './stage.js';

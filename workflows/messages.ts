@@ -1,0 +1,11 @@
+/** Queries, signals and updates of the pipeline workflow: one definition for workflow, activities and CLI. */
+import { defineQuery, defineSignal, defineUpdate } from '@temporalio/workflow';
+import type { ApprovalDecision, PipelineStatus, StageProgress } from './types.js';
+
+export const statusQuery = defineQuery<PipelineStatus>('status');
+
+/** Sent by the training activity (throttled) so that `status` shows live step, loss and attempt. */
+export const stageProgressSignal = defineSignal<[{ stageId: string; progress: StageProgress }]>('stageProgress');
+
+/** `refinery approve|reject`: rejected by the validator unless the stage is awaiting approval. */
+export const approvalUpdate = defineUpdate<string, [ApprovalDecision]>('approveStage');
