@@ -16,7 +16,7 @@ import type { PipelinePlan, PlannedDataset, PlannedStage } from '../spec/plan-ty
 import { commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import { sha256File, type ObjectStore } from '../storage/object-store.js';
-import type { ArtifactRef, PipelineStatus, PreparedRun, StageCacheDecision } from '../workflows/types.js';
+import type { ArtifactRef, ModelInputs, PipelineStatus, PreparedRun, StageCacheDecision } from '../workflows/types.js';
 
 export interface ControlDeps {
   store: ObjectStore;
@@ -116,7 +116,7 @@ export function createControlActivities(deps: ControlDeps) {
     async resolveStageCache(input: {
       storagePrefix: string;
       stage: PlannedStage;
-      inputs: Record<string, ArtifactRef[]>;
+      inputs: ModelInputs;
       datasets: { train?: ArtifactRef; eval?: ArtifactRef };
       jobsVersion: string;
       salt?: string;
@@ -145,7 +145,7 @@ export function createControlActivities(deps: ControlDeps) {
  */
 export function stageCacheKey(input: {
   stage: PlannedStage;
-  inputs: Record<string, ArtifactRef[]>;
+  inputs: ModelInputs;
   datasets: { train?: ArtifactRef; eval?: ArtifactRef };
   jobsVersion: string;
   salt?: string;
@@ -158,7 +158,7 @@ export function stageCacheKey(input: {
     hyper,
     params: input.stage.params,
     datasetFormat: input.stage.dataset?.format ?? null,
-    inputs: Object.fromEntries(Object.entries(input.inputs).map(([k, stack]) => [k, stack.map((a) => a.manifestSha256)])),
+    inputs: Object.fromEntries(Object.entries(input.inputs).filter(([, a]) => a).map(([k, a]) => [k, a!.manifestSha256])),
     datasets: { train: input.datasets.train?.manifestSha256 ?? null, eval: input.datasets.eval?.manifestSha256 ?? null },
     jobs: input.jobsVersion,
     salt: input.salt ?? null,

@@ -17,8 +17,8 @@ export interface JobConfig {
   output_dir: string;
   checkpoint_dir: string;
   resume_from: string | null;
-  /** Model stacks: a full model directory, then adapters to merge in order. */
-  inputs: Record<string, string[]>;
+  /** Local model directories: model (+ base when model is an adapter), reward_model (+ reward_model_base). */
+  inputs: Record<string, string>;
   datasets: { train: string | null; eval: string | null };
   dataset_format: DatasetFormat | null;
   finetuning: Finetuning;

@@ -60,9 +60,6 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
     env: jobEnvironment(process.env, options.env),
     extendEnv: false,
     detached: true, // own process group: we kill the whole tree, not just the leader
-    stdin: 'ignore',
-    stdout: 'pipe',
-    stderr: 'pipe',
     stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
     reject: false,
     buffer: false,

@@ -93,11 +93,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
         await downloadCommitted(store, artifact, dir);
         return dir;
       };
-      const inputs: Record<string, string[]> = {};
-      for (const [name, stack] of Object.entries(input.inputs)) {
-        inputs[name] = [];
-        for (const ref of stack) inputs[name].push(await fetchArtifact(ref));
-      }
+      const inputs: Record<string, string> = {};
+      for (const [name, ref] of Object.entries(input.inputs)) if (ref) inputs[name] = await fetchArtifact(ref);
       const datasetFile = async (ref: ArtifactRef | undefined) => (ref ? path.join(await fetchArtifact(ref), 'data.jsonl') : null);
       const datasets = { train: await datasetFile(input.datasets.train), eval: await datasetFile(input.datasets.eval) };
 

@@ -292,7 +292,7 @@ export interface MinioHandle extends ServiceHandle {
 }
 
 /** Health probe result: ok, or why not (the last reason ends up in the timeout message). */
-type Probe = { ok: true } | { ok: false; reason: string };
+export type Probe = { ok: true } | { ok: false; reason: string };
 
 interface LaunchSpec {
   service: ServiceName;

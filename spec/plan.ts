@@ -35,7 +35,7 @@ const DEFAULT_START_TO_CLOSE_MS = 7 * 24 * 3600_000;
 
 export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256' | 'lineOf'>): PipelinePlan {
   const { spec } = loaded;
-  const file = path.basename(loaded.file) === loaded.file ? loaded.file : loaded.file;
+  const file = loaded.file;
   const problems: InputProblem[] = [];
   const problem = (p: (string | number)[], message: string) =>
     problems.push({ file, line: loaded.lineOf(p), field: fieldOf(p), message });
@@ -78,8 +78,8 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
     const model = modelRef(stage.policy !== undefined ? 'policy' : 'from', stage.policy ?? stage.from ?? 'base') ?? { base: true };
     const rewardModel = modelRef('reward_model', stage.reward_model);
 
-    const dataset = resolveDataset(spec, stage.dataset, at('dataset'), problem);
-    const evalDataset = resolveDataset(spec, stage.eval_dataset, at('eval_dataset'), problem);
+    const dataset = resolveDataset(spec, loaded.file, stage.dataset, at('dataset'), problem);
+    const evalDataset = resolveDataset(spec, loaded.file, stage.eval_dataset, at('eval_dataset'), problem);
     if (rules.formats) {
       if (!dataset) {
         if (stage.dataset === undefined) problem(at('dataset'), `required for a ${stage.kind} stage`);
@@ -151,6 +151,7 @@ function finetuningOf(spec: PipelineSpec, stage: Stage): Finetuning {
 
 function resolveDataset(
   spec: PipelineSpec,
+  specFile: string,
   ref: Stage['dataset'],
   at: (string | number)[],
   problem: (p: (string | number)[], m: string) => void,
@@ -162,9 +163,9 @@ function resolveDataset(
       problem(at, `no dataset named "${ref}" in datasets`);
       return undefined;
     }
-    return { name: ref, path: named.path, format: named.format };
+    return { name: ref, path: resolvePath(specFile, named.path), format: named.format };
   }
-  return { name: at.join('.'), path: ref.path, format: ref.format };
+  return { name: `${at[1]}-${String(at[2])}`.replace(/_/g, '-'), path: resolvePath(specFile, ref.path), format: ref.format };
 }
 
 /** s3:// URIs stay as they are; local paths become absolute, relative to the spec file. */

@@ -7,6 +7,7 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import { NativeConnection } from '@temporalio/worker';
 import { DEFAULT_TASK_QUEUE } from '../spec/plan.js';
+import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { jobsPython, stateDir, temporalSettings, workerGpus } from './config.js';
 import { createWorkers } from './create-workers.js';
@@ -15,6 +16,20 @@ export interface RunWorkerOptions {
   control?: boolean;
   queues?: string[];
   scratchDir?: string;
+}
+
+/**
+ * REFINERY_JOB_COMMAND='["/venv/bin/python","-m","my_trainer"]' runs every stage through another
+ * trainer that follows the job contract (an argv array as JSON: never a shell string).
+ */
+function jobCommandOverride(): ((kind: StageKind) => [string, ...string[]]) | undefined {
+  const raw = process.env.REFINERY_JOB_COMMAND;
+  if (!raw) return undefined;
+  const argv: unknown = JSON.parse(raw);
+  if (!Array.isArray(argv) || argv.length === 0 || !argv.every((a) => typeof a === 'string')) {
+    throw new Error('REFINERY_JOB_COMMAND must be a JSON array of strings, e.g. ["python","-m","my_trainer"]');
+  }
+  return () => argv as [string, ...string[]];
 }
 
 export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
@@ -33,6 +48,7 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
     gpus: workerGpus(),
     scratchDir,
     python: jobsPython(),
+    jobCommand: jobCommandOverride(),
   });
   console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; scratch ${scratchDir}`);
   // SIGINT/SIGTERM shut the workers down gracefully (the SDK installs the handlers).

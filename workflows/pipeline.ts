@@ -20,7 +20,7 @@ import type * as activities from '../activities/index.js';
 import type { ModelRef, PlannedStage } from '../spec/plan-types.js';
 import { approvalUpdate, stageProgressSignal, statusQuery } from './messages.js';
 import { stageWorkflow } from './stage.js';
-import type { ApprovalDecision, ArtifactRef, PipelineInput, PipelineStatus, PreparedRun, StageOutcome, StageStatus } from './types.js';
+import type { ApprovalDecision, ArtifactRef, ModelInputs, PipelineInput, PipelineStatus, PreparedRun, StageOutcome, StageStatus } from './types.js';
 import { evaluateMetricGate } from './gates.js';
 import { SEARCH_ATTRIBUTES } from './search-attributes.js';
 
@@ -97,19 +97,26 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
     return finish(status, outcomes, err, plan.storage.prefix);
   }
 
-  const stack = (ref: ModelRef): ArtifactRef[] => {
-    if ('base' in ref) return [prepared.baseModel];
+  // A LoRA stage's output is an adapter over the full model its own input rests on.
+  const modelOf = (ref: ModelRef): { model: ArtifactRef; base?: ArtifactRef } => {
+    if ('base' in ref) return { model: prepared.baseModel };
     const upstream = plan.stages.find((s) => s.id === ref.stage)!;
-    const out = outcomes.get(ref.stage)!;
-    return upstream.producesAdapter ? [...stack(upstream.inputs.model), out.artifact] : [out.artifact];
+    const artifact = outcomes.get(ref.stage)!.artifact;
+    if (!upstream.producesAdapter) return { model: artifact };
+    const input = modelOf(upstream.inputs.model);
+    return { model: artifact, base: input.base ?? input.model };
   };
 
   const runStage = async (stage: PlannedStage): Promise<void> => {
     const s = stageStatus(stage.id);
     s.state = 'running';
     s.startedAt = new Date().toISOString();
-    const inputs: Record<string, ArtifactRef[]> = { model: stack(stage.inputs.model) };
-    if (stage.inputs.reward_model) inputs.reward_model = stack(stage.inputs.reward_model);
+    const policy = modelOf(stage.inputs.model);
+    const inputs: ModelInputs = { model: policy.model, base: policy.base };
+    if (stage.inputs.reward_model) {
+      const rm = modelOf(stage.inputs.reward_model);
+      Object.assign(inputs, { reward_model: rm.model, reward_model_base: rm.base });
+    }
     const outcome = await executeChild(stageWorkflow, {
       workflowId: `${input.runId}--${stage.id}`,
       args: [

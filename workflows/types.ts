@@ -11,6 +11,12 @@ export interface ArtifactRef {
   manifestSha256: string;
 }
 
+/**
+ * Model inputs by contract name: `model` (+ `base` when `model` is a LoRA adapter), and for
+ * PPO/GRPO `reward_model` (+ `reward_model_base`). See jobs/CONTRACT.md.
+ */
+export type ModelInputs = Partial<Record<'model' | 'base' | 'reward_model' | 'reward_model_base', ArtifactRef>>;
+
 export interface PipelineInput {
   runId: string;
   plan: PipelinePlan;
@@ -34,7 +40,7 @@ export interface StageWorkflowInput {
   runId: string;
   storagePrefix: string;
   stage: PlannedStage;
-  inputs: Record<string, ArtifactRef[]>;
+  inputs: ModelInputs;
   datasets: { train?: ArtifactRef; eval?: ArtifactRef };
   jobsVersion: string;
   force: boolean;
@@ -46,7 +52,7 @@ export interface StageJobInput {
   stage: PlannedStage;
   cacheKey: string;
   artifactPrefix: string;
-  inputs: Record<string, ArtifactRef[]>;
+  inputs: ModelInputs;
   datasets: { train?: ArtifactRef; eval?: ArtifactRef };
 }
 

@@ -996,6 +996,7 @@ def events_callback(events: Events, cfg: JobConfig, device: Device):
         def __init__(self):
             self.summary: dict[str, float] = {}
             self.last_eval: dict[str, float] = {}
+            self.last_eval_step: int | None = None
             self._started = False
 
         def on_train_begin(self, args, state, control, **kwargs):
@@ -1011,6 +1012,7 @@ def events_callback(events: Events, cfg: JobConfig, device: Device):
                 return
             if any(k.startswith("eval_") for k in logs):
                 self.last_eval = numbers(logs)
+                self.last_eval_step = state.global_step
                 events.metrics(logs, step=state.global_step)
                 return
             loss = logs.pop("loss", None)
@@ -1027,6 +1029,12 @@ def events_callback(events: Events, cfg: JobConfig, device: Device):
     return EventsCallback()
 
 
+def final_evaluate(trainer, callback) -> None:
+    """Evaluate once more at the end unless the Trainer just did (the callback emits the `metrics` event)."""
+    if trainer.eval_dataset is not None and callback.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()
+
+
 def final_metrics(callback, extra: dict | None = None) -> dict[str, float]:
     """`done` metrics: train_loss and runtime from the Trainer summary, last eval, plus job-specific ones."""
     out = {}
@@ -1036,3 +1044,56 @@ def final_metrics(callback, extra: dict | None = None) -> dict[str, float]:
     out.update(callback.last_eval)
     out.update(numbers(extra))
     return out
+
+
+def save_trained_model(trainer, tokenizer, out_dir: str) -> None:
+    """Final output: the trained adapter ("default" only; TRL may add a frozen "ref" copy) or the full model."""
+    from peft import PeftModel
+    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out_dir, selected_adapters=["default"])
+    else:
+        trainer.save_model(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reward scoring (reward job accuracy, eval, ppo)
+# ----------------------------------------------------------------------------------------------
+
+def render_conversations(tokenizer, conversations: list[list[dict]]) -> list[str]:
+    """Whole conversations (prompt + assistant reply) as the reward model saw them in training."""
+    return [tokenizer.apply_chat_template(c, tokenize=False) for c in conversations]
+
+
+def score_texts(model, tokenizer, texts: list[str], *, batch_size: int = 16, max_length: int = 512):
+    """Scalar scores of a num_labels=1 sequence classifier for each text (a 1-D float tensor on CPU)."""
+    import torch
+    device = next(model.parameters()).device
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], return_tensors="pt", padding=True, truncation=True,
+                              max_length=max_length, add_special_tokens=False).to(device)
+            scores.append(model(**batch).logits[:, 0].float().cpu())
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+def preference_accuracy(model, tokenizer, rows: list[dict], *, batch_size: int = 16,
+                        max_length: int = 512) -> dict[str, float]:
+    """accuracy (chosen scored above rejected), mean margin and mean scores over preference rows."""
+    was_training = model.training
+    model.eval()
+    chosen = score_texts(model, tokenizer, render_conversations(tokenizer, [r["prompt"] + r["chosen"] for r in rows]),
+                         batch_size=batch_size, max_length=max_length)
+    rejected = score_texts(model, tokenizer,
+                           render_conversations(tokenizer, [r["prompt"] + r["rejected"] for r in rows]),
+                           batch_size=batch_size, max_length=max_length)
+    model.train(was_training)
+    return {
+        "accuracy": float((chosen > rejected).float().mean()),
+        "margin": float((chosen - rejected).mean()),
+        "chosen_score": float(chosen.mean()),
+        "rejected_score": float(rejected.mean()),
+        "pairs": len(rows),
+    }

@@ -1,0 +1,94 @@
+"""Direct preference optimisation (`dpo`) with TRL's DPOTrainer (no reward model).
+
+    python -m refinery_jobs.dpo --config job.json
+
+Features
+  * input: the policy to start from (full model, or a LoRA adapter + inputs.base)
+  * dataset: preference rows {"prompt" | "messages", "chosen", "rejected"}
+  * reference model = the input policy, frozen: with lora on a full model, the base with adapters disabled;
+    with an input adapter, TRL's frozen "ref" copy of it; with full fine-tuning, a second frozen copy
+  * finetuning.type lora (default), full, qlora (CUDA + bitsandbytes)
+  * checkpoint-N/ every hyper.save_steps, resume from resume_from; eval on datasets.eval
+Output: the adapter (lora; relative to the original base) or the full model, with the tokenizer.
+
+Params
+  beta        number, 0.1        KL strength (higher stays closer to the reference)
+  loss_type   string, "sigmoid"  sigmoid | ipo | hinge | robust | sigmoid_norm
+
+Errors: config (2), data (3), unsupported (4): qlora without CUDA or bitsandbytes.
+"""
+
+from __future__ import annotations
+
+from refinery_jobs import common
+from refinery_jobs.common import JobConfig, JobSpec, Param
+
+SPEC = JobSpec(
+    kinds=("dpo",),
+    inputs=("model",),
+    optional_inputs=("base",),
+    formats=("preference",),
+    params={
+        "beta": Param(float, 0.1, min=0.0),
+        "loss_type": Param(str, "sigmoid", choices=("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")),
+    },
+)
+
+
+class DPORecipe:
+    def __init__(self, cfg: JobConfig, events: common.Events):
+        self.cfg, self.events = cfg, events
+        self.device = common.select_device()
+        common.check_finetuning_supported(cfg, self.device)
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        _, train_rows = common.load_rows(cfg.train_path, "preference", ("preference",))
+        eval_rows = common.load_rows(cfg.eval_path, "preference", ("preference",))[1] if cfg.eval_path else None
+        common.log(f"dpo: {len(train_rows)} pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
+
+        common.seed_everything(cfg.hyper.seed)
+        base, adapter = common.resolve_base(cfg)
+        self.tokenizer = common.load_tokenizer(adapter, base)
+        common.require_chat_template(self.tokenizer)
+        self.model = common.load_causal_lm(cfg, self.device)
+        ref_model = common.load_causal_lm(cfg, self.device, train=False) if cfg.finetuning == "full" else None
+        common.log(common.trainable_parameters(self.model))
+
+        from datasets import Dataset
+        from trl import DPOConfig, DPOTrainer
+
+        def columns(rows):
+            return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]}
+                                      for r in rows])
+
+        args = DPOConfig(
+            **common.training_args_kwargs(cfg, self.device, has_eval=eval_rows is not None),
+            max_length=cfg.hyper.max_length,
+            beta=cfg.params["beta"],
+            loss_type=[cfg.params["loss_type"]],
+        )
+        self.callback = common.events_callback(self.events, cfg, self.device)
+        self.trainer = DPOTrainer(model=self.model, ref_model=ref_model, args=args,
+                                  train_dataset=columns(train_rows),
+                                  eval_dataset=columns(eval_rows) if eval_rows else None,
+                                  processing_class=self.tokenizer, callbacks=[self.callback])
+
+    def train(self) -> None:
+        self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
+
+    def save(self) -> dict:
+        common.final_evaluate(self.trainer, self.callback)
+        common.save_trained_model(self.trainer, self.tokenizer, self.cfg.output_dir)
+        return common.final_metrics(self.callback)
+
+
+def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+    recipe = DPORecipe(cfg, events)
+    recipe.setup()
+    recipe.train()
+    return recipe.save()
+
+
+if __name__ == "__main__":
+    common.main(SPEC, recipe_main)

@@ -1,0 +1,127 @@
+"""Supervised fine-tuning (`sft`) and continued pre-training (`cpt`) with TRL's SFTTrainer.
+
+    python -m refinery_jobs.sft --config job.json
+
+Features
+  * datasets: chat, alpaca, sharegpt (converted to chat messages) or text; `cpt` takes text only
+  * loss on assistant turns only for chat data (the chat template's {% generation %} markers, or TRL's
+    training template for known model families; otherwise the last assistant turn is the completion)
+  * finetuning.type lora (default; a new adapter, or an input adapter keeps training), full, qlora (CUDA +
+    bitsandbytes)
+  * checkpoint-N/ every hyper.save_steps in checkpoint_dir, resume from resume_from
+  * eval loss on datasets.eval at every checkpoint and at the end
+Output: output_dir holds the adapter (lora) or the full model, with the tokenizer.
+
+Params
+  packing               bool, false   pack several rows per max_length block
+  assistant_only_loss   bool, true    chat data: loss on assistant tokens only
+
+Errors: config (2) bad field / missing input / tokenizer without chat template for chat data;
+data (3) bad dataset line; unsupported (4) qlora without CUDA or bitsandbytes.
+"""
+
+from __future__ import annotations
+
+from refinery_jobs import common
+from refinery_jobs.common import JobConfig, JobSpec, Param
+
+SPEC = JobSpec(
+    kinds=("sft", "cpt"),
+    inputs=("model",),
+    optional_inputs=("base",),
+    formats=("chat", "alpaca", "sharegpt", "text"),
+    params={
+        "packing": Param(bool, False),
+        "assistant_only_loss": Param(bool, True),
+    },
+)
+
+
+def split_last_turn(messages: list[dict]) -> dict:
+    """prompt/completion columns: everything before the last assistant turn, and that turn."""
+    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return {"prompt": messages[:last], "completion": [messages[last]]}
+
+
+class SFTRecipe:
+    def __init__(self, cfg: JobConfig, events: common.Events):
+        self.cfg, self.events = cfg, events
+        self.device = common.select_device()
+        common.check_finetuning_supported(cfg, self.device)
+        if cfg.kind == "cpt" and cfg.dataset_format not in (None, "text"):
+            raise common.config_error("dataset_format", f"cpt trains on raw text, got {cfg.dataset_format!r}")
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        accepted = ("text",) if cfg.kind == "cpt" else SPEC.formats
+        self.fmt, train_rows = common.load_rows(cfg.train_path, cfg.dataset_format, accepted)
+        eval_rows = common.load_rows(cfg.eval_path, self.fmt, (self.fmt,))[1] if cfg.eval_path else None
+        common.log(f"{cfg.kind}: {len(train_rows)} {self.fmt} rows"
+                   + (f", {len(eval_rows)} eval rows" if eval_rows else ""))
+
+        common.seed_everything(cfg.hyper.seed)
+        base, adapter = common.resolve_base(cfg)
+        self.tokenizer = common.load_tokenizer(adapter, base)
+        if self.fmt != "text":
+            common.require_chat_template(self.tokenizer)
+        self.model = common.load_causal_lm(cfg, self.device)
+        common.log(common.trainable_parameters(self.model))
+
+        from datasets import Dataset
+        from trl import SFTConfig, SFTTrainer
+
+        assistant_only = self._assistant_only_mode()
+        train_ds = Dataset.from_list(self._columns(train_rows, assistant_only))
+        eval_ds = Dataset.from_list(self._columns(eval_rows, assistant_only)) if eval_rows else None
+
+        args = SFTConfig(
+            **common.training_args_kwargs(cfg, self.device, has_eval=eval_ds is not None),
+            max_length=cfg.hyper.max_length,
+            packing=cfg.params["packing"],
+            assistant_only_loss=assistant_only == "markers",
+            dataset_num_proc=None,
+        )
+        self.callback = common.events_callback(self.events, cfg, self.device)
+        self.trainer = SFTTrainer(model=self.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
+                                  processing_class=self.tokenizer, callbacks=[self.callback])
+
+    def _assistant_only_mode(self) -> str:
+        """'markers' (template masks assistant tokens), 'last_turn' (prompt/completion split) or 'off'."""
+        if self.fmt == "text" or not self.cfg.params["assistant_only_loss"]:
+            return "off"
+        from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+        if has_generation_markers(self.tokenizer.chat_template):
+            return "markers"
+        try:
+            if get_training_chat_template(self.tokenizer) is not None:
+                return "markers"  # TRL swaps in its training template for this model family
+        except (ValueError, NotImplementedError) as e:
+            common.log(f"no assistant-token mask for this chat template ({e}); loss on the last assistant turn")
+        return "last_turn"
+
+    def _columns(self, rows: list[dict], assistant_only: str) -> list[dict]:
+        if self.fmt == "text":
+            return [{"text": r["text"]} for r in rows]
+        if assistant_only == "last_turn":
+            return [split_last_turn(r["messages"]) for r in rows]
+        return [{"messages": r["messages"]} for r in rows]
+
+    def train(self) -> None:
+        self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
+
+    def save(self) -> dict:
+        common.final_evaluate(self.trainer, self.callback)
+        self.trainer.save_model(self.cfg.output_dir)
+        self.tokenizer.save_pretrained(self.cfg.output_dir)
+        return common.final_metrics(self.callback)
+
+
+def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+    recipe = SFTRecipe(cfg, events)
+    recipe.setup()
+    recipe.train()
+    return recipe.save()
+
+
+if __name__ == "__main__":
+    common.main(SPEC, recipe_main)

@@ -1,0 +1,104 @@
+/**
+ * Test harness over the shared stack: an ObjectStore, a client, workers with a job launcher of the
+ * test's choosing, and the workflow bundle built once per file.
+ */
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Client, Connection } from '@temporalio/client';
+import { bundleWorkflowCode, NativeConnection, type Worker, type WorkflowBundle } from '@temporalio/worker';
+import { inject } from 'vitest';
+import { ObjectStore } from '../../storage/object-store.js';
+import type { StageKind } from '../../spec/schema.js';
+import { jobsPython, REPO_ROOT } from '../../worker/config.js';
+import { createWorkers } from '../../worker/create-workers.js';
+
+export const stack = () => inject('stack');
+
+/** Points this process's environment at the test stack (the CLI code reads it from there). */
+export function useTestStackEnv(): void {
+  const s = stack();
+  Object.assign(process.env, {
+    TEMPORAL_ADDRESS: s.temporalAddress,
+    TEMPORAL_NAMESPACE: s.namespace,
+    REFINERY_S3_ENDPOINT: s.s3Endpoint,
+    REFINERY_S3_ACCESS_KEY: s.accessKey,
+    REFINERY_S3_SECRET_KEY: s.secretKey,
+    REFINERY_BUCKET: s.bucket,
+  });
+}
+
+export function testStore(): ObjectStore {
+  useTestStackEnv();
+  return new ObjectStore();
+}
+
+export async function testClient(): Promise<{ client: Client; close: () => Promise<void> }> {
+  const connection = await Connection.connect({ address: stack().temporalAddress });
+  return { client: new Client({ connection, namespace: stack().namespace }), close: () => connection.close() };
+}
+
+let bundle: Promise<WorkflowBundle> | undefined;
+export function workflowBundle(): Promise<WorkflowBundle> {
+  bundle ??= bundleWorkflowCode({ workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts'), logger: quietLogger });
+  return bundle;
+}
+
+/** The purpose-built contract job (jobs/refinery_jobs/testjob.py) for every stage kind. */
+export function testJobCommand(): (kind: StageKind) => [string, ...string[]] {
+  const python = jobsPython();
+  return () => [python, '-m', 'refinery_jobs.testjob'];
+}
+
+export interface TestWorkers {
+  workers: Worker[];
+  connection: NativeConnection;
+  scratchDir: string;
+  run: Promise<void>;
+  shutdown: () => Promise<void>;
+}
+
+export async function startTestWorkers(options: {
+  control?: boolean;
+  trainingQueues?: string[];
+  jobCommand?: (kind: StageKind) => [string, ...string[]];
+  killGraceMs?: number;
+}): Promise<TestWorkers> {
+  const connection = await NativeConnection.connect({ address: stack().temporalAddress });
+  const scratchDir = await mkdtemp(path.join(tmpdir(), 'refinery-test-worker-'));
+  const workers = await createWorkers({
+    connection,
+    namespace: stack().namespace,
+    store: testStore(),
+    control: options.control ?? true,
+    trainingQueues: options.trainingQueues ?? ['refinery-gpu'],
+    gpus: [],
+    scratchDir,
+    python: jobsPython(),
+    jobCommand: options.jobCommand,
+    workflowBundle: await workflowBundle(),
+    shutdownGraceTime: '5s',
+    killGraceMs: options.killGraceMs ?? 2000,
+  });
+  const run = Promise.all(workers.map((w) => w.run())).then(() => undefined);
+  return {
+    workers,
+    connection,
+    scratchDir,
+    run,
+    shutdown: async () => {
+      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+      await run;
+      await connection.close();
+    },
+  };
+}
+
+const quietLogger = {
+  log: () => undefined,
+  trace: () => undefined,
+  debug: () => undefined,
+  info: () => undefined,
+  warn: (m: string) => console.warn(m),
+  error: (m: string) => console.error(m),
+};
