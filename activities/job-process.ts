@@ -3,7 +3,7 @@
  * The process is raced against cancellation and a stall timer; whatever stops it, the whole
  * process tree is terminated (TERM, then KILL after a grace period) and the reason is recorded.
  */
-import { createWriteStream } from 'node:fs';
+import { createWriteStream, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
@@ -48,8 +48,19 @@ export function jobEnvironment(base: NodeJS.ProcessEnv, extra: Record<string, st
   return { ...env, ...extra, REFINERY_EVENTS_FD: String(EVENTS_FD), PYTHONUNBUFFERED: '1' };
 }
 
+/**
+ * If the worker itself dies (kill -9, OOM killer), the job must not train on as an orphan: on
+ * Linux `setpriv --pdeathsig SIGKILL` makes the kernel kill it with its parent, for any trainer.
+ */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+
+export function withParentDeathSignal(argv: readonly [string, ...string[]]): [string, ...string[]] {
+  return SETPRIV && process.platform === 'linux' ? [SETPRIV, '--pdeathsig', 'SIGKILL', '--', ...argv] : [...argv];
+}
+
 export async function runJobProcess(options: JobProcessOptions): Promise<JobProcessResult> {
-  const { argv, signal } = options;
+  const { signal } = options;
+  const argv = withParentDeathSignal(options.argv);
   const killGraceMs = options.killGraceMs ?? 10_000;
   const log = createWriteStream(options.logFile, { flags: 'a' });
   const contractViolations: string[] = [];

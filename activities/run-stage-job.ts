@@ -135,10 +135,12 @@ export function createTrainingActivities(deps: TrainingDeps) {
             await commitCheckpoint(store, input.artifactPrefix, step, dir);
             beat({ lastCommittedStep: step }, true);
             await pruneCheckpoints(store, input.artifactPrefix, keep);
-            // Locally only the newest committed checkpoint is worth keeping.
+            // Locally only the newest committed checkpoint is worth keeping (and the one the job
+            // resumed from, which it may still read).
             for (const entry of await readdir(dirs.checkpoints)) {
               const m = /^checkpoint-(\d+)$/.exec(entry);
-              if (m && Number(m[1]) < step) await rm(path.join(dirs.checkpoints, entry), { recursive: true, force: true });
+              const dir = path.join(dirs.checkpoints, entry);
+              if (m && Number(m[1]) < step && dir !== restore.restored?.dir) await rm(dir, { recursive: true, force: true });
             }
           } catch (err) {
             uploadError = err;

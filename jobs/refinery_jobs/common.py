@@ -668,7 +668,10 @@ def detect_format(obj: dict, accepted: tuple[str, ...]) -> str | None:
     elif "text" in keys:
         guess = "text"
     elif "messages" in keys:
-        guess = "chat" if "chat" in accepted else "prompts"
+        msgs = obj["messages"]
+        ends_with_user = isinstance(msgs, list) and msgs and isinstance(msgs[-1], dict) and \
+            msgs[-1].get("role") == "user"
+        guess = "prompts" if "prompts" in accepted and (ends_with_user or "chat" not in accepted) else "chat"
     elif "prompt" in keys:
         guess = "prompts"
     else:
