@@ -70,7 +70,7 @@ export async function validateJsonl(input: Readable, format: DatasetFormat, disp
         record = undefined;
       }
       if (record !== undefined) {
-        const parsed = schema.safeParse(record);
+        const parsed = schema.safeParse(record, { reportInput: true }); // else issue.input is always undefined
         if (!parsed.success) {
           const issue = deepestIssue(parsed.error.issues);
           problems.push({ file: displayName, line: lineNo, field: formatPath(issue.path) || '(record)', message: issueMessage(issue, format) });

@@ -39,13 +39,16 @@ export function parseSpec(text: string, abs: string, displayName = abs): LoadedS
     throw new InputError(
       doc.errors.map((e) => ({
         file: displayName,
-        line: e.linePos?.[0]?.line,
+        // linePos is only filled in with prettyErrors; pos (offsets) always is.
+        line: e.linePos?.[0]?.line ?? lineCounter.linePos(e.pos[0]).line,
         message: `invalid YAML: ${e.message.split('\n')[0]}`,
       })),
     );
   }
   const lineOf = (p: readonly PropertyKey[]) => lineOfPath(doc, lineCounter, p);
-  const parsed = PipelineSpec.safeParse(doc.toJS());
+  // reportInput: without it zod leaves `input` out of every issue, and describeIssue would call a
+  // value of the wrong type "required".
+  const parsed = PipelineSpec.safeParse(doc.toJS(), { reportInput: true });
   if (!parsed.success) {
     throw new InputError(parsed.error.issues.map((issue) => problemFromIssue(issue, displayName, lineOf)));
   }

@@ -146,7 +146,9 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
 }
 
 function finetuningOf(spec: PipelineSpec, stage: Stage): Finetuning {
-  return FinetuningSchema.parse({ ...spec.defaults?.finetuning, ...stage.finetuning });
+  const inherited = spec.defaults?.finetuning;
+  const own = stage.finetuning;
+  return FinetuningSchema.parse({ ...inherited, ...own, lora: { ...inherited?.lora, ...own?.lora } });
 }
 
 function resolveDataset(

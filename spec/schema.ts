@@ -95,9 +95,26 @@ export const Gate = z.strictObject({
     .describe('wait for `refinery approve` before dependants start'),
 });
 
+/**
+ * `finetuning` as written under `defaults` or in a stage: no defaults filled in here (a `.partial()`
+ * of Finetuning would fill them), so every field a stage leaves out is inherited from `defaults`.
+ * The planner merges the two, then applies Finetuning's defaults.
+ */
+const FinetuningOverride = z.strictObject({
+  type: Finetuning.shape.type.unwrap().optional().describe('qlora needs CUDA and bitsandbytes'),
+  lora: z
+    .strictObject({
+      r: Lora.shape.r.unwrap().optional(),
+      alpha: Lora.shape.alpha.unwrap().optional(),
+      dropout: Lora.shape.dropout.unwrap().optional(),
+      target_modules: Lora.shape.target_modules.unwrap().optional(),
+    })
+    .optional(),
+});
+
 /** Settings a stage inherits from `defaults` unless it sets them itself. */
 const Inheritable = {
-  finetuning: Finetuning.partial().optional(),
+  finetuning: FinetuningOverride.optional(),
   hyper: Hyper.optional(),
   resources: Resources.optional(),
   retry: Retry.optional(),

@@ -22,12 +22,23 @@ export class GpuAllocator {
     if (n === 0) return { devices: [], release: () => undefined };
     if (this.free.length >= n && this.waiters.length === 0) return this.lease(n);
     return new Promise((resolve, reject) => {
-      const waiter = { n, resolve };
-      this.waiters.push(waiter);
-      signal?.addEventListener('abort', () => {
+      const cancelled = () => (signal?.reason instanceof Error ? signal.reason : new Error('cancelled while waiting for a GPU'));
+      // An already-aborted signal never fires 'abort': without this check the caller waits forever.
+      if (signal?.aborted) return reject(cancelled());
+      const onAbort = () => {
         this.waiters = this.waiters.filter((w) => w !== waiter);
-        reject(signal.reason instanceof Error ? signal.reason : new Error('cancelled while waiting for a GPU'));
-      }, { once: true });
+        reject(cancelled());
+        this.drain(); // the aborted waiter may have been the head of the queue, blocking the others
+      };
+      const waiter = {
+        n,
+        resolve: (lease: GpuLease) => {
+          signal?.removeEventListener('abort', onAbort);
+          resolve(lease);
+        },
+      };
+      this.waiters.push(waiter);
+      signal?.addEventListener('abort', onAbort, { once: true });
     });
   }
 

@@ -224,6 +224,7 @@ class Hyper:
     warmup_ratio: float = 0.0
     weight_decay: float = 0.0
     save_steps: int | None = 50
+    save_total_limit: int | None = None  # retention of committed checkpoints: the worker's business, ignored here
     seed: int = 42
 
 
@@ -331,9 +332,10 @@ def _parse_hyper(raw: Any) -> Hyper:
         "gradient_accumulation": (int, False, None, 1, None),
         "max_length": (int, False, None, 8, None),
         "scheduler": (str, False, SCHEDULERS, None, None),
-        "warmup_ratio": (float, False, None, 0.0, 0.99),
+        "warmup_ratio": (float, False, None, 0.0, 1.0),
         "weight_decay": (float, False, None, 0.0, None),
         "save_steps": (int, True, None, 1, None),
+        "save_total_limit": (int, True, None, 1, None),
         "seed": (int, False, None, 0, 2**32 - 1),
     }
     values = {}
@@ -429,7 +431,11 @@ def load_config(path: str, spec: JobSpec) -> JobConfig:
         inputs[name] = value
 
     datasets_raw = _object("datasets", raw.get("datasets"))
-    _check_keys("datasets", datasets_raw, {"train", "eval"} if spec.formats else set())
+    _check_keys("datasets", datasets_raw, {"train", "eval"})
+    if not spec.formats:
+        for key, value in datasets_raw.items():
+            if value is not None:
+                raise config_error(f"datasets.{key}", f"a {kind} job takes no dataset")
     train_path = _abs_path("datasets.train", datasets_raw.get("train"),
                            nullable=not (spec.formats and spec.needs_train))
     eval_path = _abs_path("datasets.eval", datasets_raw.get("eval"), nullable=True)
@@ -961,7 +967,7 @@ def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> d
         per_device_eval_batch_size=h.batch_size,
         gradient_accumulation_steps=h.gradient_accumulation,
         lr_scheduler_type=h.scheduler,
-        warmup_steps=h.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        warmup_steps=min(h.warmup_ratio, 0.9999),  # transformers 5: a float < 1 is a ratio of the total steps
         weight_decay=h.weight_decay,
         seed=h.seed,
         data_seed=h.seed,

@@ -28,7 +28,7 @@ from refinery_jobs.common import JobConfig, JobSpec, Param
 SPEC = JobSpec(
     kinds=("eval",),
     inputs=(),
-    optional_inputs=("model", "base", "reward_model"),
+    optional_inputs=("model", "base", "reward_model", "reward_model_base"),
     formats=common.FORMATS,
     checkpoints=False,
     params={
@@ -82,7 +82,7 @@ class EvalRecipe:
     def _reward(self):
         path = self.cfg.inputs["reward_model"]
         tokenizer = common.load_tokenizer(path)
-        model = common.load_sequence_classifier(path, self.device, base=self.cfg.inputs.get("base"))
+        model = common.load_sequence_classifier(path, self.device, base=self.cfg.inputs.get("reward_model_base"))
         common.set_pad_token(model, tokenizer)
         return model.to(self.device.torch_device).eval(), tokenizer
 

@@ -5,7 +5,8 @@
 Features
   * inputs.model: the policy (full model, or a LoRA adapter + inputs.base that keeps training)
   * inputs.reward_model: a sequence-classification directory (the reward job's output), given to TRL as
-    reward_funcs=<dir> (loaded with num_labels=1 and its own tokenizer)
+    reward_funcs=<dir> (loaded with num_labels=1 and its own tokenizer); a SEQ_CLS LoRA adapter with
+    inputs.reward_model_base is merged in memory and passed as a model
   * dataset: prompts rows {"prompt"} or {"messages"} ending with a user turn
   * params.num_generations completions per prompt; hyper.batch_size * hyper.gradient_accumulation
     completions per optimizer step (must be a multiple of num_generations)
@@ -32,7 +33,7 @@ from refinery_jobs.common import JobConfig, JobSpec, Param
 SPEC = JobSpec(
     kinds=("grpo",),
     inputs=("model", "reward_model"),
-    optional_inputs=("base",),
+    optional_inputs=("base", "reward_model_base"),
     formats=("prompts",),
     params={
         "num_generations": Param(int, 4, min=2),
@@ -72,10 +73,12 @@ class GRPORecipe:
         self.model = common.load_causal_lm(cfg, self.device)
         common.log(common.trainable_parameters(self.model))
         reward_dir = cfg.inputs["reward_model"]
-        if common.is_adapter_dir(reward_dir):
-            raise common.config_error("inputs.reward_model", "expected a standalone sequence-classification model "
-                                                             "(the reward job's output), got a LoRA adapter")
-        reward_tokenizer = common.load_tokenizer(reward_dir)
+        reward_tokenizer = common.load_tokenizer(reward_dir, cfg.inputs.get("reward_model_base"))
+        reward_funcs = reward_dir
+        if common.is_adapter_dir(reward_dir):  # merged in memory; TRL takes the model object
+            reward_funcs = common.load_sequence_classifier(reward_dir, self.device,
+                                                           base=cfg.inputs.get("reward_model_base"))
+            common.set_pad_token(reward_funcs, reward_tokenizer)
 
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
@@ -91,7 +94,7 @@ class GRPORecipe:
         )
         self.callback = common.events_callback(self.events, cfg, self.device)
         self.trainer = GRPOTrainer(
-            model=self.model, reward_funcs=reward_dir, args=args,
+            model=self.model, reward_funcs=reward_funcs, args=args,
             train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in train_rows]),
             eval_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in eval_rows]) if eval_rows else None,
             processing_class=self.tokenizer, reward_processing_classes=[reward_tokenizer],

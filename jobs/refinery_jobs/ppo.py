@@ -13,7 +13,8 @@ One step = one PPO iteration on hyper.batch_size prompts:
                clipped value loss (vf_coef), gradient clipping at 1.0
 Models: the policy (inputs.model; lora or full), a frozen reference (the input policy: with lora on a full
 model, the same weights with adapters disabled; otherwise a second frozen copy), the frozen reward model
-(inputs.reward_model, a sequence classifier such as the reward job's output) and a value model initialised
+(inputs.reward_model, a sequence classifier such as the reward job's output; an adapter needs
+inputs.reward_model_base) and a value model initialised
 from the reward model (lora with a trainable score head, or full). The value model reads policy tokens,
 so the reward model must share the policy's tokenizer.
 
@@ -55,7 +56,7 @@ from refinery_jobs.common import JobConfig, JobSpec, Param
 SPEC = JobSpec(
     kinds=("ppo",),
     inputs=("model", "reward_model"),
-    optional_inputs=("base",),
+    optional_inputs=("base", "reward_model_base"),
     formats=("prompts",),
     params={
         "kl_coef": Param(float, 0.05, min=0.0),
@@ -179,7 +180,7 @@ class PPORecipe:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             raise common.unsupported("ppo needs a pad token different from eos (the tokenizer uses one for both)")
-        self.reward_tokenizer = common.load_tokenizer(cfg.inputs["reward_model"])
+        self.reward_tokenizer = common.load_tokenizer(cfg.inputs["reward_model"], cfg.inputs.get("reward_model_base"))
         if self.reward_tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise common.unsupported("ppo initialises the value model from the reward model, so both must share "
                                      "the policy's tokenizer; inputs.reward_model has another vocabulary")
@@ -192,6 +193,7 @@ class PPORecipe:
         # frozen reward model, and the value model initialised from it
         reward_dtype = common.model_dtype(self.device, "frozen")
         self.reward_model = common.load_sequence_classifier(cfg.inputs["reward_model"], self.device,
+                                                            base=cfg.inputs.get("reward_model_base"),
                                                             dtype=reward_dtype).to(dev).eval().requires_grad_(False)
         common.set_pad_token(self.reward_model, self.reward_tokenizer)
         self.value = self._load_value(ckpt).to(dev)
@@ -240,7 +242,8 @@ class PPORecipe:
         path = os.path.join(ckpt, "value") if ckpt else None
         if path and not common.is_adapter_dir(path):
             return common.load_sequence_classifier(path, self.device, dtype=dtype)
-        model = common.load_sequence_classifier(self.cfg.inputs["reward_model"], self.device, dtype=dtype)
+        model = common.load_sequence_classifier(self.cfg.inputs["reward_model"], self.device,
+                                                base=self.cfg.inputs.get("reward_model_base"), dtype=dtype)
         if path:
             return PeftModel.from_pretrained(model, path, is_trainable=True)
         if self.cfg.finetuning == "lora":

@@ -1,0 +1,137 @@
+"""Shared fixtures for the job tests: run a job as the worker does, and build (once per test process)
+the tiny model, an SFT policy and a reward model on the demo data.
+
+Jobs run as subprocesses (`python -m refinery_jobs.<kind> --config ...`) with the events pipe on fd 3,
+exactly like the worker. Torch runs on at most 2 threads.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+
+JOBS_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(JOBS_DIR)
+DEMO = os.path.join(REPO, "demo", "data")
+PYTHON = sys.executable
+
+_ROOT = tempfile.mkdtemp(prefix="refinery-jobs-tests-")
+atexit.register(shutil.rmtree, _ROOT, True)
+
+
+def workdir(name: str) -> str:
+    path = os.path.join(_ROOT, name)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    return path
+
+
+def demo(name: str) -> str:
+    return os.path.join(DEMO, name)
+
+
+def job_config(kind: str, work: str, **overrides) -> dict:
+    cfg = {
+        "contract": 1, "kind": kind, "run_id": "test", "stage_id": kind,
+        "output_dir": os.path.join(work, "output"), "checkpoint_dir": os.path.join(work, "checkpoints"),
+        "resume_from": None, "inputs": {}, "datasets": {"train": None, "eval": None}, "dataset_format": None,
+        "finetuning": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.0, "target_modules": "all-linear"}},
+        "hyper": {"learning_rate": 1e-3, "max_steps": 4, "num_epochs": None, "batch_size": 8,
+                  "gradient_accumulation": 1, "max_length": 128, "scheduler": "linear", "warmup_ratio": 0.0,
+                  "weight_decay": 0.0, "save_steps": 2, "seed": 7},
+        "params": {},
+    }
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(cfg.get(key), dict) and key != "inputs":
+            cfg[key] = {**cfg[key], **value}
+        else:
+            cfg[key] = value
+    return cfg
+
+
+class JobResult:
+    def __init__(self, rc: int, events: list[dict], stderr: str, seconds: float):
+        self.rc, self.events, self.stderr, self.seconds = rc, events, stderr, seconds
+
+    def of(self, name: str) -> list[dict]:
+        return [e for e in self.events if e["event"] == name]
+
+    def one(self, name: str) -> dict:
+        found = self.of(name)
+        assert len(found) == 1, f"expected one {name} event, got {len(found)}: {self.events}\n{self.stderr[-3000:]}"
+        return found[0]
+
+    def __repr__(self) -> str:
+        return f"JobResult(rc={self.rc}, events={self.events[-3:]}, stderr=...{self.stderr[-2000:]})"
+
+
+def run_job(module: str, cfg: dict, *, timeout: float = 300) -> JobResult:
+    """Run `python -m refinery_jobs.<module> --config <file>` with an events pipe (REFINERY_EVENTS_FD) and
+    parse every event line, as the worker does."""
+    import time
+    path = os.path.join(cfg["output_dir"] + ".config.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+    read_fd, write_fd = os.pipe()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+           "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "REFINERY_EVENTS_FD": str(write_fd),
+           "PYTHONPATH": JOBS_DIR}
+    start = time.time()
+    proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", "--config", path], cwd=JOBS_DIR, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            pass_fds=(write_fd,))
+    os.close(write_fd)
+    lines: list[str] = []
+
+    def read_events():
+        with os.fdopen(read_fd, encoding="utf-8") as events_pipe:
+            lines.extend(events_pipe.read().splitlines())
+
+    reader = threading.Thread(target=read_events, daemon=True)
+    reader.start()
+    _, stderr = proc.communicate(timeout=timeout)
+    reader.join(timeout=10)
+    events = [json.loads(line) for line in lines if line.strip()]
+    return JobResult(proc.returncode, events, stderr, time.time() - start)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny_model() -> str:
+    """The tiny Llama + tokenizer, built from the demo data."""
+    out = os.path.join(_ROOT, "tiny")
+    data = sorted(os.path.join(DEMO, f) for f in os.listdir(DEMO) if f.endswith(".jsonl"))
+    subprocess.run([PYTHON, "-m", "refinery_jobs.make_tiny_model", "--out", out, "--data", *data, "--seed", "0"],
+                   cwd=JOBS_DIR, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": JOBS_DIR})
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def sft_policy() -> str:
+    """A full-fine-tuned SFT policy that answers the demo questions coherently (both styles)."""
+    work = workdir("sft-policy")
+    cfg = job_config("sft", work, inputs={"model": tiny_model()}, datasets={"train": demo("sft.jsonl")},
+                     finetuning={"type": "full"},
+                     hyper={"max_steps": 200, "learning_rate": 3e-3, "batch_size": 16, "save_steps": None})
+    result = run_job("sft", cfg)
+    assert result.rc == 0, result
+    return cfg["output_dir"]
+
+
+@functools.lru_cache(maxsize=None)
+def reward_model() -> str:
+    work = workdir("reward-model")
+    cfg = job_config("reward", work, inputs={"model": sft_policy()},
+                     datasets={"train": demo("preference.jsonl"), "eval": demo("preference_eval.jsonl")},
+                     hyper={"max_steps": 30, "save_steps": None})
+    result = run_job("reward", cfg)
+    assert result.rc == 0, result
+    reward_model.result = result
+    return cfg["output_dir"]

@@ -1,0 +1,206 @@
+// Dataset validation (spec/datasets.ts): every line of a JSONL file is checked before any GPU job
+// starts (invariant 5), and every problem names the file, the line and the field.
+import { createWriteStream } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { Readable } from 'node:stream';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { MAX_LINE_BYTES, validateJsonl, validateJsonlFile } from '../../spec/datasets.js';
+import type { DatasetFormat } from '../../spec/schema.js';
+
+const DEMO = fileURLToPath(new URL('../../demo/data/', import.meta.url));
+const BAD_DATA = fileURLToPath(new URL('../fixtures/bad-data/', import.meta.url));
+
+let tmp: string;
+beforeAll(async () => {
+  tmp = await mkdtemp(path.join(tmpdir(), 'refinery-datasets-'));
+});
+afterAll(async () => {
+  await rm(tmp, { recursive: true, force: true });
+});
+
+/** Validates text as if it were a file, delivered in chunks of `chunkSize` bytes. */
+function validateText(text: string | Buffer, format: DatasetFormat, chunkSize?: number) {
+  const bytes = Buffer.isBuffer(text) ? text : Buffer.from(text, 'utf8');
+  const chunks: Buffer[] = [];
+  const size = chunkSize ?? Math.max(1, bytes.length);
+  for (let i = 0; i < bytes.length; i += size) chunks.push(bytes.subarray(i, i + size));
+  return validateJsonl(Readable.from(chunks), format, 'data.jsonl');
+}
+
+const chat = (...turns: [string, string][]) => JSON.stringify({ messages: turns.map(([role, content]) => ({ role, content })) });
+const GOOD_CHAT = chat(['user', 'Hi'], ['assistant', 'Hello!']);
+/** One valid record per format. */
+const GOOD: Record<DatasetFormat, string> = {
+  chat: GOOD_CHAT,
+  alpaca: '{"instruction": "Add.", "input": "1+1", "output": "2"}',
+  sharegpt: '{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}',
+  text: '{"text": "Some text."}',
+  preference: '{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}',
+  prompts: '{"prompt": "Hi"}',
+};
+
+describe('demo data is valid', () => {
+  it.each([
+    ['sft.jsonl', 'chat'],
+    ['sft_eval.jsonl', 'chat'],
+    ['preference.jsonl', 'preference'],
+    ['preference_eval.jsonl', 'preference'],
+    ['prompts.jsonl', 'prompts'],
+    ['alpaca.jsonl', 'alpaca'],
+    ['sharegpt.jsonl', 'sharegpt'],
+    ['text.jsonl', 'text'],
+  ] as const)('%s as %s', async (file, format) => {
+    const text = await readFile(path.join(DEMO, file), 'utf8');
+    const records = text.split('\n').filter((l) => l.trim() !== '').length;
+    const report = await validateJsonlFile(path.join(DEMO, file), format);
+    expect(report.problems).toEqual([]);
+    expect(report.rows).toBe(records);
+    expect(report.rows).toBeGreaterThan(0);
+  });
+
+  it('a demo file in the wrong format is refused on its first line', async () => {
+    const report = await validateJsonlFile(path.join(DEMO, 'sft.jsonl'), 'preference', 'sft.jsonl');
+    expect(report.problems[0]).toMatchObject({ file: 'sft.jsonl', line: 1, field: 'chosen', message: 'required in preference records' });
+  });
+});
+
+describe('bad data: one problem, its line and its field', () => {
+  it.each([
+    ['chat-invalid-json.jsonl', 'chat', 3, undefined, /^invalid JSON \(/],
+    ['chat-unknown-role.jsonl', 'chat', 3, 'messages[1].role', /^expected one of "system" \| "user" \| "assistant"$/],
+    ['chat-empty-content.jsonl', 'chat', 4, 'messages[0].content', /^must not be empty$/],
+    ['preference-missing-chosen.jsonl', 'preference', 2, 'chosen', /^required in preference records$/],
+    ['preference-missing-rejected.jsonl', 'preference', 3, 'rejected', /^required in preference records$/],
+    ['preference-identical.jsonl', 'preference', 2, 'rejected', /^chosen and rejected are identical$/],
+    ['prompts-ends-with-assistant.jsonl', 'prompts', 3, 'messages', /^must end with a user message$/],
+    ['sharegpt-no-gpt.jsonl', 'sharegpt', 2, 'conversations', /^needs at least one "gpt" turn$/],
+  ] as const)('%s', async (name, format, line, field, message) => {
+    const file = path.join(BAD_DATA, name);
+    const report = await validateJsonlFile(file, format);
+    expect(report.problems).toHaveLength(1);
+    const [problem] = report.problems;
+    expect(problem).toMatchObject({ file, line, message: expect.stringMatching(message) });
+    expect(problem!.field).toBe(field);
+    const lines = (await readFile(file, 'utf8')).split('\n').filter((l) => l.trim() !== '').length;
+    expect(report.rows).toBe(lines - 1);
+  });
+
+  it('an empty file has no records', async () => {
+    const report = await validateJsonlFile(path.join(BAD_DATA, 'empty.jsonl'), 'chat', 'empty.jsonl');
+    expect(report).toEqual({ rows: 0, problems: [{ file: 'empty.jsonl', message: 'no records' }] });
+  });
+
+  it('a file of blank lines has no records either', async () => {
+    expect(await validateText('\n  \n\r\n', 'text')).toEqual({ rows: 0, problems: [{ file: 'data.jsonl', message: 'no records' }] });
+  });
+
+  it('a missing file rejects', async () => {
+    await expect(validateJsonlFile(path.join(tmp, 'nope.jsonl'), 'chat')).rejects.toThrow(/ENOENT/);
+  });
+
+  it.each([
+    ['chat', '[1]', '(record)', 'expected object'],
+    ['chat', 'null', '(record)', 'expected object'],
+    ['chat', '"a string"', '(record)', 'expected object'],
+    ['chat', '{"messages": []}', 'messages', 'must hold at least one message'],
+    ['chat', '{"messages": "hi"}', 'messages', 'expected array'],
+    ['chat', chat(['user', 'Hi']), 'messages', 'needs at least one assistant message'],
+    ['chat', '{"messages": [{"role": "user", "content": "Hi", "name": "x"}, {"role": "assistant", "content": "Yo"}]}', 'messages[0]', 'unknown key(s) name'],
+    ['chat', '{"messages": [{"role": "user", "content": 5}, {"role": "assistant", "content": "Yo"}]}', 'messages[0].content', 'expected string'],
+    ['text', '{"text": 5}', 'text', 'expected string'],
+    ['text', '{"txt": "a"}', 'text', 'required in text records'],
+    ['alpaca', '{"instruction": "a"}', 'output', 'required in alpaca records'],
+    ['alpaca', '{"instruction": "", "output": "b"}', 'instruction', 'must not be empty'],
+    ['alpaca', '{"instruction": "a", "output": "b", "history": [["q"]]}', 'history[0]', /./],
+    ['sharegpt', '{"conversations": [{"from": "bot", "value": "x"}]}', 'conversations[0].from', 'expected one of "human" | "gpt" | "system"'],
+    ['prompts', '{}', 'prompt', 'required in prompts records'],
+    ['prompts', '{"prompt": " "}', 'prompt', 'must not be empty'],
+    ['preference', '{"prompt": "p", "chosen": [{"role": "assistant", "content": ""}], "rejected": "r"}', 'chosen[0].content', 'must not be empty'],
+    ['preference', '{"prompt": "p", "chosen": 3, "rejected": "r"}', 'chosen', /^(expected string|expected array|does not match)/],
+  ] as const)('%s record %s → %s: %s', async (format, record, field, message) => {
+    const report = await validateText(`${GOOD[format]}\n${record}\n`, format);
+    expect(report.rows).toBe(1);
+    expect(report.problems).toHaveLength(1);
+    const [problem] = report.problems;
+    expect(problem).toMatchObject({ file: 'data.jsonl', line: 2 });
+    expect(problem!.field).toBe(field);
+    if (typeof message === 'string') expect(problem!.message).toBe(message);
+    else expect(problem!.message).toMatch(message);
+  });
+});
+
+describe('lines', () => {
+  it('CRLF line endings: records parse, blank lines are skipped, line numbers stay right', async () => {
+    const file = path.join(tmp, 'crlf.jsonl');
+    await writeFile(file, ['{"text": "One."}', '', '{"text": "Two."}', '{"text": ""}', '{"text": "Three."}', ''].join('\r\n'));
+    const report = await validateJsonlFile(file, 'text', 'crlf.jsonl');
+    expect(report).toEqual({ rows: 3, problems: [{ file: 'crlf.jsonl', line: 4, field: 'text', message: 'must not be empty' }] });
+  });
+
+  it('a last line without a newline is still checked', async () => {
+    const report = await validateText(`${GOOD_CHAT}\n{"messages": []}`, 'chat');
+    expect(report.problems).toEqual([expect.objectContaining({ line: 2, field: 'messages' })]);
+    expect(report.rows).toBe(1);
+  });
+
+  it('chunk boundaries anywhere (even inside a UTF-8 character) change nothing', async () => {
+    const text = [chat(['user', 'Grüß dich 👋'], ['assistant', 'こんにちは']), '', '{"text": 1}', chat(['user', 'ü'])].join('\n') + '\n';
+    const whole = await validateText(text, 'chat');
+    expect(whole.rows).toBe(1);
+    expect(whole.problems.map((p) => p.line)).toEqual([3, 4]);
+    for (const size of [1, 2, 3, 7, 64]) expect(await validateText(text, 'chat', size)).toEqual(whole);
+  });
+
+  it('stops after 20 problems', async () => {
+    const text = Array.from({ length: 50 }, () => '{"bad": 1}').join('\n');
+    const report = await validateText(text, 'text');
+    expect(report.problems).toHaveLength(20);
+    expect(report.problems.map((p) => p.line)).toEqual(Array.from({ length: 20 }, (_, i) => i + 1));
+  });
+
+  it(`a line of exactly ${MAX_LINE_BYTES} bytes is read; one byte more is refused by its length`, async () => {
+    const record = (bytes: number) => {
+      const prefix = '{"text": "';
+      const suffix = '"}';
+      return Buffer.concat([Buffer.from(prefix), Buffer.alloc(bytes - prefix.length - suffix.length, 'a'), Buffer.from(suffix)]);
+    };
+    const nl = Buffer.from('\n');
+    const atLimit = await validateText(Buffer.concat([record(MAX_LINE_BYTES), nl]), 'text', 1 << 20);
+    expect(atLimit).toEqual({ rows: 1, problems: [] });
+    const over = await validateText(Buffer.concat([record(MAX_LINE_BYTES + 1), nl, Buffer.from('{"text": "ok"}\n')]), 'text', 1 << 20);
+    expect(over).toEqual({
+      rows: 1,
+      problems: [{ file: 'data.jsonl', line: 1, message: `line is ${MAX_LINE_BYTES + 1} bytes, more than the ${MAX_LINE_BYTES} allowed` }],
+    });
+  });
+
+  it('a 100 MB line is refused by its length, and the following lines keep their numbers', async () => {
+    const file = path.join(tmp, 'huge.jsonl');
+    const hugeBytes = 100 * 1024 * 1024;
+    const out = createWriteStream(file);
+    const write = (b: Buffer | string) => new Promise<void>((resolve, reject) => out.write(b, (e) => (e ? reject(e) : resolve())));
+    await write('{"text": "before"}\n');
+    const chunk = Buffer.alloc(1024 * 1024, 'a');
+    await write('{"text": "');
+    let written = '{"text": "'.length;
+    while (written + chunk.length <= hugeBytes - 2) {
+      await write(chunk);
+      written += chunk.length;
+    }
+    const rest = hugeBytes - 2 - written;
+    await write(Buffer.alloc(rest, 'a'));
+    await write('"}\n');
+    await write('{"text": "after"}\n\n{"text": ""}\n{"text": "last"}\n');
+    await new Promise<void>((resolve, reject) => out.end((e?: Error | null) => (e ? reject(e) : resolve())));
+
+    const report = await validateJsonlFile(file, 'text', 'huge.jsonl');
+    expect(report.problems).toEqual([
+      { file: 'huge.jsonl', line: 2, message: `line is ${hugeBytes} bytes, more than the ${MAX_LINE_BYTES} allowed` },
+      { file: 'huge.jsonl', line: 5, field: 'text', message: 'must not be empty' },
+    ]);
+    expect(report.rows).toBe(3);
+  });
+});
