@@ -38,6 +38,14 @@ export interface TrainingDeps {
   progressSignalMs?: number;
 }
 
+function signalProgress(runId: string, stageId: string, progress: StageProgress): void {
+  try {
+    getClient().workflow.getHandle(runId).signal(stageProgressSignal, { stageId, progress }).catch(() => undefined);
+  } catch {
+    // No client in this context (unit tests): progress still goes out through heartbeats.
+  }
+}
+
 export function createTrainingActivities(deps: TrainingDeps) {
   return {
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
@@ -78,7 +86,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
         const now = Date.now();
         if (urgent || now - lastSignal >= (deps.progressSignalMs ?? 2000)) {
           lastSignal = now;
-          getClient().workflow.getHandle(input.runId).signal(stageProgressSignal, { stageId: stage.id, progress }).catch(() => undefined);
+          signalProgress(input.runId, stage.id, progress);
         }
       };
       beat({}, true);

@@ -140,13 +140,20 @@ function safeRelative(p: string): string {
   return norm;
 }
 
+/** Runs fn over items, `limit` at a time; on failure stops taking new items, lets in-flight ones finish, then throws. */
 async function forEachLimit<T>(items: T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
   let next = 0;
+  let failure: { error: unknown } | undefined;
   const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
-    while (next < items.length) {
+    while (next < items.length && !failure) {
       const i = next++;
-      await fn(items[i]!, i);
+      try {
+        await fn(items[i]!, i);
+      } catch (error) {
+        failure ??= { error };
+      }
     }
   });
   await Promise.all(workers);
+  if (failure) throw failure.error;
 }
