@@ -21,6 +21,7 @@ import type { ObjectStore } from '../storage/object-store.js';
 import type { ArtifactRef, StageJobInput, StageJobResult, StageProgress } from '../workflows/types.js';
 import { classifyExit, JOB_CONTRACT_VERSION, type JobConfig, type JobEvent } from './job-contract.js';
 import { runJobProcess } from './job-process.js';
+import { checkGgufDirectory, GgufCheckError } from './gguf-check.js';
 import type { GpuAllocator } from '../worker/gpu-allocator.js';
 import { stageProgressSignal } from '../workflows/messages.js';
 
@@ -36,6 +37,18 @@ export interface TrainingDeps {
   killGraceMs?: number;
   /** Minimum time between progress signals to the run workflow. Default 2 s. */
   progressSignalMs?: number;
+}
+
+/** A GGUF export is committed only after llama.cpp has loaded and checked every file. */
+async function checkGgufExport(outputDir: string): Promise<Record<string, number>> {
+  try {
+    const checks = await checkGgufDirectory(outputDir);
+    await writeFile(path.join(outputDir, 'gguf_check.json'), JSON.stringify(checks, null, 2));
+    return Object.fromEntries(checks.flatMap((c) => [[`gguf_${c.type}_greedy_match`, c.greedyMatch], [`gguf_${c.type}_tokenizer_match`, c.tokenizerMatch]]));
+  } catch (err) {
+    if (err instanceof GgufCheckError) throw ApplicationFailure.nonRetryable(err.message, 'GgufCheckFailed');
+    throw err;
+  }
 }
 
 function signalProgress(runId: string, stageId: string, progress: StageProgress): void {
@@ -219,8 +232,10 @@ export function createTrainingActivities(deps: TrainingDeps) {
       }
       if (uploadError) throw ApplicationFailure.retryable(`checkpoint upload failed: ${String(uploadError)}`, 'CheckpointUploadFailed');
 
-      beat({ phase: 'committing' });
       const finalMetrics = { ...metrics, ...doneMetrics };
+      if (stage.kind === 'gguf') Object.assign(finalMetrics, await checkGgufExport(dirs.output));
+
+      beat({ phase: 'committing' });
       const artifact = await commitDirectory(store, dirs.output, outputPrefix, {
         stage: stage.id,
         kind: stage.kind,

@@ -161,6 +161,22 @@ program
     console.log(await makeTinyModel(opts));
   });
 
+program
+  .command('gguf-generate')
+  .description("generate from a run's GGUF export with llama.cpp (CPU)")
+  .requiredOption('--run <runId>')
+  .option('--stage <stageId>', 'the gguf stage', 'gguf')
+  .requiredOption('--prompt <text>')
+  .option('--type <type>', 'f16 | q8_0 | q4_0 ...', 'q8_0')
+  .option('--prefix <prefix>', "the spec's storage.prefix", 'demo')
+  .option('--max-tokens <n>', 'at most this many new tokens', '48')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { run: string; stage: string; prompt: string; type: string; prefix: string; maxTokens: string; json?: boolean }) => {
+    const { ggufGenerate } = await import('./commands/gguf-generate.js');
+    const out = await ggufGenerate({ ...opts, maxTokens: Number(opts.maxTokens) });
+    print(opts.json, out, () => `llama.cpp, ${out.file} (${out.uri}):\n  user: ${opts.prompt}\n  model: ${out.text.trim()}`);
+  });
+
 function printArtifacts(status: { stages: { id: string; artifact?: { uri: string } }[] }): void {
   const rows = status.stages.filter((s) => s.artifact);
   if (rows.length === 0) return;

@@ -180,7 +180,8 @@ class PPORecipe:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
             raise common.unsupported("ppo needs a pad token different from eos (the tokenizer uses one for both)")
-        self.reward_tokenizer = common.load_tokenizer(cfg.inputs["reward_model"], cfg.inputs.get("reward_model_base"))
+        self.reward_tokenizer = common.load_tokenizer(cfg.inputs["reward_model"],
+                                                      cfg.inputs.get("reward_model_base"))
         if self.reward_tokenizer.get_vocab() != self.tokenizer.get_vocab():
             raise common.unsupported("ppo initialises the value model from the reward model, so both must share "
                                      "the policy's tokenizer; inputs.reward_model has another vocabulary")
