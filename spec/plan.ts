@@ -127,7 +127,8 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
             approvalTimeoutMs: stage.gate.approval ? parseDuration(stage.gate.approval.timeout) : undefined,
           }
         : undefined,
-      producesAdapter: TRAINING_KINDS.has(stage.kind) && finetuning.type !== 'full',
+      // The reward job always writes a standalone model (it merges its LoRA itself).
+      producesAdapter: TRAINING_KINDS.has(stage.kind) && stage.kind !== 'reward' && finetuning.type !== 'full',
     } satisfies PlannedStage;
   });
 

@@ -29,13 +29,19 @@ from refinery_jobs import common
 from refinery_jobs.common import JobConfig, JobSpec, Param
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+# Prompts whose Hugging Face greedy continuation the worker compares with llama.cpp's.
+CHECK_PROMPTS = ("What is the capital of France?", "Please tell me about the sea.", "hello")
 SPEC = JobSpec(
     kinds=("gguf",),
     inputs=("model",),
     optional_inputs=("base",),
     formats=(),
     checkpoints=False,
-    params={"types": Param(list, ["f16", "q8_0", "q4_0"])},
+    params={
+        "types": Param(list, ["f16", "q8_0", "q4_0"]),
+        "check_prompts": Param(list, list(CHECK_PROMPTS)),
+        "check_new_tokens": Param(int, 16, min=1, max=256),
+    },
 )
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
@@ -237,7 +243,23 @@ class GGUFRecipe:
             common.log(f"wrote {path} ({metrics[f'bytes_{t}']:,} bytes)")
             self.events.progress(i, len(self.types) + 1, metrics={f"bytes_{t}": metrics[f"bytes_{t}"]})
         metrics["files"] = len(self.types)
+        self.write_greedy_reference()
         return metrics
+
+    def write_greedy_reference(self) -> None:
+        """greedy_reference.json: the HF model's greedy tokens on the check prompts (the worker
+        loads each .gguf in llama.cpp and requires the same tokens from the f16 file)."""
+        import torch
+        n = self.cfg.params["check_new_tokens"]
+        prompts = []
+        for text in self.cfg.params["check_prompts"]:
+            ids = self.tokenizer(str(text)).input_ids
+            with torch.no_grad():
+                out = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                                          max_new_tokens=n, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
+            prompts.append({"text": str(text), "prompt_tokens": ids, "greedy_tokens": out[0, len(ids):].tolist()})
+        common.write_json_atomic(os.path.join(self.cfg.output_dir, "greedy_reference.json"),
+                                 {"max_new_tokens": n, "prompts": prompts})
 
 
 def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
