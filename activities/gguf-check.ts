@@ -49,7 +49,9 @@ export async function checkGgufDirectory(dir: string): Promise<GgufFileCheck[]> 
         const withBos = model.tokens.bos !== null && p.prompt_tokens[0] === Number(model.tokens.bos) ? [Number(model.tokens.bos), ...ours] : ours;
         if (sameTokens(withBos, p.prompt_tokens)) tokenizer++;
         const generated = await generateGreedy(model, p.prompt_tokens, reference.max_new_tokens);
-        if (sameTokens(generated, p.greedy_tokens)) greedy++;
+        // llama.cpp stops at end-of-generation without yielding it; HF's output includes the EOS.
+        const eos = model.tokens.eos === null ? undefined : Number(model.tokens.eos);
+        if (sameTokens(withoutEos(generated, eos), withoutEos(p.greedy_tokens, eos))) greedy++;
         sample ||= model.detokenize(generated as never[]);
       }
       results.push({
@@ -73,7 +75,7 @@ export async function checkGgufDirectory(dir: string): Promise<GgufFileCheck[]> 
 
 type LoadedModel = Awaited<ReturnType<Awaited<ReturnType<typeof import('node-llama-cpp').getLlama>>['loadModel']>>;
 
-/** Greedy tokens after `prompt`, stopping at EOS (which, like HF's generate, is included) or `n`. */
+/** Greedy tokens after `prompt`, up to `n`, ending before end-of-generation. */
 export async function generateGreedy(model: LoadedModel, prompt: number[], n: number): Promise<number[]> {
   const context = await model.createContext({ contextSize: Math.max(256, prompt.length + n + 8) });
   try {
@@ -88,6 +90,11 @@ export async function generateGreedy(model: LoadedModel, prompt: number[], n: nu
   } finally {
     await context.dispose();
   }
+}
+
+function withoutEos(tokens: number[], eos: number | undefined): number[] {
+  const i = eos === undefined ? -1 : tokens.indexOf(eos);
+  return i === -1 ? tokens : tokens.slice(0, i);
 }
 
 function sameTokens(a: number[], b: number[]): boolean {

@@ -13,9 +13,9 @@ REFINERY="$ROOT/bin/refinery"
 bash infra/bootstrap.sh
 "$REFINERY" stack start
 STATE="${REFINERY_STATE_DIR:-$ROOT/.refinery}"
-if [[ ! -f "$STATE/models/tiny-llama/config.json" ]]; then
+if [[ ! -f demo/models/tiny-llama/config.json ]]; then
   echo "[demo] building the tiny model (no model hub needed)"
-  "$REFINERY" make-tiny-model --out "$STATE/models/tiny-llama" --data demo/data/sft.jsonl demo/data/preference.jsonl demo/data/prompts.jsonl
+  "$REFINERY" make-tiny-model --out demo/models/tiny-llama --data demo/data/sft.jsonl demo/data/preference.jsonl demo/data/prompts.jsonl
 fi
 
 mkdir -p "$STATE/logs"
