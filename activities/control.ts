@@ -15,6 +15,7 @@ import { validateJsonlFile } from '../spec/datasets.js';
 import type { PipelinePlan, PlannedDataset, PlannedStage } from '../spec/plan-types.js';
 import { commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
+import { canonicalJson } from '../storage/canonical-json.js';
 import { sha256File, type ObjectStore } from '../storage/object-store.js';
 import type { ArtifactRef, ModelInputs, PipelineStatus, PreparedRun, StageCacheDecision } from '../workflows/types.js';
 
@@ -164,13 +165,6 @@ export function stageCacheKey(input: {
     salt: input.salt ?? null,
   };
   return createHash('sha256').update(canonicalJson(material)).digest('hex').slice(0, 24);
-}
-
-export function canonicalJson(value: unknown): string {
-  if (value === null || typeof value !== 'object') return JSON.stringify(value ?? null);
-  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`;
-  const entries = Object.entries(value as Record<string, unknown>).filter(([, v]) => v !== undefined).sort(([a], [b]) => (a < b ? -1 : 1));
-  return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`;
 }
 
 /** Hash of a directory's content: relative paths and file hashes, sorted. */

@@ -10,6 +10,7 @@
  * are non-retryable; crashes, stalls and lost workers are retried by Temporal per the stage policy.
  */
 import { hostname } from 'node:os';
+import { createWriteStream } from 'node:fs';
 import { mkdir, readdir, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { activityInfo, cancellationSignal, getClient, heartbeat, log } from '@temporalio/activity';
@@ -23,7 +24,7 @@ import { classifyExit, JOB_CONTRACT_VERSION, type JobConfig, type JobEvent } fro
 import { runJobProcess } from './job-process.js';
 import { checkGgufDirectory, GgufCheckError } from './gguf-check.js';
 import type { GpuAllocator } from '../worker/gpu-allocator.js';
-import { stageProgressSignal } from '../workflows/messages.js';
+import { stageAttemptFailedSignal, stageProgressSignal } from '../workflows/messages.js';
 
 export interface TrainingDeps {
   store: ObjectStore;
@@ -61,198 +62,224 @@ function signalProgress(runId: string, stageId: string, progress: StageProgress)
 
 export function createTrainingActivities(deps: TrainingDeps) {
   return {
+    /** One attempt of a stage; a failure is also reported to the run (for its audit trail). */
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
-      const info = activityInfo();
-      const signal = cancellationSignal();
-      const { store } = deps;
-      const { stage } = input;
-      const outputPrefix = layout.output(input.artifactPrefix);
-      const host = hostname();
-
-      const already = await readCommitted(store, outputPrefix);
-      if (already) {
-        log.info('output already committed; not running the job again', { stage: stage.id, uri: already.uri });
-        return {
-          artifact: { prefix: already.prefix, uri: already.uri, manifestSha256: already.manifestSha256 },
-          metrics: (already.manifest.meta?.metrics as Record<string, number>) ?? {},
-          resumedFromStep: null,
-          skippedCheckpoints: [],
-          alreadyCommitted: true,
-          attempt: info.attempt,
-          host,
-        };
-      }
-
-      const work = path.join(deps.scratchDir, 'stages', input.cacheKey);
-      const dirs = { output: path.join(work, 'output'), checkpoints: path.join(work, 'checkpoints'), cache: path.join(deps.scratchDir, 'cache') };
-      await rm(dirs.output, { recursive: true, force: true });
-      await mkdir(dirs.output, { recursive: true });
-      await mkdir(dirs.checkpoints, { recursive: true });
-
-      let progress: StageProgress = { phase: 'downloading', step: 0, totalSteps: null, loss: null, lastCommittedStep: null, attempt: info.attempt, host };
-      // Heartbeats carry progress to Temporal (and liveness); a throttled signal carries it to the
-      // run's `status` query. Signals are best effort: a lost one only delays the display.
-      let lastSignal = 0;
-      const beat = (patch: Partial<StageProgress>, urgent = false) => {
-        progress = { ...progress, ...patch };
-        heartbeat(progress);
-        const now = Date.now();
-        if (urgent || now - lastSignal >= (deps.progressSignalMs ?? 2000)) {
-          lastSignal = now;
-          signalProgress(input.runId, stage.id, progress);
-        }
-      };
-      beat({}, true);
-
-      // Inputs: model stacks and datasets, cached per worker by manifest hash and verified.
-      const fetchArtifact = async (ref: ArtifactRef): Promise<string> => {
-        const artifact = await readCommitted(store, ref.prefix);
-        if (!artifact || artifact.manifestSha256 !== ref.manifestSha256) {
-          throw ApplicationFailure.nonRetryable(`input ${ref.uri} is missing or changed since it was committed`, 'InputMissing');
-        }
-        const dir = path.join(dirs.cache, ref.manifestSha256);
-        await downloadCommitted(store, artifact, dir);
-        return dir;
-      };
-      const inputs: Record<string, string> = {};
-      for (const [name, ref] of Object.entries(input.inputs)) if (ref) inputs[name] = await fetchArtifact(ref);
-      const datasetFile = async (ref: ArtifactRef | undefined) => (ref ? path.join(await fetchArtifact(ref), 'data.jsonl') : null);
-      const datasets = { train: await datasetFile(input.datasets.train), eval: await datasetFile(input.datasets.eval) };
-
-      // Resume: only committed checkpoints count; anything else local is stale.
-      for (const entry of await readdir(dirs.checkpoints)) await rm(path.join(dirs.checkpoints, entry), { recursive: true, force: true });
-      const restore = await restoreNewestCheckpoint(store, input.artifactPrefix, dirs.checkpoints);
-      for (const s of restore.skipped) log.warn('skipped a checkpoint that failed verification', { step: s.step, reason: s.reason });
-      const resumeStep = restore.restored?.step ?? null;
-      beat({ phase: 'training', step: resumeStep ?? 0, lastCommittedStep: resumeStep });
-
-      const config: JobConfig = {
-        contract: JOB_CONTRACT_VERSION,
-        kind: stage.kind,
-        run_id: input.runId,
-        stage_id: stage.id,
-        output_dir: dirs.output,
-        checkpoint_dir: dirs.checkpoints,
-        resume_from: restore.restored?.dir ?? null,
-        inputs,
-        datasets,
-        dataset_format: stage.dataset?.format ?? null,
-        finetuning: stage.finetuning,
-        hyper: stage.hyper,
-        params: stage.params,
-      };
-      const configPath = path.join(work, `job-config.attempt-${info.attempt}.json`);
-      await writeFile(configPath, JSON.stringify(config, null, 2));
-      const logFile = path.join(work, `job.attempt-${info.attempt}.log`);
-
-      // Checkpoints are committed one at a time, in order, while the job keeps training.
-      let uploads: Promise<void> = Promise.resolve();
-      let uploadError: unknown;
-      const keep = stage.hyper.save_total_limit ?? 3;
-      const onCheckpoint = (step: number, dir: string) => {
-        uploads = uploads.then(async () => {
-          if (uploadError) return;
-          try {
-            await commitCheckpoint(store, input.artifactPrefix, step, dir);
-            beat({ lastCommittedStep: step }, true);
-            await pruneCheckpoints(store, input.artifactPrefix, keep);
-            // Locally only the newest committed checkpoint is worth keeping (and the one the job
-            // resumed from, which it may still read).
-            for (const entry of await readdir(dirs.checkpoints)) {
-              const m = /^checkpoint-(\d+)$/.exec(entry);
-              const dir = path.join(dirs.checkpoints, entry);
-              if (m && Number(m[1]) < step && dir !== restore.restored?.dir) await rm(dir, { recursive: true, force: true });
-            }
-          } catch (err) {
-            uploadError = err;
-          }
-        });
-      };
-
-      let sawDone = false;
-      let doneMetrics: Record<string, number | null> = {};
-      let lastError: Extract<JobEvent, { event: 'error' }> | undefined;
-      const metrics: Record<string, number | null> = {};
-      const gpuLease = await deps.gpus.acquire(stage.gpus, signal);
-      let result;
       try {
-        result = await runJobProcess({
-          argv: [...deps.jobCommand(stage.kind), '--config', configPath],
-          cwd: deps.jobCwd,
-          env: { CUDA_VISIBLE_DEVICES: gpuLease.devices.join(','), HF_HUB_OFFLINE: '1', TOKENIZERS_PARALLELISM: 'false' },
-          logFile,
-          stallMs: stage.timeouts.stallMs,
-          signal,
-          killGraceMs: deps.killGraceMs,
-          onEvent: (event) => {
-            switch (event.event) {
-              case 'started':
-                beat({ totalSteps: event.total_steps ?? null, device: event.device });
-                break;
-              case 'progress':
-                Object.assign(metrics, event.metrics ?? {});
-                beat({ step: event.step, totalSteps: event.total_steps ?? progress.totalSteps, loss: event.loss ?? progress.loss, metrics: { ...metrics } });
-                break;
-              case 'checkpoint':
-                onCheckpoint(event.step, event.path);
-                break;
-              case 'metrics':
-                Object.assign(metrics, event.metrics);
-                beat({ metrics: { ...metrics } });
-                break;
-              case 'done':
-                sawDone = true;
-                doneMetrics = event.metrics ?? {};
-                break;
-              case 'error':
-                lastError = event;
-                break;
-            }
-          },
-        });
-      } finally {
-        gpuLease.release();
+        return await runAttempt(input);
+      } catch (err) {
+        if (!(err instanceof CancelledFailure)) {
+          const { attempt } = activityInfo();
+          const reason = err instanceof Error ? err.message : String(err);
+          try {
+            await getClient().workflow.getHandle(input.runId).signal(stageAttemptFailedSignal, { stageId: input.stage.id, attempt, host: hostname(), reason });
+          } catch {
+            // best effort: the next attempt reports this one as lost
+          }
+        }
+        throw err;
       }
-      await uploads;
-      await store.putFile(layout.jobLog(input.storagePrefix, input.runId, stage.id, info.attempt), logFile).catch((err: unknown) => {
-        log.warn('could not upload the job log', { error: String(err) });
-      });
+    },
+  };
 
-      if (result.reason === 'cancelled') throw new CancelledFailure('stage cancelled: job process tree terminated');
-      if (result.reason === 'stalled') {
-        throw ApplicationFailure.retryable(`job stalled: no progress event for ${stage.timeouts.stallMs} ms; killed it (last step ${progress.step})`, 'JobStalled');
-      }
-      const exitClass = classifyExit(result.exitCode, sawDone);
-      if (exitClass !== 'ok') {
-        const detail = lastError
-          ? [lastError.file && `${lastError.file}${lastError.line ? `:${lastError.line}` : ''}`, lastError.field, lastError.message].filter(Boolean).join(': ')
-          : `exit code ${result.exitCode ?? 'none'}${result.exitSignal ? ` (${result.exitSignal})` : ''}; see ${layout.jobLog(input.storagePrefix, input.runId, stage.id, info.attempt)}`;
-        if (exitClass === 'crash') throw ApplicationFailure.retryable(`job failed: ${detail}`, 'JobCrashed');
-        throw ApplicationFailure.nonRetryable(`${exitClass} error: ${detail}`, exitClass === 'config' ? 'ConfigError' : exitClass === 'data' ? 'DataError' : 'Unsupported');
-      }
-      if (uploadError) throw ApplicationFailure.retryable(`checkpoint upload failed: ${String(uploadError)}`, 'CheckpointUploadFailed');
+  async function runAttempt(input: StageJobInput): Promise<StageJobResult> {
+    const info = activityInfo();
+    const signal = cancellationSignal();
+    const { store } = deps;
+    const { stage } = input;
+    const outputPrefix = layout.output(input.artifactPrefix);
+    const host = hostname();
 
-      const finalMetrics = { ...metrics, ...doneMetrics };
-      if (stage.kind === 'gguf') Object.assign(finalMetrics, await checkGgufExport(dirs.output));
-
-      beat({ phase: 'committing' });
-      const artifact = await commitDirectory(store, dirs.output, outputPrefix, {
-        stage: stage.id,
-        kind: stage.kind,
-        cacheKey: input.cacheKey,
-        metrics: finalMetrics,
-        runId: input.runId,
-      });
-      await rm(work, { recursive: true, force: true });
+    const already = await readCommitted(store, outputPrefix);
+    if (already) {
+      log.info('output already committed; not running the job again', { stage: stage.id, uri: already.uri });
       return {
-        artifact: { prefix: artifact.prefix, uri: artifact.uri, manifestSha256: artifact.manifestSha256 },
-        metrics: finalMetrics,
-        resumedFromStep: resumeStep,
-        skippedCheckpoints: restore.skipped.map((s) => s.step),
-        alreadyCommitted: false,
+        artifact: { prefix: already.prefix, uri: already.uri, manifestSha256: already.manifestSha256 },
+        metrics: (already.manifest.meta?.metrics as Record<string, number>) ?? {},
+        resumedFromStep: null,
+        skippedCheckpoints: [],
+        alreadyCommitted: true,
         attempt: info.attempt,
         host,
       };
-    },
-  };
+    }
+
+    const work = path.join(deps.scratchDir, 'stages', input.cacheKey);
+    const dirs = { output: path.join(work, 'output'), checkpoints: path.join(work, 'checkpoints'), cache: path.join(deps.scratchDir, 'cache') };
+    await rm(dirs.output, { recursive: true, force: true });
+    await mkdir(dirs.output, { recursive: true });
+    await mkdir(dirs.checkpoints, { recursive: true });
+
+    let progress: StageProgress = { phase: 'downloading', step: 0, totalSteps: null, loss: null, lastCommittedStep: null, attempt: info.attempt, host };
+    // Heartbeats carry progress to Temporal (and liveness); a throttled signal carries it to the
+    // run's `status` query. Signals are best effort: a lost one only delays the display.
+    let lastSignal = 0;
+    const beat = (patch: Partial<StageProgress>, urgent = false) => {
+      progress = { ...progress, ...patch };
+      heartbeat(progress);
+      const now = Date.now();
+      if (urgent || now - lastSignal >= (deps.progressSignalMs ?? 2000)) {
+        lastSignal = now;
+        signalProgress(input.runId, stage.id, progress);
+      }
+    };
+    beat({}, true);
+
+    // Inputs: model stacks and datasets, cached per worker by manifest hash and verified.
+    const fetchArtifact = async (ref: ArtifactRef): Promise<string> => {
+      const artifact = await readCommitted(store, ref.prefix);
+      if (!artifact || artifact.manifestSha256 !== ref.manifestSha256) {
+        throw ApplicationFailure.nonRetryable(`input ${ref.uri} is missing or changed since it was committed`, 'InputMissing');
+      }
+      const dir = path.join(dirs.cache, ref.manifestSha256);
+      await downloadCommitted(store, artifact, dir);
+      return dir;
+    };
+    const inputs: Record<string, string> = {};
+    for (const [name, ref] of Object.entries(input.inputs)) if (ref) inputs[name] = await fetchArtifact(ref);
+    const datasetFile = async (ref: ArtifactRef | undefined) => (ref ? path.join(await fetchArtifact(ref), 'data.jsonl') : null);
+    const datasets = { train: await datasetFile(input.datasets.train), eval: await datasetFile(input.datasets.eval) };
+
+    // Resume: only committed checkpoints count; anything else local is stale.
+    for (const entry of await readdir(dirs.checkpoints)) await rm(path.join(dirs.checkpoints, entry), { recursive: true, force: true });
+    const restore = await restoreNewestCheckpoint(store, input.artifactPrefix, dirs.checkpoints);
+    for (const s of restore.skipped) log.warn('skipped a checkpoint that failed verification', { step: s.step, reason: s.reason });
+    const resumeStep = restore.restored?.step ?? null;
+    beat({ phase: 'training', step: resumeStep ?? 0, lastCommittedStep: resumeStep, resumedFromStep: resumeStep }, true);
+
+    const config: JobConfig = {
+      contract: JOB_CONTRACT_VERSION,
+      kind: stage.kind,
+      run_id: input.runId,
+      stage_id: stage.id,
+      output_dir: dirs.output,
+      checkpoint_dir: dirs.checkpoints,
+      resume_from: restore.restored?.dir ?? null,
+      inputs,
+      datasets,
+      dataset_format: stage.dataset?.format ?? null,
+      finetuning: stage.finetuning,
+      hyper: stage.hyper,
+      params: stage.params,
+    };
+    const configPath = path.join(work, `job-config.attempt-${info.attempt}.json`);
+    await writeFile(configPath, JSON.stringify(config, null, 2));
+    const logFile = path.join(work, `job.attempt-${info.attempt}.log`);
+    // Every contract event, timestamped, for `refinery logs` and the loss curves of `refinery report`.
+    const eventsFile = path.join(work, `job.attempt-${info.attempt}.events.jsonl`);
+    const eventsOut = createWriteStream(eventsFile, { flags: 'a' });
+
+    // Checkpoints are committed one at a time, in order, while the job keeps training.
+    let uploads: Promise<void> = Promise.resolve();
+    let uploadError: unknown;
+    const keep = stage.hyper.save_total_limit ?? 3;
+    const onCheckpoint = (step: number, dir: string) => {
+      uploads = uploads.then(async () => {
+        if (uploadError) return;
+        try {
+          await commitCheckpoint(store, input.artifactPrefix, step, dir);
+          beat({ lastCommittedStep: step }, true);
+          await pruneCheckpoints(store, input.artifactPrefix, keep);
+          // Locally only the newest committed checkpoint is worth keeping (and the one the job
+          // resumed from, which it may still read).
+          for (const entry of await readdir(dirs.checkpoints)) {
+            const m = /^checkpoint-(\d+)$/.exec(entry);
+            const dir = path.join(dirs.checkpoints, entry);
+            if (m && Number(m[1]) < step && dir !== restore.restored?.dir) await rm(dir, { recursive: true, force: true });
+          }
+        } catch (err) {
+          uploadError = err;
+        }
+      });
+    };
+
+    let sawDone = false;
+    let doneMetrics: Record<string, number | null> = {};
+    let lastError: Extract<JobEvent, { event: 'error' }> | undefined;
+    const metrics: Record<string, number | null> = {};
+    const gpuLease = await deps.gpus.acquire(stage.gpus, signal);
+    let result;
+    try {
+      result = await runJobProcess({
+        argv: [...deps.jobCommand(stage.kind), '--config', configPath],
+        cwd: deps.jobCwd,
+        env: { CUDA_VISIBLE_DEVICES: gpuLease.devices.join(','), HF_HUB_OFFLINE: '1', TOKENIZERS_PARALLELISM: 'false' },
+        logFile,
+        stallMs: stage.timeouts.stallMs,
+        signal,
+        killGraceMs: deps.killGraceMs,
+        onEvent: (event) => {
+          eventsOut.write(JSON.stringify({ at: new Date().toISOString(), attempt: info.attempt, ...event }) + '\n');
+          switch (event.event) {
+            case 'started':
+              beat({ totalSteps: event.total_steps ?? null, device: event.device });
+              break;
+            case 'progress':
+              Object.assign(metrics, event.metrics ?? {});
+              beat({ step: event.step, totalSteps: event.total_steps ?? progress.totalSteps, loss: event.loss ?? progress.loss, metrics: { ...metrics } });
+              break;
+            case 'checkpoint':
+              onCheckpoint(event.step, event.path);
+              break;
+            case 'metrics':
+              Object.assign(metrics, event.metrics);
+              beat({ metrics: { ...metrics } });
+              break;
+            case 'done':
+              sawDone = true;
+              doneMetrics = event.metrics ?? {};
+              break;
+            case 'error':
+              lastError = event;
+              break;
+          }
+        },
+      });
+    } finally {
+      gpuLease.release();
+    }
+    await uploads;
+    await new Promise<void>((resolve) => eventsOut.end(resolve));
+    for (const [key, file] of [
+      [layout.jobLog(input.storagePrefix, input.runId, stage.id, info.attempt), logFile],
+      [layout.jobEvents(input.storagePrefix, input.runId, stage.id, info.attempt), eventsFile],
+    ] as const) {
+      await store.putFile(key, file).catch((err: unknown) => log.warn('could not upload a job log', { key, error: String(err) }));
+    }
+
+    if (result.reason === 'cancelled') throw new CancelledFailure('stage cancelled: job process tree terminated');
+    if (result.reason === 'stalled') {
+      throw ApplicationFailure.retryable(`job stalled: no progress event for ${stage.timeouts.stallMs} ms; killed it (last step ${progress.step})`, 'JobStalled');
+    }
+    const exitClass = classifyExit(result.exitCode, sawDone);
+    if (exitClass !== 'ok') {
+      const detail = lastError
+        ? [lastError.file && `${lastError.file}${lastError.line ? `:${lastError.line}` : ''}`, lastError.field, lastError.message].filter(Boolean).join(': ')
+        : `exit code ${result.exitCode ?? 'none'}${result.exitSignal ? ` (${result.exitSignal})` : ''}; see ${layout.jobLog(input.storagePrefix, input.runId, stage.id, info.attempt)}`;
+      if (exitClass === 'crash') throw ApplicationFailure.retryable(`job failed: ${detail}`, 'JobCrashed');
+      throw ApplicationFailure.nonRetryable(`${exitClass} error: ${detail}`, exitClass === 'config' ? 'ConfigError' : exitClass === 'data' ? 'DataError' : 'Unsupported');
+    }
+    if (uploadError) throw ApplicationFailure.retryable(`checkpoint upload failed: ${String(uploadError)}`, 'CheckpointUploadFailed');
+
+    const finalMetrics = { ...metrics, ...doneMetrics };
+    if (stage.kind === 'gguf') Object.assign(finalMetrics, await checkGgufExport(dirs.output));
+
+    beat({ phase: 'committing' });
+    const artifact = await commitDirectory(store, dirs.output, outputPrefix, {
+      stage: stage.id,
+      kind: stage.kind,
+      cacheKey: input.cacheKey,
+      metrics: finalMetrics,
+      runId: input.runId,
+    });
+    await rm(work, { recursive: true, force: true });
+    return {
+      artifact: { prefix: artifact.prefix, uri: artifact.uri, manifestSha256: artifact.manifestSha256 },
+      metrics: finalMetrics,
+      resumedFromStep: resumeStep,
+      skippedCheckpoints: restore.skipped.map((s) => s.step),
+      alreadyCommitted: false,
+      attempt: info.attempt,
+      host,
+    };
+  }
 }

@@ -7,6 +7,8 @@ import { InputError } from '../spec/errors.js';
 import { connectClient } from './connection.js';
 import { CliError } from './errors.js';
 import { renderStatus } from './render.js';
+import { registerAuditCommands } from './cli-audit.js';
+import { registerScheduleCommands } from './cli-schedule.js';
 
 const program = new Command('refinery')
   .description('Durable, auditable, resumable LLM post-training pipelines on Temporal')
@@ -176,6 +178,9 @@ program
     const out = await ggufGenerate({ ...opts, maxTokens: Number(opts.maxTokens) });
     print(opts.json, out, () => `llama.cpp, ${out.file} (${out.uri}):\n  user: ${opts.prompt}\n  model: ${out.text.trim()}`);
   });
+
+registerAuditCommands(program);
+registerScheduleCommands(program);
 
 function printArtifacts(status: { stages: { id: string; artifact?: { uri: string } }[] }): void {
   const rows = status.stages.filter((s) => s.artifact);

@@ -7,7 +7,10 @@
  *   <prefix>/inputs/models/<tree-sha256>/       committed copies of local base models
  *   <prefix>/artifacts/<kind>-<cachekey>/output/             a stage's committed output
  *   <prefix>/artifacts/<kind>-<cachekey>/checkpoints/step-N/ its committed checkpoints
- *   <prefix>/runs/<runId>/                      run manifest, audit events, job logs
+ *   <prefix>/runs/<runId>/run.json              run manifest (who, when, spec hash, inputs, versions)
+ *   <prefix>/runs/<runId>/status.json           final status (with the audit chain's head)
+ *   <prefix>/runs/<runId>/audit/NNNNNN.json     hash-chained audit events
+ *   <prefix>/runs/<runId>/logs/<stage>/attempt-N.log|.events.jsonl   job output and events
  */
 const SAFE_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
@@ -27,4 +30,7 @@ export const layout = {
   run: (prefix: string, runId: string) => `${prefix}/runs/${segment(runId)}`,
   jobLog: (prefix: string, runId: string, stageId: string, attempt: number) =>
     `${prefix}/runs/${segment(runId)}/logs/${segment(stageId)}/attempt-${attempt}.log`,
+  /** The job's contract events, one JSON object per line with `at` and `attempt` added. */
+  jobEvents: (prefix: string, runId: string, stageId: string, attempt: number) =>
+    `${prefix}/runs/${segment(runId)}/logs/${segment(stageId)}/attempt-${attempt}.events.jsonl`,
 };

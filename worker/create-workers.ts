@@ -4,7 +4,7 @@
  */
 import path from 'node:path';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { createControlActivities, createTrainingActivities } from '../activities/index.js';
+import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { CONTROL_TASK_QUEUE, REPO_ROOT } from './config.js';
@@ -47,7 +47,10 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
         ...(options.workflowBundle
           ? { workflowBundle: options.workflowBundle }
           : { workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts') }),
-        activities: createControlActivities({ store: options.store, jobsVersion: jobs, codeVersion: code }),
+        activities: {
+          ...createControlActivities({ store: options.store, jobsVersion: jobs, codeVersion: code }),
+          ...createAuditActivities(options.store),
+        },
       }),
     );
   }

@@ -18,7 +18,8 @@ import {
 } from '@temporalio/workflow';
 import type * as activities from '../activities/index.js';
 import type { ModelRef, PlannedStage } from '../spec/plan-types.js';
-import { approvalUpdate, stageProgressSignal, statusQuery } from './messages.js';
+import { approvalUpdate, stageAttemptFailedSignal, stageProgressSignal, statusQuery } from './messages.js';
+import { AuditLog } from './audit-log.js';
 import { stageWorkflow } from './stage.js';
 import type { ApprovalDecision, ArtifactRef, ModelInputs, PipelineInput, PipelineStatus, PreparedRun, StageOutcome, StageStatus } from './types.js';
 import { evaluateMetricGate } from './gates.js';
@@ -56,11 +57,29 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
   };
   const stageStatus = (id: string): StageStatus => status.stages.find((s) => s.id === id)!;
   const approvals = new Map<string, ApprovalDecision>();
+  const audit = new AuditLog(plan.storage.prefix, input.runId);
+  const failedAttempts = new Set<string>();
+  audit.append('run-started', {
+    pipeline: plan.name,
+    requestedBy: input.requestedBy,
+    specSha256: plan.specSha256,
+    resumeFrom: input.resumeFrom ?? null,
+    forceStages: input.forceStages ?? [],
+  });
 
   setHandler(statusQuery, () => status);
   setHandler(stageProgressSignal, ({ stageId, progress }) => {
     const s = status.stages.find((x) => x.id === stageId);
     if (!s || s.state !== 'running') return;
+    if (progress.attempt > s.attempt) {
+      for (let a = Math.max(1, s.attempt); a < progress.attempt; a++) {
+        if (!failedAttempts.has(`${stageId}#${a}`)) audit.append('attempt-lost', { stage: stageId, attempt: a, reason: 'no result: the worker stopped heartbeating (killed, lost node) or timed out' });
+      }
+      audit.append('attempt-started', { stage: stageId, attempt: progress.attempt, host: progress.host, resumedFromStep: progress.resumedFromStep ?? null });
+    }
+    if (progress.lastCommittedStep !== null && progress.lastCommittedStep !== s.lastCommittedStep && progress.lastCommittedStep !== progress.resumedFromStep) {
+      audit.append('checkpoint-committed', { stage: stageId, attempt: progress.attempt, step: progress.lastCommittedStep });
+    }
     Object.assign(s, {
       attempt: progress.attempt,
       step: progress.step,
@@ -71,10 +90,15 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
       metrics: progress.metrics ?? s.metrics,
     });
   });
+  setHandler(stageAttemptFailedSignal, ({ stageId, attempt, host, reason }) => {
+    failedAttempts.add(`${stageId}#${attempt}`);
+    audit.append('attempt-failed', { stage: stageId, attempt, host, reason });
+  });
   setHandler(
     approvalUpdate,
     (decision) => {
       approvals.set(decision.stageId, decision);
+      audit.append('approval', { stage: decision.stageId, approved: decision.approved, by: decision.by, reason: decision.reason });
       return `${decision.approved ? 'approved' : 'rejected'} ${decision.stageId}`;
     },
     {
@@ -94,8 +118,13 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
   try {
     prepared = await control.prepareRun({ runId: input.runId, plan, requestedBy: input.requestedBy, resumeFrom: input.resumeFrom });
   } catch (err) {
-    return finish(status, outcomes, err, plan.storage.prefix);
+    return finish(status, outcomes, err, plan.storage.prefix, audit);
   }
+  audit.append('run-prepared', {
+    baseModel: { uri: prepared.baseModel.uri, manifestSha256: prepared.baseModel.manifestSha256 },
+    datasets: Object.fromEntries(Object.entries(prepared.datasets).map(([k, d]) => [k, { uri: d.uri, sha256: d.sha256, manifestSha256: d.manifestSha256 }])),
+    jobsVersion: prepared.jobsVersion,
+  });
 
   // A LoRA stage's output is an adapter over the full model its own input rests on.
   const modelOf = (ref: ModelRef): { model: ArtifactRef; base?: ArtifactRef } => {
@@ -111,6 +140,7 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
     const s = stageStatus(stage.id);
     s.state = 'running';
     s.startedAt = new Date().toISOString();
+    audit.append('stage-started', { stage: stage.id, kind: stage.kind });
     const policy = modelOf(stage.inputs.model);
     const inputs: ModelInputs = { model: policy.model, base: policy.base };
     if (stage.inputs.reward_model) {
@@ -142,8 +172,17 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
     });
     if (!outcome.reused && s.totalSteps !== null) s.step = s.totalSteps;
 
+    audit.append(outcome.reused ? 'stage-reused' : 'stage-completed', {
+      stage: stage.id,
+      cacheKey: outcome.cacheKey,
+      artifact: { uri: outcome.artifact.uri, prefix: outcome.artifact.prefix, manifestSha256: outcome.artifact.manifestSha256 },
+      metrics: outcome.metrics,
+      attempt: outcome.attempt,
+      resumedFromStep: outcome.resumedFromStep,
+    });
     if (stage.gate) {
       const verdict = evaluateMetricGate(stage.gate.metrics, outcome.metrics);
+      if (stage.gate.metrics.length > 0) audit.append('gate', { stage: stage.id, passed: verdict.passed, reason: verdict.reason });
       if (!verdict.passed) {
         s.gate = verdict.reason;
         throw ApplicationFailure.nonRetryable(`gate after stage "${stage.id}" failed: ${verdict.reason}`, 'GateFailed');
@@ -187,6 +226,7 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
           s.state = isCancellation(err) ? 'cancelled' : 'failed';
           s.error = describe(err);
           s.endedAt = new Date().toISOString();
+          audit.append(s.state === 'cancelled' ? 'stage-cancelled' : 'stage-failed', { stage: stage.id, error: s.error });
           firstError ??= err;
           throw err;
         }
@@ -194,16 +234,19 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
     );
   }
   await Promise.allSettled(done.values());
-  return finish(status, outcomes, firstError, plan.storage.prefix);
+  return finish(status, outcomes, firstError, plan.storage.prefix, audit);
 }
 
-async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome>, err: unknown, storagePrefix: string): Promise<PipelineResult> {
+async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome>, err: unknown, storagePrefix: string, audit: AuditLog): Promise<PipelineResult> {
   const cancelled = err !== undefined && isCancellation(err);
   status.state = err === undefined ? 'completed' : cancelled ? 'cancelled' : 'failed';
   if (err !== undefined) status.error = describe(err);
   for (const s of status.stages) if (s.state === 'pending') s.state = 'skipped';
   await CancellationScope.nonCancellable(async () => {
     upsertSearchAttributes({ [SEARCH_ATTRIBUTES.state]: [status.state] });
+    audit.append('run-finished', { state: status.state, error: status.error ?? null });
+    await audit.flush();
+    status.auditHead = audit.head;
     await control.finishRun({ runId: status.runId, status, storagePrefix });
   });
   await condition(allHandlersFinished);

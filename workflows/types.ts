@@ -73,6 +73,8 @@ export interface StageProgress {
   host: string;
   device?: string;
   metrics?: Record<string, number | null>;
+  /** The committed checkpoint this attempt resumed from. */
+  resumedFromStep?: number | null;
 }
 
 export interface StageJobResult {
@@ -124,6 +126,8 @@ export interface PipelineStatus {
   state: RunState;
   stages: StageStatus[];
   error?: string;
+  /** Last event of the audit trail, recorded at run end so that truncation is detectable. */
+  auditHead?: { seq: number; hash: string };
 }
 
 export interface ApprovalDecision {

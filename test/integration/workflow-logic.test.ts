@@ -45,6 +45,7 @@ function plan(stages: Record<string, unknown>[]): PipelinePlan {
 
 interface Calls {
   events: string[];
+  audit?: string[];
   cached: Set<string>;
   jobMs: number;
 }
@@ -60,6 +61,10 @@ function activities(calls: Calls) {
       return { cacheKey: `key-${id}`, artifactPrefix: `p/artifacts/${id}`, committed: calls.cached.has(id) ? { artifact: ref(id), metrics: { score: 1 } } : undefined };
     },
     async finishRun() {},
+    async appendAuditEvent(input: { seq: number; event: { type: string } }) {
+      (calls.audit ??= []).push(input.event.type);
+      return { seq: input.seq, hash: `h${input.seq}` };
+    },
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
       const id = input.stage.id;
       calls.events.push(`start:${id}`);
@@ -84,7 +89,7 @@ async function withWorkers<T>(calls: Calls, fn: () => Promise<T>): Promise<T> {
     connection: env.nativeConnection,
     taskQueue: CONTROL_TASK_QUEUE,
     workflowBundle: await workflowBundle(),
-    activities: { prepareRun: acts.prepareRun, resolveStageCache: acts.resolveStageCache, finishRun: acts.finishRun },
+    activities: { prepareRun: acts.prepareRun, resolveStageCache: acts.resolveStageCache, finishRun: acts.finishRun, appendAuditEvent: acts.appendAuditEvent },
   });
   const gpu = await Worker.create({ connection: env.nativeConnection, taskQueue: 'refinery-gpu', activities: { runStageJob: acts.runStageJob } });
   return gpu.runUntil(control.runUntil(fn()));
@@ -133,6 +138,9 @@ describe('pipeline workflow logic (time-skipping server)', () => {
     });
     expect(result.status.state).toBe('completed');
     expect(result.status.stages[0]!.gate).toBe('approved by alice: eval looks good');
+    expect(calls.audit).toEqual(expect.arrayContaining(['run-started', 'run-prepared', 'stage-started', 'stage-completed', 'approval', 'run-finished']));
+    expect(calls.audit![0]).toBe('run-started');
+    expect(calls.audit!.at(-1)).toBe('run-finished');
     expect(calls.events).toContain('end:m');
   });
 
