@@ -155,7 +155,8 @@ export function stageCacheKey(input: {
   const material = {
     v: 1,
     kind: input.stage.kind,
-    finetuning: input.stage.finetuning,
+    // LoRA settings do not matter to a full fine-tune.
+    finetuning: input.stage.finetuning.type === 'full' ? { type: 'full' } : input.stage.finetuning,
     hyper,
     params: input.stage.params,
     datasetFormat: input.stage.dataset?.format ?? null,
