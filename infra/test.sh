@@ -1,16 +1,32 @@
 #!/usr/bin/env bash
-# README command 2: installs what is missing (cached), then typecheck, lint, the unit and
-# integration suites (vitest, against a private Temporal dev server + MinIO it starts itself),
-# and the Python jobs' own tests.
+# README command 2: installs what is missing (cached), then typecheck, lint, the vitest suites
+# (unit; integration against a private Temporal dev server + MinIO that they start, including the
+# demo pipelines trained for real) and the Python jobs' own tests. Ends with one summary line.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash infra/bootstrap.sh
-PY="$(node -e 'console.log(require("./.refinery/toolchain.json").python)')"
+PY="$(node -p 'require("./.refinery/toolchain.json").python')"
+REPORT="$ROOT/.refinery/test-report.json"
 
 echo "[test] typecheck"; npx tsc --noEmit
 echo "[test] lint";      npx eslint .
 echo "[test] vitest (unit + integration)"
-npx vitest run
-echo "[test] python jobs"
-(cd jobs && HF_HUB_OFFLINE=1 "$PY" -m unittest discover -s tests -t . 2>&1 | tail -n 30)
+vitest_rc=0
+npx vitest run --reporter=default --reporter=json --outputFile.json="$REPORT" || vitest_rc=$?
+
+echo "[test] python jobs (jobs/tests)"
+py_rc=0
+py_out="$(cd jobs && HF_HUB_OFFLINE=1 "$PY" -m unittest discover -s tests -t . 2>&1)" || py_rc=$?
+printf '%s\n' "$py_out" | tail -n 25
+
+read -r ts_pass ts_fail < <(node -e '
+  const r = require(process.argv[1]);
+  console.log(r.numPassedTests, r.numFailedTests + (r.numRuntimeErrorTestSuites || 0));' "$REPORT" 2>/dev/null || echo "0 1")
+py_ran=$(printf '%s\n' "$py_out" | sed -nE 's/^Ran ([0-9]+) tests?.*/\1/p' | tail -1)
+py_bad=$(printf '%s\n' "$py_out" | awk -F'[=,)]' '/^FAILED \(/ { for (i = 1; i < NF; i++) if ($i ~ /(failures|errors)$/) n += $(i + 1) } END { print n + 0 }')
+py_ran=${py_ran:-0}; py_bad=${py_bad:-0}
+[[ $py_rc -ne 0 && $py_bad -eq 0 ]] && py_bad=1
+echo
+echo "tests: $(( ts_pass + py_ran - py_bad )) passed, $(( ts_fail + py_bad )) failed"
+[[ $vitest_rc -eq 0 && $py_rc -eq 0 ]]
