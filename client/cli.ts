@@ -98,6 +98,25 @@ program
   });
 
 program
+  .command('retry')
+  .description('run a finished run again from one stage: that stage and everything downstream run, the rest is reused')
+  .argument('<runId>')
+  .requiredOption('--from-stage <stageId>')
+  .option('--id <newRunId>')
+  .option('--by <who>')
+  .option('--json', 'machine-readable output')
+  .action(async (runId: string, opts: { fromStage: string; id?: string; by?: string; json?: boolean }) => {
+    const { retryRun } = await import('./commands/retry.js');
+    const { client, close } = await connectClient();
+    try {
+      const r = await retryRun(client, runId, opts);
+      print(opts.json, r, () => `started run ${r.runId} (re-running ${r.forced.join(', ')}; the rest reused)\n  watch: refinery status ${r.runId}`);
+    } finally {
+      await close();
+    }
+  });
+
+program
   .command('cancel')
   .description('cancel a run: its jobs are stopped (whole process trees) and the run shows cancelled')
   .argument('<runId>')
