@@ -1,8 +1,9 @@
 /**
  * Control activities (CPU task queue): everything a run does besides training.
- *   prepareRun        validate datasets, store them and the base model content-addressed, write the run manifest
+ *   prepareRun        resolve s3:// dataset prefixes to their newest object, validate datasets, store them and
+ *                     the base model content-addressed, write the run manifest; fingerprint the run's inputs
  *   resolveStageCache compute a stage's cache key and find a committed output for it
- *   finishRun         record the final status next to the run
+ *   finishRun         record the final status next to the run (and a completed run as the pipeline's last success)
  */
 import { createHash } from 'node:crypto';
 import { mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
@@ -16,8 +17,9 @@ import type { PipelinePlan, PlannedDataset, PlannedStage } from '../spec/plan-ty
 import { commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import { canonicalJson } from '../storage/canonical-json.js';
-import { sha256File, type ObjectStore } from '../storage/object-store.js';
-import type { ArtifactRef, ModelInputs, PipelineStatus, PreparedRun, StageCacheDecision } from '../workflows/types.js';
+import { isNotFound, sha256File, type ObjectStore } from '../storage/object-store.js';
+import type { ArtifactRef, LastSuccess, ModelInputs, PipelineStatus, PreparedDataset, PreparedRun, StageCacheDecision } from '../workflows/types.js';
+import { isDatasetPrefix, pickNewestObject, runFingerprint } from './scheduled-inputs.js';
 
 export interface ControlDeps {
   store: ObjectStore;
@@ -35,27 +37,38 @@ export function inputFailure(problems: InputProblem[]): ApplicationFailure {
 export function createControlActivities(deps: ControlDeps) {
   const { store } = deps;
 
-  async function storeDataset(ds: PlannedDataset, prefix: string): Promise<ArtifactRef & { sha256: string }> {
+  /** For an s3:// prefix ending in "/": the key of the newest dataset object under it. */
+  async function newestObjectKey(ds: PlannedDataset): Promise<string> {
+    const newest = pickNewestObject(await store.list(bucketKey(store, ds.path, ds.name), true));
+    if (!newest) throw inputFailure([{ file: ds.path, message: `dataset "${ds.name}": no object under this prefix` }]);
+    return newest.key;
+  }
+
+  async function storeDataset(ds: PlannedDataset, prefix: string): Promise<PreparedDataset> {
     let file = ds.path;
+    let sourceKey: string | undefined;
     let cleanup: string | undefined;
-    if (ds.path.startsWith('s3://')) {
-      const key = bucketKey(store, ds.path, ds.name);
-      cleanup = await mkdtemp(path.join(tmpdir(), 'refinery-ds-'));
-      file = path.join(cleanup, 'data.jsonl');
-      await store.getFile(key, file).catch(() => {
-        throw inputFailure([{ file: ds.path, message: 'dataset object not found' }]);
-      });
-    } else if (!(await stat(file).then((s) => s.isFile()).catch(() => false))) {
-      throw inputFailure([{ file: ds.path, message: `dataset "${ds.name}" does not exist or is not a file` }]);
-    }
     try {
-      const report = await validateJsonlFile(file, ds.format, ds.path);
+      if (ds.path.startsWith('s3://')) {
+        sourceKey = isDatasetPrefix(ds.path) ? await newestObjectKey(ds) : bucketKey(store, ds.path, ds.name);
+        const uri = store.uri(sourceKey);
+        cleanup = await mkdtemp(path.join(tmpdir(), 'refinery-ds-'));
+        file = path.join(cleanup, 'data.jsonl');
+        await store.getFile(sourceKey, file).catch((err: unknown) => {
+          if (isNotFound(err)) throw inputFailure([{ file: uri, message: 'dataset object not found' }]);
+          throw err;
+        });
+      } else if (!(await stat(file).then((s) => s.isFile()).catch(() => false))) {
+        throw inputFailure([{ file: ds.path, message: `dataset "${ds.name}" does not exist or is not a file` }]);
+      }
+      const source = sourceKey === undefined ? ds.path : store.uri(sourceKey);
+      const report = await validateJsonlFile(file, ds.format, source);
       if (report.problems.length > 0) throw inputFailure(report.problems);
       const sha256 = await sha256File(file);
       const prefixKey = layout.dataset(prefix, sha256);
       const existing = await readCommitted(store, prefixKey);
-      const artifact = existing ?? (await commitSingleFile(store, file, 'data.jsonl', prefixKey, { source: ds.path, format: ds.format, rows: report.rows }));
-      return { ...refOf(artifact), sha256 };
+      const artifact = existing ?? (await commitSingleFile(store, file, 'data.jsonl', prefixKey, { source, format: ds.format, rows: report.rows }));
+      return { ...refOf(artifact), sha256, source, ...(sourceKey !== undefined ? { sourceKey } : {}) };
     } finally {
       if (cleanup) await rm(cleanup, { recursive: true, force: true });
     }
@@ -77,7 +90,7 @@ export function createControlActivities(deps: ControlDeps) {
   }
 
   return {
-    async prepareRun(input: { runId: string; plan: PipelinePlan; requestedBy: string; resumeFrom?: string }): Promise<PreparedRun> {
+    async prepareRun(input: { runId: string; plan: PipelinePlan; requestedBy: string; resumeFrom?: string; scheduleId?: string }): Promise<PreparedRun> {
       const { plan } = input;
       const prefix = plan.storage.prefix;
       heartbeat('datasets');
@@ -97,6 +110,13 @@ export function createControlActivities(deps: ControlDeps) {
       if (problems.length > 0) throw inputFailure(problems);
       heartbeat('base model');
       const baseModel = await storeBaseModel(plan.baseModel, prefix);
+      const fingerprint = runFingerprint({
+        specSha256: plan.specSha256,
+        baseModelManifestSha256: baseModel.manifestSha256,
+        datasetSha256: Object.fromEntries(Object.entries(datasets).map(([name, d]) => [name, d.sha256])),
+        jobsVersion: deps.jobsVersion,
+      });
+      const lastSuccess = await store.getJson<LastSuccess>(layout.lastSuccess(prefix, plan.name));
 
       await store.putJson(`${layout.run(prefix, input.runId)}/run.json`, {
         runId: input.runId,
@@ -105,13 +125,16 @@ export function createControlActivities(deps: ControlDeps) {
         startedAt: new Date().toISOString(),
         specSha256: plan.specSha256,
         resumeFrom: input.resumeFrom ?? null,
+        scheduleId: input.scheduleId ?? null,
+        fingerprint,
         baseModel: { source: plan.baseModel, ...baseModel },
-        datasets: Object.fromEntries(Object.entries(datasets).map(([name, d]) => [name, { source: seen.get(name)!.path, ...d }])),
+        // `path` as the spec gives it; `source`/`sourceKey` the exact file or object read.
+        datasets: Object.fromEntries(Object.entries(datasets).map(([name, d]) => [name, { path: seen.get(name)!.path, ...d }])),
         versions: { code: deps.codeVersion, jobs: deps.jobsVersion, node: process.version },
         controlHost: hostname(),
         plan,
       });
-      return { baseModel, datasets, jobsVersion: deps.jobsVersion };
+      return { baseModel, datasets, jobsVersion: deps.jobsVersion, fingerprint, ...(lastSuccess ? { lastSuccess } : {}) };
     },
 
     async resolveStageCache(input: {
@@ -135,7 +158,14 @@ export function createControlActivities(deps: ControlDeps) {
     },
 
     async finishRun(input: { runId: string; status: PipelineStatus; storagePrefix?: string }): Promise<void> {
-      await store.putJson(`${layout.run(input.storagePrefix ?? 'refinery', input.runId)}/status.json`, { ...input.status, finishedAt: new Date().toISOString() });
+      const prefix = input.storagePrefix ?? 'refinery';
+      const finishedAt = new Date().toISOString();
+      await store.putJson(`${layout.run(prefix, input.runId)}/status.json`, { ...input.status, finishedAt });
+      // What a scheduled run compares its fingerprint with (skipIfUnchanged).
+      if (input.status.state === 'completed' && input.status.fingerprint) {
+        const last: LastSuccess = { runId: input.runId, fingerprint: input.status.fingerprint, finishedAt };
+        await store.putJson(layout.lastSuccess(prefix, input.status.pipeline), last);
+      }
     },
   };
 }

@@ -5,7 +5,7 @@ const BAR_WIDTH = 20;
 
 export function renderStatus(status: PipelineStatus, etas: Map<string, number | undefined> = new Map()): string {
   const width = Math.max(...status.stages.map((s) => s.id.length), 5);
-  const lines = [`run ${status.runId} (${status.pipeline}): ${status.state}${status.error ? ` — ${status.error.split('\n')[0]}` : ''}`];
+  const lines = [`run ${status.runId} (${status.pipeline}): ${status.state}${status.error ? ` — ${status.error.split('\n')[0]}` : ''}${status.unchangedSince ? ` since run ${status.unchangedSince}` : ''}`];
   for (const s of status.stages) lines.push(`  ${s.id.padEnd(width)}  ${s.kind.padEnd(6)} ${renderStage(s, etas.get(s.id))}`);
   return lines.join('\n');
 }
@@ -23,6 +23,7 @@ function renderStage(s: StageStatus, etaSeconds: number | undefined): string {
   if (s.resumedFromStep) parts.push(`resumed@${s.resumedFromStep}`);
   if (s.state === 'running' && etaSeconds !== undefined) parts.push(`ETA ${formatSeconds(etaSeconds)}`);
   if (s.gate) parts.push(`gate: ${s.gate}`);
+  if (s.note) parts.push(s.note);
   if (s.error && (s.state === 'failed' || s.state === 'cancelled')) parts.push(`— ${s.error.split('\n')[0]}`);
   return parts.join('  ');
 }

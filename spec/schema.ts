@@ -29,7 +29,7 @@ export const DataPath = z
   .refine((p) => !/[\0\n\r]/.test(p), 'a path without control characters');
 
 export const Dataset = z.strictObject({
-  path: DataPath.describe('JSONL file: local path (relative to the spec) or s3://bucket/key'),
+  path: DataPath.describe('JSONL file: local path (relative to the spec), s3://bucket/key, or s3://bucket/prefix/ (the newest object under it, chosen when a run starts)'),
   format: DatasetFormat.describe('record format; see docs/datasets.md'),
 });
 export type Dataset = z.infer<typeof Dataset>;

@@ -11,8 +11,12 @@
  *   <prefix>/runs/<runId>/status.json           final status (with the audit chain's head)
  *   <prefix>/runs/<runId>/audit/NNNNNN.json     hash-chained audit events
  *   <prefix>/runs/<runId>/logs/<stage>/attempt-N.log|.events.jsonl   job output and events
+ *   <prefix>/pipelines/<name>/last-success.json  {runId, fingerprint, finishedAt} of the last completed run
+ *
+ * Run ids of scheduled runs are the workflow ids Temporal gives them, "<scheduleId>-<RFC 3339 time>",
+ * hence ":" in segments.
  */
-const SAFE_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
+const SAFE_SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$/;
 
 /** Every key segment built from user input goes through here: no "..", no slashes, no surprises. */
 export function segment(value: string): string {
@@ -28,6 +32,7 @@ export const layout = {
   checkpoints: (artifactPrefix: string) => `${artifactPrefix}/checkpoints`,
   checkpoint: (artifactPrefix: string, step: number) => `${artifactPrefix}/checkpoints/step-${String(step).padStart(9, '0')}`,
   run: (prefix: string, runId: string) => `${prefix}/runs/${segment(runId)}`,
+  lastSuccess: (prefix: string, pipeline: string) => `${prefix}/pipelines/${segment(pipeline)}/last-success.json`,
   jobLog: (prefix: string, runId: string, stageId: string, attempt: number) =>
     `${prefix}/runs/${segment(runId)}/logs/${segment(stageId)}/attempt-${attempt}.log`,
   /** The job's contract events, one JSON object per line with `at` and `attempt` added. */

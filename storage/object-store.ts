@@ -14,6 +14,8 @@ import { storageConfigFromEnv, type StorageConfig } from './config.js';
 export interface ObjectInfo {
   key: string;
   size: number;
+  /** Objects only (not common prefixes). */
+  lastModified?: Date;
 }
 
 export class ObjectStore {
@@ -105,8 +107,8 @@ export class ObjectStore {
   async list(prefix: string, recursive = true): Promise<ObjectInfo[]> {
     const out: ObjectInfo[] = [];
     const stream = this.client.listObjectsV2(this.bucket, prefix, recursive);
-    for await (const item of stream as AsyncIterable<{ name?: string; prefix?: string; size?: number }>) {
-      if (item.name) out.push({ key: item.name, size: item.size ?? 0 });
+    for await (const item of stream as AsyncIterable<{ name?: string; prefix?: string; size?: number; lastModified?: Date }>) {
+      if (item.name) out.push({ key: item.name, size: item.size ?? 0, lastModified: item.lastModified });
       else if (item.prefix) out.push({ key: item.prefix, size: 0 });
     }
     return out;

@@ -18,12 +18,13 @@ import {
 } from '@temporalio/workflow';
 import type * as activities from '../activities/index.js';
 import type { ModelRef, PlannedStage } from '../spec/plan-types.js';
-import { approvalUpdate, stageAttemptFailedSignal, stageProgressSignal, statusQuery } from './messages.js';
+import { approvalUpdate, inputQuery, stageAttemptFailedSignal, stageProgressSignal, statusQuery } from './messages.js';
 import { AuditLog } from './audit-log.js';
 import { stageWorkflow } from './stage.js';
 import type { ApprovalDecision, ArtifactRef, ModelInputs, PipelineInput, PipelineStatus, PreparedRun, StageOutcome, StageStatus } from './types.js';
 import { evaluateMetricGate } from './gates.js';
 import { SEARCH_ATTRIBUTES } from './search-attributes.js';
+import { finishUnchanged, runIdOf, unchangedSince } from './scheduled.js';
 
 const control = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
   startToCloseTimeout: '30 minutes',
@@ -36,7 +37,8 @@ export interface PipelineResult {
   artifacts: Record<string, ArtifactRef>;
 }
 
-export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineResult> {
+export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<PipelineResult> {
+  const input = { ...pipelineInput, runId: runIdOf(pipelineInput) }; // scheduled runs: the workflow id
   const { plan } = input;
   const status: PipelineStatus = {
     runId: input.runId,
@@ -65,9 +67,11 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
     specSha256: plan.specSha256,
     resumeFrom: input.resumeFrom ?? null,
     forceStages: input.forceStages ?? [],
+    scheduleId: input.scheduleId ?? null,
   });
 
   setHandler(statusQuery, () => status);
+  setHandler(inputQuery, () => input);
   setHandler(stageProgressSignal, ({ stageId, progress }) => {
     const s = status.stages.find((x) => x.id === stageId);
     if (!s || s.state !== 'running') return;
@@ -116,15 +120,21 @@ export async function pipelineWorkflow(input: PipelineInput): Promise<PipelineRe
   const storagePrefix = plan.storage.prefix;
   let prepared: PreparedRun;
   try {
-    prepared = await control.prepareRun({ runId: input.runId, plan, requestedBy: input.requestedBy, resumeFrom: input.resumeFrom });
+    prepared = await control.prepareRun({ runId: input.runId, plan, requestedBy: input.requestedBy, resumeFrom: input.resumeFrom, scheduleId: input.scheduleId });
   } catch (err) {
     return finish(status, outcomes, err, plan.storage.prefix, audit);
   }
   audit.append('run-prepared', {
     baseModel: { uri: prepared.baseModel.uri, manifestSha256: prepared.baseModel.manifestSha256 },
-    datasets: Object.fromEntries(Object.entries(prepared.datasets).map(([k, d]) => [k, { uri: d.uri, sha256: d.sha256, manifestSha256: d.manifestSha256 }])),
+    datasets: Object.fromEntries(Object.entries(prepared.datasets).map(([k, d]) => [k, { uri: d.uri, sha256: d.sha256, manifestSha256: d.manifestSha256, source: d.source ?? null, sourceKey: d.sourceKey ?? null }])),
     jobsVersion: prepared.jobsVersion,
+    fingerprint: prepared.fingerprint ?? null,
   });
+
+  // Scheduled runs (skipIfUnchanged) end here when the inputs equal the last successful run's.
+  status.fingerprint = prepared.fingerprint;
+  const sameAs = unchangedSince(input, prepared);
+  if (sameAs !== undefined) return finishUnchanged(status, sameAs, storagePrefix, audit);
 
   // A LoRA stage's output is an adapter over the full model its own input rests on.
   const modelOf = (ref: ModelRef): { model: ArtifactRef; base?: ArtifactRef } => {

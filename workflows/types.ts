@@ -18,7 +18,8 @@ export interface ArtifactRef {
 export type ModelInputs = Partial<Record<'model' | 'base' | 'reward_model' | 'reward_model_base', ArtifactRef>>;
 
 export interface PipelineInput {
-  runId: string;
+  /** Absent or empty for scheduled runs: the run id is then the workflow id the schedule gave. */
+  runId?: string;
   plan: PipelinePlan;
   /** Who started the run (flag, environment or OS user): recorded in the audit trail. */
   requestedBy: string;
@@ -26,14 +27,41 @@ export interface PipelineInput {
   forceStages?: string[];
   /** Set by `run --resume-from`: the run whose committed outputs and checkpoints this one continues. */
   resumeFrom?: string;
+  /**
+   * Scheduled runs: end early, state 'unchanged', when the run's inputs (fingerprint) equal those of
+   * the pipeline's last successful run.
+   */
+  skipIfUnchanged?: boolean;
+  /** The schedule that started this run (`refinery schedule create`). */
+  scheduleId?: string;
 }
+
+/** A dataset as a run read it: its committed copy, the sha256 of its bytes, and where it came from. */
+export type PreparedDataset = ArtifactRef & {
+  sha256: string;
+  /** The exact file or object read: for an s3:// prefix ending in "/", the newest object under it. */
+  source?: string;
+  /** That object's key in the bucket (s3:// datasets only). */
+  sourceKey?: string;
+};
 
 export interface PreparedRun {
   baseModel: ArtifactRef;
   /** By dataset name. */
-  datasets: Record<string, ArtifactRef & { sha256: string }>;
+  datasets: Record<string, PreparedDataset>;
   /** Hash of the job code and its pinned requirements: part of every cache key. */
   jobsVersion: string;
+  /** sha256 of (spec sha256, base model manifest sha256, every dataset sha256, jobs version). */
+  fingerprint: string;
+  /** The pipeline's last successful run (<prefix>/pipelines/<name>/last-success.json), if any. */
+  lastSuccess?: LastSuccess;
+}
+
+/** <prefix>/pipelines/<name>/last-success.json, written when a run completes. */
+export interface LastSuccess {
+  runId: string;
+  fingerprint: string;
+  finishedAt: string;
 }
 
 export interface StageWorkflowInput {
@@ -99,7 +127,8 @@ export interface StageOutcome {
 }
 
 export type StageState = 'pending' | 'running' | 'awaiting-approval' | 'completed' | 'reused' | 'failed' | 'cancelled' | 'skipped';
-export type RunState = 'running' | 'completed' | 'failed' | 'cancelled';
+/** 'unchanged': a scheduled run whose inputs equal the last successful run's; nothing ran. */
+export type RunState = 'running' | 'completed' | 'failed' | 'cancelled' | 'unchanged';
 
 export interface StageStatus {
   id: string;
@@ -115,6 +144,8 @@ export interface StageStatus {
   artifact?: ArtifactRef;
   error?: string;
   gate?: string;
+  /** Why a stage did not run (e.g. the run's inputs were unchanged). */
+  note?: string;
   startedAt?: string;
   endedAt?: string;
   host?: string;
@@ -128,6 +159,10 @@ export interface PipelineStatus {
   error?: string;
   /** Last event of the audit trail, recorded at run end so that truncation is detectable. */
   auditHead?: { seq: number; hash: string };
+  /** The run's fingerprint (see PreparedRun): finishRun records it as the last success when completed. */
+  fingerprint?: string;
+  /** State 'unchanged': the last successful run whose inputs this run found unchanged. */
+  unchangedSince?: string;
 }
 
 export interface ApprovalDecision {

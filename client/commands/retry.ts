@@ -30,7 +30,8 @@ export async function retryRun(client: Client, runId: string, opts: { fromStage:
   await client.workflow.start(pipelineWorkflow, {
     workflowId: newId,
     taskQueue: CONTROL_TASK_QUEUE,
-    args: [{ ...previous, runId: newId, requestedBy: whoAmI(opts.by), resumeFrom: runId, forceStages: forced }],
+    // A retry is a manual run: not tied to the schedule that may have started the original.
+    args: [{ plan, runId: newId, requestedBy: whoAmI(opts.by), resumeFrom: runId, forceStages: forced }],
   });
   return { runId: newId, forced };
 }

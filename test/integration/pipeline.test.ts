@@ -8,6 +8,8 @@ import type { Client } from '@temporalio/client';
 import { readCommitted, verifyCommitted } from '../../storage/commit.js';
 import { startRun } from '../../client/commands/run.js';
 import { runStatus } from '../../client/commands/manage.js';
+import { retryRun } from '../../client/commands/retry.js';
+import type { pipelineWorkflow } from '../../workflows/pipeline.js';
 import { startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
@@ -64,6 +66,13 @@ describe('pipeline workflow on the real stack', () => {
     const changed = await writeTestSpec({ name: 'dag-test', storage: { prefix: 'it-dag' }, stages: stages({ hyper: { max_steps: 8, save_steps: 2 } }) }, dir);
     const third = await (await startRun(client, changed.file, { id: `dag-changed-${Date.now()}` })).handle.result();
     expect(Object.fromEntries(third.status.stages.map((s) => [s.id, s.state]))).toEqual({ sft: 'completed', rm: 'reused', ppo: 'completed', merge: 'completed' });
+
+    // `refinery retry --from-stage ppo`: ppo and merge run again, sft and rm are reused.
+    const { runId: retryId, forced } = await retryRun(client, runId, { fromStage: 'ppo' });
+    expect(forced).toEqual(['ppo', 'merge']);
+    const retried = await client.workflow.getHandle<typeof pipelineWorkflow>(retryId).result();
+    expect(Object.fromEntries(retried.status.stages.map((s) => [s.id, s.state]))).toEqual({ sft: 'reused', rm: 'reused', ppo: 'completed', merge: 'completed' });
+    expect(retried.artifacts.ppo!.prefix).not.toBe(result.artifacts.ppo!.prefix);
   });
 
   it('refuses to start a run whose id is running', async () => {
