@@ -120,7 +120,7 @@ def sft_policy() -> str:
     cfg = job_config("sft", work, inputs={"model": tiny_model()}, datasets={"train": demo("sft.jsonl")},
                      finetuning={"type": "full"},
                      hyper={"max_steps": 200, "learning_rate": 3e-3, "batch_size": 16, "save_steps": None})
-    result = run_job("sft", cfg)
+    result = run_job("sft", cfg, timeout=1800)  # ~35 s alone; generous for a loaded CI machine
     assert result.rc == 0, result
     return cfg["output_dir"]
 
