@@ -6,12 +6,19 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
-import { bundleWorkflowCode, NativeConnection, type Worker, type WorkflowBundle } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type Worker, type WorkflowBundle } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { ObjectStore } from '../../storage/object-store.js';
 import type { StageKind } from '../../spec/schema.js';
 import { jobsPython, REPO_ROOT } from '../../worker/config.js';
 import { createWorkers } from '../../worker/create-workers.js';
+
+// Workers log state changes at INFO; tests only need warnings and errors.
+try {
+  Runtime.install({ logger: new DefaultLogger('WARN') });
+} catch {
+  // already installed in this process
+}
 
 export const stack = () => inject('stack');
 
