@@ -213,6 +213,11 @@ function devNull(): NodeJS.WritableStream {
 }
 
 async function main(): Promise<void> {
+  // `refinery status X | head`: a closed pipe ends the command quietly.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(process.exitCode ?? 0);
+    throw err;
+  });
   try {
     await program.parseAsync(process.argv);
   } catch (err) {

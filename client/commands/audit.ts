@@ -93,11 +93,9 @@ export async function readRun(ref: RunRef): Promise<RunRecords> {
     }
   };
 
-  const [manifest, status, auditKeys] = await Promise.all([
-    readJson<RunManifest>(`${runKey}/run.json`),
-    readJson<FinalStatus>(`${runKey}/status.json`),
-    storeCall(store, () => store.list(`${runKey}/audit/`)),
-  ]);
+  const [manifest, status, auditKeys] = await storeCall(store, () =>
+    Promise.all([readJson<RunManifest>(`${runKey}/run.json`), readJson<FinalStatus>(`${runKey}/status.json`), store.list(`${runKey}/audit/`)]),
+  );
   const keys = auditKeys
     .map((o) => o.key)
     .filter((k) => /\/audit\/\d+\.json$/.test(k))
@@ -131,7 +129,7 @@ async function findRunElsewhere(store: ObjectStore, runId: string, except: strin
 }
 
 /** Turns "cannot reach the store" into one line with a hint. */
-async function storeCall<T>(store: ObjectStore, fn: () => Promise<T>): Promise<T> {
+export async function storeCall<T>(store: ObjectStore, fn: () => Promise<T>): Promise<T> {
   try {
     return await fn();
   } catch (err) {
@@ -235,16 +233,18 @@ export function describeEvent(e: AuditEvent): string {
     case 'stage-completed':
     case 'stage-reused': {
       const art = f.artifact as { uri?: string; manifestSha256?: string } | undefined;
-      const metrics = Object.entries((f.metrics ?? {}) as Record<string, number | null>).slice(0, 4).map(([k, v]) => `${k}=${formatNumber(v)}`);
+      const metrics = keyMetrics((f.metrics ?? {}) as Record<string, number | null>, 4).map(([k, v]) => `${k}=${formatNumber(v)}`);
       return join([art ? `manifest ${short(art.manifestSha256)}` : '', f.attempt ? `attempt ${f.attempt}` : '', f.resumedFromStep ? `resumed@${f.resumedFromStep}` : '', metrics.join(' '), art?.uri ?? '']);
     }
     case 'stage-failed':
     case 'stage-cancelled':
       return oneLine(f.error);
     case 'gate':
-      return `${f.passed ? 'passed' : 'FAILED'}: ${oneLine(f.reason)}`;
+      return /^(passed|failed)\b/i.test(oneLine(f.reason)) ? oneLine(f.reason) : `${f.passed ? 'passed' : 'FAILED'}: ${oneLine(f.reason)}`;
     case 'approval':
       return `${f.approved ? 'approved' : 'rejected'} by ${f.by}: ${oneLine(f.reason)}`;
+    case 'run-unchanged':
+      return `not run: inputs unchanged since run ${f.previousRunId}`;
     case 'run-finished':
       return join([String(f.state), f.error ? oneLine(f.error) : '']);
     default:
@@ -253,6 +253,17 @@ export function describeEvent(e: AuditEvent): string {
         .map(([k, v]) => `${k}=${typeof v === 'object' ? JSON.stringify(v) : String(v)}`)
         .join(' ');
   }
+}
+
+/** The metrics a reader looks at first (losses, rewards, accuracy), then the rest, `n` in all. */
+export function keyMetrics(metrics: Record<string, number | null>, n: number): [string, number | null][] {
+  const rank = (k: string) => {
+    const i = [/^final_loss$/, /^train_loss$/, /^eval_loss$/, /reward_mean$/, /accuracy$/, /loss$/, /reward/, /kl$/, /match$/].findIndex((re) => re.test(k));
+    return i < 0 ? 99 : i;
+  };
+  return Object.entries(metrics)
+    .sort(([a], [b]) => rank(a) - rank(b))
+    .slice(0, n);
 }
 
 const join = (parts: string[]) => parts.filter(Boolean).join('  ');
@@ -326,8 +337,9 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
     if (prepared) problems.push('run.json is missing, though the trail records run-prepared');
     else warnings.push('no run.json: the run failed or stopped before it was prepared');
   } else {
-    if (!started) problems.push('the trail has no run-started event');
-    else {
+    if (!started) {
+      if (run.records.length > 0) problems.push('the trail has no run-started event');
+    } else {
       if (m.specSha256 !== started.specSha256) problems.push(`run.json spec sha256 ${m.specSha256} differs from the one recorded at run start (${String(started.specSha256)})`);
       if (m.requestedBy !== started.requestedBy) problems.push(`run.json says requested by "${m.requestedBy}", the trail says "${String(started.requestedBy)}"`);
       if (m.pipeline !== started.pipeline) problems.push(`run.json names pipeline "${m.pipeline}", the trail "${String(started.pipeline)}"`);
@@ -383,9 +395,26 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
       await checkArtifact(`dataset ${name}`, d, 'inputs', d.sha256);
     }
   }
+  const recordedOutputs = new Map<string, ArtifactRefLike | undefined>();
   for (const e of events) {
     if (e.type !== 'stage-completed' && e.type !== 'stage-reused') continue;
+    recordedOutputs.set(String(e.stage), e.artifact as ArtifactRefLike | undefined);
     await checkArtifact(`stage ${e.stage} artifact`, e.artifact as ArtifactRefLike | undefined, 'artifacts');
+  }
+  // status.json and run.json are not chained: they must agree with the trail, and what only they
+  // name (a run from before the trail existed) is still re-hashed.
+  for (const st of run.status?.stages ?? []) {
+    if (!st.artifact) continue;
+    const recorded = recordedOutputs.get(st.id);
+    if (recorded) {
+      if (recorded.manifestSha256 !== st.artifact.manifestSha256) problems.push(`status.json artifact of stage ${st.id} (${st.artifact.manifestSha256}) differs from the trail (${String(recorded.manifestSha256)})`);
+    } else {
+      await checkArtifact(`stage ${st.id} artifact (named by status.json only)`, st.artifact, 'artifacts');
+    }
+  }
+  if (!prepared && m) {
+    if (m.baseModel) await checkArtifact('base model (named by run.json only)', m.baseModel, 'inputs');
+    for (const [name, d] of Object.entries(m.datasets ?? {})) await checkArtifact(`dataset ${name} (named by run.json only)`, d, 'inputs', d.sha256);
   }
 
   // 4. No secret in anything the run wrote about itself (invariant 6).
