@@ -78,6 +78,12 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
   });
   child.stdout?.pipe(log, { end: false });
   child.stderr?.pipe(log, { end: false });
+  // A full scratch disk (ENOSPC) must fail the job, not the worker: without a listener the stream's
+  // error is thrown as an uncaught exception. Keep draining the job's output so it never blocks.
+  log.on('error', () => {
+    child.stdout?.resume();
+    child.stderr?.resume();
+  });
 
   let stallTimer: NodeJS.Timeout | undefined;
   const armStall = () => {

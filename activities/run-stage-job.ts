@@ -38,6 +38,18 @@ export interface TrainingDeps {
   killGraceMs?: number;
   /** Minimum time between progress signals to the run workflow. Default 2 s. */
   progressSignalMs?: number;
+  /** How long checkpoint and output commits retry while object storage is unreachable. Default 10 min. */
+  storageRetryMs?: number;
+}
+
+/** Errors worth retrying: the store is unreachable, restarting or overloaded (not a local file problem). */
+export function isTransientStorageError(err: unknown): boolean {
+  const e = err as { code?: unknown; statusCode?: unknown; syscall?: unknown; message?: unknown } | undefined;
+  const code = typeof e?.code === 'string' ? e.code : '';
+  if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH', 'ENETUNREACH', 'EAI_AGAIN', 'UND_ERR_SOCKET'].includes(code)) return true;
+  if (['SlowDown', 'ServiceUnavailable', 'InternalError', 'RequestTimeout', 'XMinioServerNotInitialized'].includes(code)) return true;
+  if (typeof e?.statusCode === 'number' && e.statusCode >= 500) return true;
+  return typeof e?.message === 'string' && /socket hang up|ECONNRESET|ECONNREFUSED|server not initialized/i.test(e.message);
 }
 
 /** A GGUF export is committed only after llama.cpp has loaded and checked every file. */
@@ -112,7 +124,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
     let progress: StageProgress = { phase: 'downloading', step: 0, totalSteps: null, loss: null, lastCommittedStep: null, attempt: info.attempt, host };
     // Heartbeats carry progress to Temporal (and liveness); a throttled signal carries it to the
     // run's `status` query. Signals are best effort: a lost one only delays the display.
-    let lastSignal = 0;
+    // The first signal waits for the checkpoint restore, so that it can say what the attempt resumed from.
+    let lastSignal = Date.now();
     const beat = (patch: Partial<StageProgress>, urgent = false) => {
       progress = { ...progress, ...patch };
       heartbeat(progress);
@@ -122,7 +135,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
         signalProgress(input.runId, stage.id, progress);
       }
     };
-    beat({}, true);
+    beat({});
 
     // Inputs: model stacks and datasets, cached per worker by manifest hash and verified.
     const fetchArtifact = async (ref: ArtifactRef): Promise<string> => {
@@ -167,6 +180,28 @@ export function createTrainingActivities(deps: TrainingDeps) {
     // Every contract event, timestamped, for `refinery logs` and the loss curves of `refinery report`.
     const eventsFile = path.join(work, `job.attempt-${info.attempt}.events.jsonl`);
     const eventsOut = createWriteStream(eventsFile, { flags: 'a' });
+    // A full scratch disk fails the job (it cannot write its checkpoint), never the worker process.
+    eventsOut.on('error', (err) => log.warn('cannot write the job events file', { file: eventsFile, error: String(err) }));
+
+    /**
+     * Retries a storage operation that failed with a transient error (connection refused or reset,
+     * timeout, 5xx) for up to `storageRetryMs`, heartbeating meanwhile so the attempt stays alive.
+     */
+    const retryStorage = async <T>(what: string, fn: () => Promise<T>): Promise<T> => {
+      const deadline = Date.now() + (deps.storageRetryMs ?? 10 * 60_000);
+      for (let delay = 500; ; delay = Math.min(delay * 2, 8_000)) {
+        try {
+          return await fn();
+        } catch (err) {
+          if (signal.aborted || !isTransientStorageError(err) || Date.now() + delay > deadline) throw err;
+          log.warn(`${what} failed; retrying`, { error: String(err), retryInMs: delay });
+          for (let waited = 0; waited < delay && !signal.aborted; waited += 1000) {
+            beat({});
+            await new Promise((resolve) => setTimeout(resolve, Math.min(1000, delay - waited)));
+          }
+        }
+      }
+    };
 
     // Checkpoints are committed one at a time, in order, while the job keeps training.
     let uploads: Promise<void> = Promise.resolve();
@@ -176,9 +211,10 @@ export function createTrainingActivities(deps: TrainingDeps) {
       uploads = uploads.then(async () => {
         if (uploadError) return;
         try {
-          await commitCheckpoint(store, input.artifactPrefix, step, dir);
+          // Object storage may be away for a while (restart, network): keep trying, the job trains on.
+          await retryStorage(`commit of checkpoint ${step}`, () => commitCheckpoint(store, input.artifactPrefix, step, dir));
           beat({ lastCommittedStep: step }, true);
-          await pruneCheckpoints(store, input.artifactPrefix, keep);
+          await retryStorage('checkpoint retention', () => pruneCheckpoints(store, input.artifactPrefix, keep));
           // Locally only the newest committed checkpoint is worth keeping (and the one the job
           // resumed from, which it may still read).
           for (const entry of await readdir(dirs.checkpoints)) {
@@ -264,13 +300,15 @@ export function createTrainingActivities(deps: TrainingDeps) {
     if (stage.kind === 'gguf') Object.assign(finalMetrics, await checkGgufExport(dirs.output));
 
     beat({ phase: 'committing' });
-    const artifact = await commitDirectory(store, dirs.output, outputPrefix, {
-      stage: stage.id,
-      kind: stage.kind,
-      cacheKey: input.cacheKey,
-      metrics: finalMetrics,
-      runId: input.runId,
-    });
+    const artifact = await retryStorage('commit of the output', () =>
+      commitDirectory(store, dirs.output, outputPrefix, {
+        stage: stage.id,
+        kind: stage.kind,
+        cacheKey: input.cacheKey,
+        metrics: finalMetrics,
+        runId: input.runId,
+      }),
+    );
     await rm(work, { recursive: true, force: true });
     return {
       artifact: { prefix: artifact.prefix, uri: artifact.uri, manifestSha256: artifact.manifestSha256 },

@@ -81,7 +81,7 @@ program
 program
   .command('list')
   .description('list runs (filters use the same search attributes as the Temporal UI)')
-  .option('--state <state>', 'running | completed | failed | cancelled')
+  .option('--state <state>', 'running | completed | failed | cancelled | unchanged')
   .option('--pipeline <name>')
   .option('--since <date>', 'started at or after this date')
   .option('--limit <n>', 'at most this many', '50')

@@ -1,7 +1,7 @@
 /** `refinery validate spec.yaml`: schema, references, cycles and every dataset line, without running. */
 import { stat } from 'node:fs/promises';
 import { validateJsonlFile } from '../../spec/datasets.js';
-import { InputError, type InputProblem } from '../../spec/errors.js';
+import { formatPath, InputError, type InputProblem } from '../../spec/errors.js';
 import { loadSpecFile } from '../../spec/load.js';
 import { planPipeline, type PipelinePlan } from '../../spec/plan.js';
 
@@ -14,6 +14,12 @@ export async function validateSpec(file: string): Promise<ValidateResult> {
   const loaded = await loadSpecFile(file);
   const plan = planPipeline({ ...loaded, file });
   const problems: InputProblem[] = [];
+  // Where a dataset's path is written in the spec (named, or inline in a stage as "<index>-dataset").
+  const declaredAt = (name: string): (string | number)[] => {
+    if (loaded.spec.datasets?.[name]) return ['datasets', name, 'path'];
+    const inline = /^(\d+)-(dataset|eval-dataset)$/.exec(name);
+    return inline ? ['stages', Number(inline[1]), inline[2] === 'dataset' ? 'dataset' : 'eval_dataset', 'path'] : ['datasets'];
+  };
   const datasets: ValidateResult['datasets'] = [];
   const seen = new Set<string>();
   for (const stage of plan.stages) {
@@ -25,7 +31,8 @@ export async function validateSpec(file: string): Promise<ValidateResult> {
         continue;
       }
       if (!(await stat(ds.path).then((s) => s.isFile()).catch(() => false))) {
-        problems.push({ file, message: `dataset "${ds.name}": ${ds.path} does not exist` });
+        const at = declaredAt(ds.name);
+        problems.push({ file, line: loaded.lineOf(at), field: formatPath(at), message: `dataset "${ds.name}": ${ds.path} does not exist` });
         continue;
       }
       const report = await validateJsonlFile(ds.path, ds.format, ds.path);
@@ -34,7 +41,7 @@ export async function validateSpec(file: string): Promise<ValidateResult> {
     }
   }
   if (!plan.baseModel.startsWith('s3://') && !(await stat(plan.baseModel).then((s) => s.isDirectory()).catch(() => false))) {
-    problems.push({ file, field: 'base_model', message: `${plan.baseModel} is not a directory (the demo builds one with "npx refinery make-tiny-model")` });
+    problems.push({ file, line: loaded.lineOf(['base_model']), field: 'base_model', message: `${plan.baseModel} is not a directory (the demo builds one with "npx refinery make-tiny-model")` });
   }
   if (problems.length > 0) throw new InputError(problems);
   return { plan, datasets };

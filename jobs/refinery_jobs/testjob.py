@@ -17,6 +17,11 @@ Fault injection (params):
   setup_seconds S    sleep before `started`
   ignore_sigterm     ignore SIGTERM (the worker must escalate to SIGKILL)
   child_pid_file P   spawn a child process that sleeps forever and write its pid to P (orphan tests)
+  checkpoint_bytes B each checkpoint-N/ also holds weights.bin, B random bytes (written before
+                     trainer_state.json), so that checkpoint writes and uploads take real time and space
+                     (faults/run.ts: object-store outages mid-upload, a full scratch disk)
+  dump_env           write the job's environment to output_dir/env.json (secret-leak tests: the worker
+                     must not pass REFINERY_S3_* or other credentials to a job)
 """
 
 from __future__ import annotations
@@ -46,6 +51,8 @@ SPEC = JobSpec(
         "exit_code": Param(int, None, min=0, max=255),
         "ignore_sigterm": Param(bool, False),
         "child_pid_file": Param(str, None),
+        "checkpoint_bytes": Param(int, 0, min=0, max=1 << 31),
+        "dump_env": Param(bool, False),
     },
 )
 
@@ -87,6 +94,15 @@ class TestJob:
         path = os.path.join(self.cfg.checkpoint_dir, f"checkpoint-{step}")
         os.makedirs(path, exist_ok=True)
         common.write_json_atomic(os.path.join(path, "state.json"), {"step": step, "loss": self.loss(step)})
+        remaining = self.p["checkpoint_bytes"]
+        if remaining:
+            with open(os.path.join(path, "weights.bin"), "wb") as f:
+                while remaining > 0:
+                    chunk = os.urandom(min(remaining, 1 << 22))
+                    f.write(chunk)
+                    remaining -= len(chunk)
+                f.flush()
+                os.fsync(f.fileno())
         common.write_json_atomic(os.path.join(path, common.TRAINER_STATE),
                                  {"global_step": step, "max_steps": self.total, "run_id": self.cfg.run_id})
         self.events.checkpoint(step, path)
@@ -113,6 +129,8 @@ class TestJob:
         result = {"steps": self.total, "final_loss": self.loss(self.total), "resumed_from_step":
                   self.cfg.resumed_from_step, "run_id": self.cfg.run_id, "stage_id": self.cfg.stage_id}
         common.write_json_atomic(os.path.join(self.cfg.output_dir, "result.json"), result)
+        if self.p["dump_env"]:
+            common.write_json_atomic(os.path.join(self.cfg.output_dir, "env.json"), dict(os.environ))
         return {"steps": self.total, "final_loss": self.loss(self.total)}
 
 
