@@ -118,6 +118,17 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
   })();
 
   armStall();
+  // The leader's exit ends the job. Whatever it left behind (a dataloader worker, a stray child)
+  // still holds our pipes, and the subprocess promise waits for them to close: kill the group now,
+  // or a finished (or cancelled) job would hang here until the stall timer fires.
+  await Promise.race([
+    new Promise<void>((resolve) => {
+      if (child.exitCode !== null || child.signalCode !== null) resolve();
+      else child.once('exit', () => resolve());
+    }),
+    child.then(() => undefined, () => undefined),
+  ]);
+  killGroup(child.pid, 'SIGKILL');
   const result = await child;
   await eventsDone.catch(() => undefined);
   clearTimeout(stallTimer);
