@@ -76,8 +76,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
   return {
     /** One attempt of a stage; a failure is also reported to the run (for its audit trail). */
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
+      const cleanup: (() => void)[] = [];
       try {
-        return await runAttempt(input);
+        return await runAttempt(input, cleanup);
       } catch (err) {
         if (!(err instanceof CancelledFailure)) {
           const { attempt } = activityInfo();
@@ -89,11 +90,13 @@ export function createTrainingActivities(deps: TrainingDeps) {
           }
         }
         throw err;
+      } finally {
+        for (const done of cleanup) done();
       }
     },
   };
 
-  async function runAttempt(input: StageJobInput): Promise<StageJobResult> {
+  async function runAttempt(input: StageJobInput, cleanup: (() => void)[]): Promise<StageJobResult> {
     const info = activityInfo();
     const signal = cancellationSignal();
     const { store } = deps;
@@ -136,6 +139,13 @@ export function createTrainingActivities(deps: TrainingDeps) {
       }
     };
     beat({});
+    // Liveness on a timer as well as on job events: a quiet phase (large downloads, a slow job setup,
+    // the kill grace after a cancel, uploads after the job ended) must not read as a dead worker.
+    // A job that makes no progress is the stall timeout's business, not the heartbeat timeout's.
+    if (info.heartbeatTimeoutMs) {
+      const ticker = setInterval(() => heartbeat(progress), Math.min(Math.max(info.heartbeatTimeoutMs / 3, 200), 10_000));
+      cleanup.push(() => clearInterval(ticker));
+    }
 
     // Inputs: model stacks and datasets, cached per worker by manifest hash and verified.
     const fetchArtifact = async (ref: ArtifactRef): Promise<string> => {

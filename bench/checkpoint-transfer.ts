@@ -1,0 +1,384 @@
+/**
+ * Checkpoint transfer: Refinery's storage layer (commitDirectory / downloadCommitted, sha256
+ * manifest included) against s5cmd v2.3.0 at its defaults, between local disk and MinIO, on a
+ * checkpoint-like directory of random data; then a profile of where Refinery's time goes, a
+ * prototype of a faster commit (bench/lib/fast-transfer.ts), and how much a concurrent checkpoint
+ * upload slows a training job's steps.
+ *
+ *   npx tsx bench/checkpoint-transfer.ts [--quick] [--size 2G] [--reps 2] [--skip-interference] [--keep]
+ *
+ * --quick: 256 MiB. The profile and the interference test use a directory of the same shape of at
+ * most 512 MiB (so that several upload windows fit in one training run).
+ *
+ * Targets: Refinery ≥ 0.9× s5cmd throughput both ways; job step time ≤ 5 % slower while a
+ * checkpoint uploads.
+ */
+import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { execa } from 'execa';
+import { validateSpec } from '../client/commands/validate.js';
+import { commitDirectory, downloadCommitted, readCommitted } from '../storage/commit.js';
+import { ObjectStore, sha256File } from '../storage/object-store.js';
+import { jobsPython, REPO_ROOT } from '../worker/config.js';
+import { fmtBytes, fx, log, machineNote, median, parseArgs, parseSize, table, verdict, writeRandomFile } from './lib/common.js';
+import { fastCommitDirectory, fastDownloadCommitted, s5cmdDownloadVerified } from './lib/fast-transfer.js';
+import { jobConfigFor, JOBS_CWD, pythonJobArgv, runPlainJob, testJobArgv, type TimedEvent } from './lib/jobs.js';
+import { procCpu, timedCommand } from './lib/proc.js';
+import { ensureS5cmd, S5CMD_VERSION } from './lib/s5cmd.js';
+import { startBenchStack } from './lib/stack.js';
+
+const args = parseArgs();
+const quick = args.quick;
+const totalSize = parseSize(args.get('size') ?? (quick ? '256M' : '2G'));
+const reps = Number(args.get('reps') ?? 2);
+/** The profile and the interference test use a directory of the same shape, at most this big. */
+const SMALL = 512 * 1024 ** 2;
+
+interface Sample {
+  ms: number;
+  /** client CPU seconds */
+  cpu: number;
+  /** MinIO server CPU seconds */
+  serverCpu: number;
+}
+
+/** The checkpoint-like layout: one large file (70 %), four mid-size (25 %), 256 small (5 %). */
+async function makeCheckpoint(dir: string, size: number): Promise<{ files: number; bytes: number }> {
+  await mkdir(path.join(dir, 'extra'), { recursive: true });
+  const plan: [string, number][] = [['model.safetensors', Math.round(size * 0.7)]];
+  for (let i = 0; i < 4; i++) plan.push([`optimizer-shard-${i}.pt`, Math.round((size * 0.25) / 4)]);
+  const small = 256;
+  const smallBytes = size * 0.05;
+  // Sizes from ~1 KiB up to 2× the average, like configs, rng states, scheduler states, tokenizer files.
+  for (let i = 0; i < small; i++) plan.push([`extra/state-${String(i).padStart(3, '0')}.bin`, Math.max(1024, Math.round(((2 * smallBytes) / small) * ((i + 1) / small)))]);
+  plan.push(['config.json', 700], ['trainer_state.json', 4000]);
+  let bytes = 0;
+  for (const [name, n] of plan) {
+    await writeRandomFile(path.join(dir, name), n);
+    bytes += n;
+  }
+  return { files: plan.length, bytes };
+}
+
+async function main(): Promise<void> {
+  const s5cmd = await ensureS5cmd();
+  log('starting a private MinIO');
+  const stack = await startBenchStack({ temporal: false });
+  const minio = stack.minio!;
+  const store = new ObjectStore();
+  const work = await mkdtemp(path.join(tmpdir(), 'refinery-bench-ckpt-'));
+  const s5env = { AWS_ACCESS_KEY_ID: minio.accessKey, AWS_SECRET_ACCESS_KEY: minio.secretKey, AWS_REGION: 'us-east-1' };
+  const s5 = (...argv: string[]) => timedCommand([s5cmd, '--endpoint-url', minio.endpoint, ...argv], s5env);
+  const bucket = store.bucket;
+  const loadBefore = machineNote();
+  try {
+    const src = path.join(work, 'src');
+    log(`generating a ${fmtBytes(totalSize)} checkpoint-like directory in ${src}`);
+    const ckpt = await makeCheckpoint(src, totalSize);
+    let small = src;
+    let smallBytes = ckpt.bytes;
+    if (totalSize > SMALL) {
+      small = path.join(work, 'small');
+      log(`generating a ${fmtBytes(SMALL)} one for the profile and the interference test in ${small}`);
+      smallBytes = (await makeCheckpoint(small, SMALL)).bytes;
+    }
+    await execa('sync');
+
+    /** Wall time, this process's CPU and MinIO's CPU around fn (outside work: sync before). */
+    const measure = async (fn: () => Promise<number | void>): Promise<Sample> => {
+      await execa('sync');
+      const server0 = procCpu(minio.pid)?.self ?? NaN;
+      const cpu0 = process.cpuUsage();
+      const t0 = performance.now();
+      const childCpu = await fn();
+      const ms = performance.now() - t0;
+      const cpu1 = process.cpuUsage(cpu0);
+      const server1 = procCpu(minio.pid)?.self ?? NaN;
+      return { ms, cpu: typeof childCpu === 'number' ? childCpu : (cpu1.user + cpu1.system) / 1e6, serverCpu: server1 - server0 };
+    };
+    const removePrefix = async (prefix: string) => {
+      await s5('rm', `s3://${bucket}/${prefix}/*`).catch(() => undefined);
+    };
+    const freshDir = async (name: string) => {
+      const d = path.join(work, name);
+      await rm(d, { recursive: true, force: true });
+      await mkdir(d, { recursive: true });
+      return d;
+    };
+    const dirBytes = async (d: string): Promise<number> => {
+      let n = 0;
+      for (const e of await readdir(d, { withFileTypes: true, recursive: true })) if (e.isFile()) n += (await stat(path.join(e.parentPath, e.name))).size;
+      return n;
+    };
+
+    type Tool = 'refinery' | 's5cmd' | 'prototype' | 's5cmd-verified';
+    const tools: Tool[] = ['refinery', 's5cmd', 'prototype'];
+    const downTools: Tool[] = ['refinery', 's5cmd', 'prototype', 's5cmd-verified'];
+    const up: Record<Tool, Sample[]> = { refinery: [], s5cmd: [], prototype: [], 's5cmd-verified': [] };
+    const down: Record<Tool, Sample[]> = { refinery: [], s5cmd: [], prototype: [], 's5cmd-verified': [] };
+
+    // A warm-up round trip (connections, MinIO's first writes), not counted.
+    await commitDirectory(store, src, 'warmup');
+    await removePrefix('warmup');
+
+    for (let rep = 0; rep < reps; rep++) {
+      // Interleaved, rotating which tool goes first.
+      const order = tools.map((_, i) => tools[(i + rep) % tools.length]!);
+      log(`rep ${rep + 1}/${reps}: uploads (${order.join(', ')})`);
+      const committed = `ref-${rep}`;
+      for (const tool of order) {
+        if (tool === 'refinery') up.refinery.push(await measure(async () => void (await commitDirectory(store, src, committed))));
+        if (tool === 'prototype') up.prototype.push(await measure(async () => void (await fastCommitDirectory(store, src, `proto-${rep}`))));
+        if (tool === 's5cmd') up.s5cmd.push(await measure(async () => (await s5('cp', `${src}/*`, `s3://${bucket}/s5-${rep}/`)).cpu));
+      }
+      await removePrefix(`s5-${rep}`);
+      await removePrefix(`proto-${rep}`);
+      // Every tool downloads the same objects: the ones Refinery committed this rep.
+      const artifact = (await readCommitted(store, committed))!;
+      const downOrder = downTools.map((_, i) => downTools[(i + rep) % downTools.length]!);
+      log(`rep ${rep + 1}/${reps}: downloads (${downOrder.join(', ')})`);
+      for (const tool of downOrder) {
+        const dest = await freshDir(`down-${tool}`);
+        if (tool === 'refinery') down.refinery.push(await measure(async () => void (await downloadCommitted(store, (await readCommitted(store, committed))!, dest))));
+        if (tool === 'prototype') down.prototype.push(await measure(async () => void (await fastDownloadCommitted(store, (await readCommitted(store, committed))!, dest))));
+        if (tool === 's5cmd') down.s5cmd.push(await measure(async () => (await s5('cp', `s3://${bucket}/${artifact.prefix}/files/*`, `${dest}/`)).cpu));
+        if (tool === 's5cmd-verified') {
+          // s5cmd's own CPU is not counted here (it is a child process): client CPU is Node's hashing only.
+          down['s5cmd-verified'].push(await measure(async () => void (await s5cmdDownloadVerified(s5cmd, s5env, store, (await readCommitted(store, committed))!, dest))));
+        }
+        const got = await dirBytes(dest);
+        if (got !== ckpt.bytes) throw new Error(`${tool} downloaded ${got} bytes, expected ${ckpt.bytes}`);
+        await rm(dest, { recursive: true, force: true });
+      }
+      await removePrefix(committed);
+    }
+
+    // ---------------------------------------------------------------------------------------
+    // Profile: the pieces of Refinery's upload and download, one at a time.
+    log('profile: hashing alone, minio-js transfers without the manifest hash');
+    const profile: [string, Sample][] = [];
+    const hashAll = async (concurrency: number) => {
+      const names = (await readdir(small, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => path.join(e.parentPath, e.name));
+      let i = 0;
+      await Promise.all(Array.from({ length: concurrency }, async () => {
+        while (i < names.length) await sha256File(names[i++]!);
+      }));
+      return names;
+    };
+    profile.push(['sha256 of every file (read + hash, 4 at a time)', await measure(async () => void (await hashAll(4)))]);
+    const names = await hashAll(1);
+    const putAll = async (client: ObjectStore['client'], prefix: string, concurrency: number) => {
+      let i = 0;
+      await Promise.all(Array.from({ length: concurrency }, async () => {
+        while (i < names.length) {
+          const f = names[i++]!;
+          await client.fPutObject(bucket, `${prefix}/${path.relative(small, f)}`, f);
+        }
+      }));
+    };
+    profile.push(['minio-js fPutObject only (no manifest hash), 4 at a time', await measure(() => putAll(store.client, 'p-put', 4))]);
+    await removePrefix('p-put');
+    const { Client } = await import('minio');
+    const unsigned = new Client({ endPoint: store.config.endPoint, port: store.config.port, useSSL: false, accessKey: store.config.accessKey, secretKey: store.config.secretKey, region: store.config.region });
+    unsigned.enableSHA256 = false;
+    profile.push(['  same, UNSIGNED-PAYLOAD (no SigV4 payload sha256)', await measure(() => putAll(unsigned, 'p-unsigned', 4))]);
+    const committed = await commitDirectory(store, small, 'p-ref');
+    const dest = await freshDir('p-get');
+    profile.push(['minio-js getObject → file only (no hash), 4 at a time', await measure(async () => {
+      let i = 0;
+      const files = committed.manifest.files;
+      await Promise.all(Array.from({ length: 4 }, async () => {
+        while (i < files.length) {
+          const f = files[i++]!;
+          const target = path.join(dest, f.path);
+          await mkdir(path.dirname(target), { recursive: true });
+          const { pipeline } = await import('node:stream/promises');
+          const { createWriteStream } = await import('node:fs');
+          await pipeline(await store.client.getObject(bucket, `p-ref/files/${f.path}`), createWriteStream(target));
+        }
+      }));
+    })]);
+    await rm(dest, { recursive: true, force: true });
+    const large = committed.manifest.files.find((f) => f.path === 'model.safetensors')!;
+    const destLarge = await freshDir('p-large');
+    profile.push([`the large file alone (${fmtBytes(large.size)}), downloadCommitted`, await measure(async () => void (await downloadCommitted(store, { ...committed, manifest: { ...committed.manifest, files: [large] } }, destLarge)))]);
+    await rm(destLarge, { recursive: true, force: true });
+    await mkdir(destLarge);
+    profile.push([`the large file alone, s5cmd`, await measure(async () => (await s5('cp', `s3://${bucket}/p-ref/files/model.safetensors`, `${destLarge}/`)).cpu)]);
+    await rm(destLarge, { recursive: true, force: true });
+    for (const p of ['p-unsigned', 'p-ref']) await removePrefix(p);
+
+    // ---------------------------------------------------------------------------------------
+    const mibps = (bytes: number, ms: number) => bytes / 1024 ** 2 / (ms / 1000);
+    const row = (what: string, samples: Sample[], base: Sample[]) => {
+      const ms = median(samples.map((s) => s.ms));
+      const baseMs = median(base.map((s) => s.ms));
+      return [what, fx(ms / 1000), fx(mibps(ckpt.bytes, ms), 0), fx(baseMs / ms), fx(median(samples.map((s) => s.cpu)) / (ckpt.bytes / 1024 ** 3)), fx(median(samples.map((s) => s.serverCpu)) / (ckpt.bytes / 1024 ** 3))];
+    };
+    const upRatio = median(up.s5cmd.map((s) => s.ms)) / median(up.refinery.map((s) => s.ms));
+    const downRatio = median(down.s5cmd.map((s) => s.ms)) / median(down.refinery.map((s) => s.ms));
+    const protoUp = median(up.s5cmd.map((s) => s.ms)) / median(up.prototype.map((s) => s.ms));
+    const protoDown = median(down.s5cmd.map((s) => s.ms)) / median(down.prototype.map((s) => s.ms));
+    const s5vDown = median(down.s5cmd.map((s) => s.ms)) / median(down['s5cmd-verified'].map((s) => s.ms));
+
+    console.log(`\ncheckpoint transfer: ${fmtBytes(ckpt.bytes)} in ${ckpt.files} files (1 × 70 %, 4 × 6.25 %, ${ckpt.files - 5} small), ${reps} interleaved reps, medians${quick ? ' (--quick)' : ''}`);
+    console.log(`machine: ${loadBefore} at the start, ${machineNote()} now`);
+    console.log(`s5cmd ${S5CMD_VERSION} defaults (256 workers, 5 parts × 50 MiB per file); Refinery: storage/commit.ts as is; prototype: bench/lib/fast-transfer.ts\n`);
+    const header = ['', 'time s', 'MiB/s', 'throughput vs s5cmd', 'client CPU s/GiB', 'MinIO CPU s/GiB'];
+    console.log(table(header, [
+      row('upload   refinery commitDirectory', up.refinery, up.s5cmd),
+      row('upload   s5cmd cp', up.s5cmd, up.s5cmd),
+      row('upload   prototype (bench only)', up.prototype, up.s5cmd),
+      row('download refinery downloadCommitted', down.refinery, down.s5cmd),
+      row('download s5cmd cp', down.s5cmd, down.s5cmd),
+      row('download prototype (bench only)', down.prototype, down.s5cmd),
+      row('download s5cmd + sha256 check per file (bench only)', down['s5cmd-verified'], down.s5cmd),
+    ]));
+    console.log(`\nprofile on a ${fmtBytes(smallBytes)} directory of the same shape (one run each; throughput over the whole directory unless said otherwise)`);
+    console.log(table(['', 'time s', 'MiB/s', 'client CPU s'], profile.map(([what, s]) => {
+      const bytes = what.startsWith('the large file') ? large.size : smallBytes;
+      return [what, fx(s.ms / 1000), fx(mibps(bytes, s.ms), 0), fx(s.cpu)];
+    })));
+    console.log('\ntargets');
+    console.log(table(['target', 'measured', ''], [
+      ['upload ≥ 0.9× s5cmd', `${fx(upRatio)}×`, verdict(upRatio >= 0.9)],
+      ['download ≥ 0.9× s5cmd', `${fx(downRatio)}×`, verdict(downRatio >= 0.9)],
+      ['(prototype upload)', `${fx(protoUp)}×`, verdict(protoUp >= 0.9)],
+      ['(prototype download)', `${fx(protoDown)}×`, verdict(protoDown >= 0.9)],
+      ['(s5cmd + sha256 check download)', `${fx(s5vDown)}×`, verdict(s5vDown >= 0.9)],
+    ]));
+
+    if (!args.has('skip-interference')) await interference(store, small, smallBytes);
+  } finally {
+    if (!args.has('keep')) await rm(work, { recursive: true, force: true });
+    await stack.stop();
+  }
+}
+
+// -------------------------------------------------------------------------------------------
+// Step time of a job while a checkpoint uploads. One job run; the upload is switched on and off
+// while it trains (one commit of the directory per "on" window, then an equally long "off"
+// window), so both conditions are interleaved on the same process; a step counts for a condition
+// only if it lies wholly inside (or wholly outside) an upload.
+
+interface Window {
+  kind: 'refinery' | 'prototype' | 'niced';
+  from: number;
+  to: number;
+  uploadMs: number;
+  bytes: number;
+}
+
+async function interference(store: ObjectStore, src: string, bytes: number): Promise<void> {
+  const { plan } = await validateSpec(path.join(REPO_ROOT, 'demo', 'pipeline.yaml'));
+  const sft = plan.stages.find((s) => s.kind === 'sft')!;
+  const work = await mkdtemp(path.join(tmpdir(), 'refinery-bench-interf-'));
+  const results: (string | number)[][] = [];
+  let worst = -Infinity;
+  let worstNiced = -Infinity;
+  try {
+    const tiny = path.join(work, 'tiny-llama');
+    log('building the tiny model (python -m refinery_jobs.make_tiny_model)');
+    const data = ['sft.jsonl', 'preference.jsonl', 'prompts.jsonl'].map((f) => path.join(REPO_ROOT, 'demo', 'data', f));
+    await execa(jobsPython(), ['-m', 'refinery_jobs.make_tiny_model', '--out', tiny, '--data', ...data], { cwd: JOBS_CWD });
+    const jobs = [
+      {
+        name: 'test job (sleeps 50 ms a step)',
+        argv: testJobArgv(),
+        cycles: quick ? 2 : 3,
+        config: jobConfigFor({ ...sft, hyper: { ...sft.hyper, max_steps: 100000, save_steps: 100000 }, params: { step_seconds: 0.05 } }, { output: path.join(work, 't/out'), checkpoints: path.join(work, 't/ck') }, {}, { train: null, eval: null }),
+      },
+      {
+        name: 'sft on the tiny model (CPU, torch)',
+        argv: pythonJobArgv('sft'),
+        cycles: quick ? 2 : 6, // full: 2 of each kind of upload
+        // long enough for any machine: the job is stopped after `cycles` upload windows
+        config: jobConfigFor({ ...sft, hyper: { ...sft.hyper, max_steps: 100000, save_steps: 100000 } }, { output: path.join(work, 's/out'), checkpoints: path.join(work, 's/ck') }, { model: tiny }, { train: sft.dataset!.path, eval: null }),
+      },
+    ];
+    for (const job of jobs) {
+      log(`interference: ${job.name}, uploads switched on and off while it trains`);
+      const windows: Window[] = [];
+      let training = false;
+      let finished = false;
+      let started!: () => void;
+      const firstStep = new Promise<void>((resolve) => (started = resolve));
+      const onEvent = (e: TimedEvent) => {
+        if (e.event.event === 'progress' && !training) {
+          training = true;
+          started();
+        }
+      };
+      const stop = new AbortController();
+      const running = runPlainJob(job.argv, job.config, path.join(work, `job-${jobs.indexOf(job)}`), onEvent, {}, stop.signal).finally(() => {
+        finished = true;
+        started();
+      });
+      const loader = (async () => {
+        await firstStep;
+        let n = 0;
+        // off, on (refinery), off, on (niced), off, on (prototype), …
+        const kinds: Window['kind'][] = quick ? ['refinery', 'niced'] : ['refinery', 'niced', 'prototype'];
+        let offMs = 3000;
+        while (!finished && n < job.cycles) {
+          await new Promise((r) => setTimeout(r, offMs));
+          if (finished) break;
+          const kind = kinds[n % kinds.length]!;
+          const prefix = `interference-${n++}`;
+          const from = performance.now();
+          if (kind === 'refinery') await commitDirectory(store, src, prefix);
+          else if (kind === 'prototype') await fastCommitDirectory(store, src, prefix);
+          else await execa('nice', ['-n', '19', process.execPath, '--import', path.join(REPO_ROOT, 'node_modules', 'tsx', 'dist', 'esm', 'index.mjs'), path.join(REPO_ROOT, 'bench', 'lib', 'commit-cli.ts'), src, prefix]);
+          const uploadMs = performance.now() - from;
+          // Old checkpoints are pruned while the job trains too: the delete is part of the window.
+          await execa(await ensureS5cmd(), ['--endpoint-url', process.env.REFINERY_S3_ENDPOINT!, 'rm', `s3://${store.bucket}/${prefix}/*`], {
+            env: { ...process.env, AWS_ACCESS_KEY_ID: store.config.accessKey, AWS_SECRET_ACCESS_KEY: store.config.secretKey, AWS_REGION: 'us-east-1' },
+            reject: false,
+          });
+          const to = performance.now();
+          windows.push({ kind, from, to, uploadMs, bytes });
+          offMs = Math.max(3000, to - from);
+        }
+        // a last "off" window, then stop the job
+        if (!finished) await new Promise((r) => setTimeout(r, offMs));
+        stop.abort();
+      })();
+      const run = await running;
+      await loader;
+      const progress = run.events.filter((e) => e.event.event === 'progress');
+      const steps = { alone: [] as number[], refinery: [] as number[], prototype: [] as number[], niced: [] as number[] };
+      // Skip the first 3 steps (warm-up), classify the rest (up to the stop).
+      for (let i = 4; i < progress.length; i++) {
+        const a = progress[i - 1]!.t;
+        const b = progress[i]!.t;
+        const inside = windows.find((w) => a >= w.from && b <= w.to);
+        const overlaps = windows.some((w) => b > w.from && a < w.to);
+        if (inside) steps[inside.kind].push(b - a);
+        else if (!overlaps) steps.alone.push(b - a);
+      }
+      const alone = median(steps.alone);
+      for (const kind of ['refinery', 'niced', 'prototype'] as const) {
+        const w = windows.filter((x) => x.kind === kind);
+        if (w.length === 0) continue;
+        const upMiBps = w.length ? (w.reduce((s, x) => s + x.bytes, 0) / 1024 ** 2) / (w.reduce((s, x) => s + x.uploadMs, 0) / 1000) : NaN;
+        const slow = median(steps[kind]) / alone - 1;
+        if (kind === 'refinery' && Number.isFinite(slow)) worst = Math.max(worst, slow);
+        if (kind === 'niced' && Number.isFinite(slow)) worstNiced = Math.max(worstNiced, slow);
+        const label = { refinery: 'commitDirectory, in the worker', niced: 'commitDirectory, own process at nice 19', prototype: 'prototype commit, in the worker' }[kind];
+        results.push([job.name, `${label} (${fx(upMiBps, 0)} MiB/s)`, `${steps.alone.length}/${steps[kind].length}`, fx(alone), fx(median(steps[kind])), `${slow >= 0 ? '+' : ''}${fx(slow * 100, 1)} %`]);
+      }
+    }
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+  console.log(`\nstep time while a ${fmtBytes(bytes)} checkpoint uploads (same job run, upload switched on and off; medians)`);
+  console.log(table(['job', 'concurrent upload', 'steps alone/with', 'step ms alone', 'step ms with', 'slower'], results));
+  const pct = (x: number) => `${x >= 0 ? '+' : ''}${fx(x * 100, 1)} %`;
+  console.log(table(['target', 'measured', ''], [
+    ['step time ≤ 5 % slower during a Refinery upload (worst job)', pct(worst), verdict(worst <= 0.05)],
+    ['(same, the upload in its own process at nice 19)', pct(worstNiced), verdict(worstNiced <= 0.05)],
+  ]));
+}
+
+await main();
