@@ -244,7 +244,8 @@ export interface ControlWorker {
 export async function startControlWorker(stack: PrivateStack, python: string, scratchDir: string): Promise<ControlWorker> {
   try {
     // The SDK logs every worker state change at INFO and every failed activity attempt (expected here) at WARN.
-    Runtime.install({ logger: new DefaultLogger('ERROR') });
+    // Core's own retry warnings (a server that is down on purpose) go through the same logger.
+    Runtime.install({ logger: new DefaultLogger('ERROR'), telemetryOptions: { logging: { filter: { core: 'ERROR', other: 'ERROR' }, forward: {} } } });
   } catch {
     // a runtime is already installed in this process (e.g. by a test): keep it
   }

@@ -29,7 +29,8 @@ import { finishUnchanged, runIdOf, unchangedSince } from './scheduled.js';
 const control = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
   startToCloseTimeout: '30 minutes',
   heartbeatTimeout: '2 minutes',
-  retry: { maximumAttempts: 5, nonRetryableErrorTypes: ['InputError'] },
+  // Control work only needs the object store: ride out an outage of several minutes.
+  retry: { maximumAttempts: 30, maximumInterval: '30s', nonRetryableErrorTypes: ['InputError'] },
 });
 
 export interface PipelineResult {

@@ -8,7 +8,8 @@ import type { StageOutcome, StageWorkflowInput } from './types.js';
 
 const control = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
   startToCloseTimeout: '10 minutes',
-  retry: { maximumAttempts: 5, nonRetryableErrorTypes: ['InputError'] },
+  // Control work only needs the object store: ride out an outage of several minutes.
+  retry: { maximumAttempts: 30, maximumInterval: '30s', nonRetryableErrorTypes: ['InputError'] },
 });
 
 export async function stageWorkflow(input: StageWorkflowInput): Promise<StageOutcome> {
