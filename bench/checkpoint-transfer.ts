@@ -1,11 +1,12 @@
 /**
  * Checkpoint transfer: Refinery's storage layer (commitDirectory / downloadCommitted, sha256
  * manifest included) against s5cmd v2.3.0 at its defaults, between local disk and MinIO, on a
- * checkpoint-like directory of random data; then a profile of where Refinery's time goes, a
- * prototype of a faster commit (bench/lib/fast-transfer.ts), and how much a concurrent checkpoint
- * upload slows a training job's steps.
+ * checkpoint-like directory of random data; s5cmd followed by a sha256 check of every file (the
+ * verification Refinery always does) as a second reference; a profile of where Refinery's time
+ * goes; and how much a concurrent checkpoint upload slows a training job's steps.
  *
- *   npx tsx bench/checkpoint-transfer.ts [--quick] [--size 2G] [--reps 2] [--skip-interference | --only-interference] [--keep]
+ *   npx tsx bench/checkpoint-transfer.ts [--quick] [--size 2G] [--reps 2] [--skip-interference | --only-interference]
+ *                                        [--job-threads N] [--keep]
  *
  * --quick: 256 MiB. The profile uses a directory of the same shape of at most 512 MiB, the
  * interference test one of 64 MiB committed back to back in fixed windows.
@@ -23,7 +24,7 @@ import { commitDirectory, downloadCommitted, readCommitted } from '../storage/co
 import { ObjectStore, sha256File } from '../storage/object-store.js';
 import { jobsPython, REPO_ROOT } from '../worker/config.js';
 import { fmtBytes, fx, log, machineNote, median, parseArgs, parseSize, sleep, table, verdict, writeRandomFile } from './lib/common.js';
-import { fastCommitDirectory, fastDownloadCommitted, s5cmdDownloadVerified } from './lib/fast-transfer.js';
+import { s5cmdDownloadVerified } from './lib/s5cmd-verified.js';
 import { jobConfigFor, JOBS_CWD, pythonJobArgv, runPlainJob, testJobArgv } from './lib/jobs.js';
 import { procCpu, timedCommand } from './lib/proc.js';
 import { ensureS5cmd, S5CMD_VERSION } from './lib/s5cmd.js';
@@ -113,11 +114,11 @@ async function main(): Promise<void> {
       return n;
     };
 
-    type Tool = 'refinery' | 's5cmd' | 'prototype' | 's5cmd-verified';
-    const tools: Tool[] = ['refinery', 's5cmd', 'prototype'];
-    const downTools: Tool[] = ['refinery', 's5cmd', 'prototype', 's5cmd-verified'];
-    const up: Record<Tool, Sample[]> = { refinery: [], s5cmd: [], prototype: [], 's5cmd-verified': [] };
-    const down: Record<Tool, Sample[]> = { refinery: [], s5cmd: [], prototype: [], 's5cmd-verified': [] };
+    type Tool = 'refinery' | 's5cmd' | 's5cmd-verified';
+    const tools: Tool[] = ['refinery', 's5cmd'];
+    const downTools: Tool[] = ['refinery', 's5cmd', 's5cmd-verified'];
+    const up: Record<Tool, Sample[]> = { refinery: [], s5cmd: [], 's5cmd-verified': [] };
+    const down: Record<Tool, Sample[]> = { refinery: [], s5cmd: [], 's5cmd-verified': [] };
 
     if (!args.has('only-interference')) await transfers();
     async function transfers(): Promise<void> {
@@ -132,11 +133,9 @@ async function main(): Promise<void> {
         const committed = `ref-${rep}`;
         for (const tool of order) {
           if (tool === 'refinery') up.refinery.push(await measure(async () => void (await commitDirectory(store, src, committed))));
-          if (tool === 'prototype') up.prototype.push(await measure(async () => void (await fastCommitDirectory(store, src, `proto-${rep}`))));
           if (tool === 's5cmd') up.s5cmd.push(await measure(async () => (await s5('cp', `${src}/*`, `s3://${bucket}/s5-${rep}/`)).cpu));
         }
         await removePrefix(`s5-${rep}`);
-        await removePrefix(`proto-${rep}`);
         // Every tool downloads the same objects: the ones Refinery committed this rep.
         const artifact = (await readCommitted(store, committed))!;
         const downOrder = downTools.map((_, i) => downTools[(i + rep) % downTools.length]!);
@@ -144,7 +143,6 @@ async function main(): Promise<void> {
         for (const tool of downOrder) {
           const dest = await freshDir(`down-${tool}`);
           if (tool === 'refinery') down.refinery.push(await measure(async () => void (await downloadCommitted(store, (await readCommitted(store, committed))!, dest))));
-          if (tool === 'prototype') down.prototype.push(await measure(async () => void (await fastDownloadCommitted(store, (await readCommitted(store, committed))!, dest))));
           if (tool === 's5cmd') down.s5cmd.push(await measure(async () => (await s5('cp', `s3://${bucket}/${artifact.prefix}/files/*`, `${dest}/`)).cpu));
           if (tool === 's5cmd-verified') {
             // s5cmd's own CPU is not counted here (it is a child process): client CPU is Node's hashing only.
@@ -221,22 +219,18 @@ async function main(): Promise<void> {
       };
       const upRatio = median(up.s5cmd.map((s) => s.ms)) / median(up.refinery.map((s) => s.ms));
       const downRatio = median(down.s5cmd.map((s) => s.ms)) / median(down.refinery.map((s) => s.ms));
-      const protoUp = median(up.s5cmd.map((s) => s.ms)) / median(up.prototype.map((s) => s.ms));
-      const protoDown = median(down.s5cmd.map((s) => s.ms)) / median(down.prototype.map((s) => s.ms));
       const s5vDown = median(down.s5cmd.map((s) => s.ms)) / median(down['s5cmd-verified'].map((s) => s.ms));
 
       console.log(`\ncheckpoint transfer: ${fmtBytes(ckpt.bytes)} in ${ckpt.files} files (1 × 70 %, 4 × 6.25 %, ${ckpt.files - 5} small), ${reps} interleaved reps, medians${quick ? ' (--quick)' : ''}`);
       console.log(`machine: ${loadBefore} at the start, ${machineNote()} now`);
-      console.log(`s5cmd ${S5CMD_VERSION} defaults (256 workers, 5 parts × 50 MiB per file); Refinery: storage/commit.ts as is; prototype: bench/lib/fast-transfer.ts\n`);
+      console.log(`s5cmd ${S5CMD_VERSION} defaults (256 workers, 5 parts × 50 MiB per file); Refinery: storage/commit.ts (8 files in flight, 32 MiB parts, ≤ 6 parts in flight)\n`);
       const header = ['', 'time s', 'MiB/s', 'throughput vs s5cmd', 'client CPU s/GiB', 'MinIO CPU s/GiB'];
       console.log(table(header, [
         row('upload   refinery commitDirectory', up.refinery, up.s5cmd),
         row('upload   s5cmd cp', up.s5cmd, up.s5cmd),
-        row('upload   prototype (bench only)', up.prototype, up.s5cmd),
         row('download refinery downloadCommitted', down.refinery, down.s5cmd),
         row('download s5cmd cp', down.s5cmd, down.s5cmd),
-        row('download prototype (bench only)', down.prototype, down.s5cmd),
-        row('download s5cmd + sha256 check per file (bench only)', down['s5cmd-verified'], down.s5cmd),
+        row('download s5cmd + sha256 check of every file', down['s5cmd-verified'], down.s5cmd),
       ]));
       console.log(`\nprofile on a ${fmtBytes(smallBytes)} directory of the same shape (one run each; throughput over the whole directory unless said otherwise)`);
       console.log(table(['', 'time s', 'MiB/s', 'client CPU s'], profile.map(([what, s]) => {
@@ -247,9 +241,8 @@ async function main(): Promise<void> {
       console.log(table(['target', 'measured', ''], [
         ['upload ≥ 0.9× s5cmd', `${fx(upRatio)}×`, verdict(upRatio >= 0.9)],
         ['download ≥ 0.9× s5cmd', `${fx(downRatio)}×`, verdict(downRatio >= 0.9)],
-        ['(prototype upload)', `${fx(protoUp)}×`, verdict(protoUp >= 0.9)],
-        ['(prototype download)', `${fx(protoDown)}×`, verdict(protoDown >= 0.9)],
-        ['(s5cmd + sha256 check download)', `${fx(s5vDown)}×`, verdict(s5vDown >= 0.9)],
+        ['(reference: s5cmd + the same sha256 check, download)', `${fx(s5vDown)}×`, verdict(s5vDown >= 0.9)],
+        ['download vs s5cmd + the same check', `${fx(median(down['s5cmd-verified'].map((s) => s.ms)) / median(down.refinery.map((s) => s.ms)))}×`, ''],
       ]));
 
     }
@@ -272,7 +265,7 @@ async function main(): Promise<void> {
 // and slow drifts of the machine's other load cancel out. A step counts for a condition only if
 // it lies wholly inside an "on" window or wholly outside all of them.
 
-type UploadKind = 'refinery' | 'niced' | 'prototype';
+type UploadKind = 'refinery' | 'niced';
 
 interface Window {
   kind: UploadKind;
@@ -289,9 +282,11 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
   const sft = plan.stages.find((s) => s.kind === 'sft')!;
   const work = await mkdtemp(path.join(tmpdir(), 'refinery-bench-interf-'));
   const windowMs = quick ? 4000 : 6000;
-  const kinds: UploadKind[] = quick ? ['refinery', 'niced'] : ['refinery', 'niced', 'prototype'];
+  const kinds: UploadKind[] = quick ? ['refinery'] : ['refinery', 'niced'];
+  // --job-threads N: OMP/MKL threads of the jobs (torch uses every core by default)
+  const jobEnv: Record<string, string> = args.get('job-threads') ? { OMP_NUM_THREADS: args.get('job-threads')!, MKL_NUM_THREADS: args.get('job-threads')! } : {};
   const results: (string | number)[][] = [];
-  const worst: Record<UploadKind, number> = { refinery: -Infinity, niced: -Infinity, prototype: -Infinity };
+  const worst: Record<UploadKind, number> = { refinery: -Infinity, niced: -Infinity };
   const s5 = await ensureS5cmd();
   const s5env = { ...process.env, AWS_ACCESS_KEY_ID: store.config.accessKey, AWS_SECRET_ACCESS_KEY: store.config.secretKey, AWS_REGION: 'us-east-1' };
   try {
@@ -304,7 +299,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
       {
         name: 'sft on the tiny model (CPU, torch)',
         argv: pythonJobArgv('sft'),
-        cycles: quick ? 3 : 4,
+        cycles: quick ? 4 : 3,
         config: jobConfigFor({ ...sft, hyper: { ...sft.hyper, max_steps: 100000, save_steps: 100000 } }, { output: path.join(work, 's/out'), checkpoints: path.join(work, 's/ck') }, { model: tiny }, { train: sft.dataset!.path, eval: null }),
       },
       ...(quick
@@ -323,7 +318,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
       const firstStep = new Promise<void>((resolve) => (started = resolve));
       const stop = new AbortController();
       let finished = false;
-      const running = runPlainJob(job.argv, job.config, path.join(work, `job-${jobs.indexOf(job)}`), (e) => e.event.event === 'progress' && started(), {}, stop.signal).finally(() => {
+      const running = runPlainJob(job.argv, job.config, path.join(work, `job-${jobs.indexOf(job)}`), (e) => e.event.event === 'progress' && started(), jobEnv, stop.signal).finally(() => {
         finished = true;
         started();
       });
@@ -357,8 +352,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
               while (performance.now() - from < windowMs) {
                 const prefix = `interference-${n++}`;
                 prefixes.push(prefix);
-                if (kind === 'refinery') await commitDirectory(store, unitDir, prefix);
-                else await fastCommitDirectory(store, unitDir, prefix);
+                await commitDirectory(store, unitDir, prefix);
                 bytes += unitBytes;
               }
             }
@@ -381,7 +375,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
       const run = await running;
       await loader;
       const progress = run.events.filter((e) => e.event.event === 'progress');
-      const steps: Record<UploadKind | 'alone', number[]> = { alone: [], refinery: [], prototype: [], niced: [] };
+      const steps: Record<UploadKind | 'alone', number[]> = { alone: [], refinery: [], niced: [] };
       const firstWindow = windows[0]?.from ?? Infinity;
       for (let i = 1; i < progress.length; i++) {
         const a = progress[i - 1]!.t;
@@ -396,7 +390,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
       // Paired estimate, robust to the machine's other load drifting: each window's median step
       // against the median step of the pauses just before and just after it.
       const stepsIn = (lo: number, hi: number) => progress.slice(1).map((e, j) => [progress[j]!.t, e.t] as const).filter(([a, b]) => a >= lo && b <= hi).map(([a, b]) => b - a);
-      const paired: Record<UploadKind, number[]> = { refinery: [], niced: [], prototype: [] };
+      const paired: Record<UploadKind, number[]> = { refinery: [], niced: [] };
       for (const [i, w] of windows.entries()) {
         const before = stepsIn(windows[i - 1]?.to ?? w.from - windowMs, w.from);
         const after = stepsIn(w.to, windows[i + 1]?.from ?? Infinity);
@@ -411,21 +405,20 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
         const upMiBps = w.reduce((s, x) => s + x.bytes, 0) / 1024 ** 2 / (w.reduce((s, x) => s + x.uploadMs, 0) / 1000);
         const slow = median(paired[kind]) - 1;
         if (Number.isFinite(slow)) worst[kind] = Math.max(worst[kind], slow);
-        const label = { refinery: 'commitDirectory, in the worker process', niced: 'commitDirectory, own process at nice 19 (paused outside its windows)', prototype: 'prototype commit, in the worker process' }[kind];
+        const label = { refinery: 'commitDirectory, in the worker process', niced: 'commitDirectory, own process at nice 19 (paused outside its windows)' }[kind];
         results.push([job.name, `${label} (${fx(upMiBps, 0)} MiB/s)`, `${steps.alone.length}/${steps[kind].length}`, fx(alone), fx(median(steps[kind])), `${slow >= 0 ? '+' : ''}${fx(slow * 100, 1)} %`, paired[kind].map((x) => fx(x, 2)).join(' ')]);
       }
     }
   } finally {
     await rm(work, { recursive: true, force: true });
   }
-  console.log(`\nstep time while checkpoints upload (${fmtBytes(unitBytes)} directory committed back to back in ${windowMs / 1000} s windows, alternating with ${windowMs / 1000} s without; one job run; medians)`);
+  console.log(`\nstep time while checkpoints upload (${fmtBytes(unitBytes)} directory committed back to back in ${windowMs / 1000} s windows, alternating with ${windowMs / 1000} s without; one job run; medians${jobEnv.OMP_NUM_THREADS ? `; jobs with OMP_NUM_THREADS=${jobEnv.OMP_NUM_THREADS}` : ''})`);
   console.log(table(['job', 'concurrent upload', 'steps alone/with', 'step ms alone', 'step ms with', 'slower (paired)', 'per window: step in / pauses around'], results));
   console.log('"slower (paired)": median over windows of (median step inside the window / median step in the pauses just before and after it) − 1');
   const pct = (x: number) => `${x >= 0 ? '+' : ''}${fx(x * 100, 1)} %`;
   console.log(table(['target', 'measured', ''], [
     ['step time ≤ 5 % slower during a Refinery upload (worst job)', pct(worst.refinery), verdict(worst.refinery <= 0.05)],
     ['(same, the upload in its own process at nice 19)', pct(worst.niced), verdict(worst.niced <= 0.05)],
-    ...(kinds.includes('prototype') ? [['(same, the prototype commit)', pct(worst.prototype), verdict(worst.prototype <= 0.05)]] : []),
   ]));
 }
 

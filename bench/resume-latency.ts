@@ -9,6 +9,12 @@
  *   restore    activity start → the job is launched (inputs + checkpoint downloaded and verified)
  *   job start  launch → first progress step of the resumed job (process start, setup, one step)
  *
+ * The activity's own steps are timed by what it leaves on the surviving worker's disk: it creates
+ * the stage's output folder as it starts and writes job-config.attempt-N.json just before it
+ * launches the job (file times, same clock as the kill). The first step is the `at` of the job's
+ * first progress event in the worker's events log. (Signal times in Temporal's history are not
+ * used: signals that arrive during a workflow task are written, and timed, when it completes.)
+ *
  * and the steps lost (step at the kill − step resumed from). The job is the contract test job
  * with checkpoints padded to a realistic size (bench/jobs/padded_testjob.py).
  *
@@ -16,18 +22,17 @@
  *
  * There is no peer here; the reference points are the configured heartbeat timeout and save interval.
  */
+import { existsSync, statSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import type { Client } from '@temporalio/client';
 import { execa, type ResultPromise } from 'execa';
 import { stringify } from 'yaml';
 import { startRun } from '../client/commands/run.js';
 import { listCommittedSteps } from '../storage/checkpoints.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { jobsPython, REPO_ROOT } from '../worker/config.js';
-import type { StageProgress } from '../workflows/types.js';
 import { fmtBytes, fx, log, machineNote, median, parseArgs, parseSize, percentile, sleep, table } from './lib/common.js';
 import { startBenchStack, type BenchStack } from './lib/stack.js';
 import { benchClient, quietTemporalRuntime, startWorkers } from './lib/workers.js';
@@ -121,21 +126,10 @@ async function until<T>(what: string, fn: () => Promise<T | undefined | false>, 
   }
 }
 
-/** Times (epoch ms) of the stageProgress signals of `attempt`, from the run's history. */
-async function progressSignals(client: Client, runId: string, attempt: number): Promise<{ at: number; progress: StageProgress }[]> {
-  const history = await client.workflow.getHandle(runId).fetchHistory();
-  const out: { at: number; progress: StageProgress }[] = [];
-  for (const e of history.events ?? []) {
-    const attrs = e.workflowExecutionSignaledEventAttributes;
-    if (attrs?.signalName !== 'stageProgress') continue;
-    const data = attrs.input?.payloads?.[0]?.data;
-    if (!data) continue;
-    const { progress } = JSON.parse(Buffer.from(data).toString('utf8')) as { progress: StageProgress };
-    if (progress.attempt !== attempt) continue;
-    const t = e.eventTime!;
-    out.push({ at: Number(t.seconds?.toString() ?? 0) * 1000 + Math.round((t.nanos ?? 0) / 1e6), progress });
-  }
-  return out;
+/** When a file or folder came to be: birth time where the filesystem records it, else mtime. */
+function fileTime(p: string): number {
+  const st = statSync(p);
+  return st.birthtimeMs > 0 ? st.birthtimeMs : st.mtimeMs;
 }
 
 interface Trial {
@@ -221,12 +215,14 @@ async function main(): Promise<void> {
         }
         return undefined;
       }, 300_000);
-      const signals = await until('the attempt\'s progress signals', async () => {
-        const s = await progressSignals(client, runId, resumed.attempt);
-        return s.some((x) => x.progress.phase === 'training') ? s : undefined;
-      }, 30_000, 200);
-      const tActivity = signals[0]!.at;
-      const tLaunch = signals.find((x) => x.progress.phase === 'training')!.at;
+      // The activity's start (output folder created) and the job's launch (its config written).
+      const stageDir = await until('the attempt\'s stage folder', async () => {
+        const stages = path.join(survivor.scratch, 'stages');
+        for (const key of await readdir(stages)) if (existsSync(path.join(stages, key, `job-config.attempt-${resumed.attempt}.json`))) return path.join(stages, key);
+        return undefined;
+      }, 30_000);
+      const tActivity = fileTime(path.join(stageDir, 'output'));
+      const tLaunch = fileTime(path.join(stageDir, `job-config.attempt-${resumed.attempt}.json`));
       const started = resumed.events.find((e) => e.event === 'started');
       const tFirstStep = Date.parse(resumed.firstStep.at);
       results.push({
@@ -243,6 +239,9 @@ async function main(): Promise<void> {
       await handle.cancel();
       await handle.result().catch(() => undefined);
       await rm(victim.scratch, { recursive: true, force: true });
+      // The cancelled attempt's files stay in the survivor's scratch: clear them, so that the next
+      // trial finds only its own.
+      for (const w of pool) await rm(path.join(w.scratch, 'stages'), { recursive: true, force: true });
       pool.push(await spawnWorker(stack));
     }
   } finally {

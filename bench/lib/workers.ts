@@ -11,11 +11,11 @@ import { createWorkers } from '../../worker/create-workers.js';
 import type { BenchStack } from './stack.js';
 
 let runtimeInstalled = false;
-/** Temporal's Rust core logs warnings to the console by default; the benchmarks' output is a table. */
+/** Temporal's logs (TS side and Rust core) at ERROR only: the benchmarks' output is a table. */
 export function quietTemporalRuntime(): void {
   if (runtimeInstalled) return;
   runtimeInstalled = true;
-  Runtime.install({ logger: new DefaultLogger('ERROR') });
+  Runtime.install({ logger: new DefaultLogger('ERROR'), telemetryOptions: { logging: { filter: { core: 'ERROR', other: 'ERROR' }, forward: {} } } });
 }
 
 let bundle: Promise<WorkflowBundle> | undefined;

@@ -3,6 +3,8 @@
  * checkpoint is skipped for the previous one (also inside a real retry), retention keeps the newest,
  * and a stage whose output is committed is never run again by a retry.
  */
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -12,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTrainingActivities } from '../../activities/run-stage-job.js';
 import { startRun } from '../../client/commands/run.js';
 import { commitCheckpoint, listCommittedSteps, pruneCheckpoints, restoreNewestCheckpoint } from '../../storage/checkpoints.js';
-import { commitDirectory, IntegrityError, readCommitted, verifyCommitted } from '../../storage/commit.js';
+import { commitDirectory, downloadCommitted, IntegrityError, readCommitted, verifyCommitted } from '../../storage/commit.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { parseSpec } from '../../spec/load.js';
 import { planPipeline } from '../../spec/plan.js';
@@ -39,6 +41,34 @@ beforeAll(() => {
 });
 
 describe('commit protocol', () => {
+  it('uploads a file larger than a part in parallel parts, hashed once; downloads verify it', async () => {
+    const dir = await mkdtemp(path.join(tmpdir(), 'refinery-st-big-'));
+    // 70 MiB: three parts (32 + 32 + 6 MiB), next to a small file that goes up in one signed PUT.
+    const big = randomBytes(70 * 1024 * 1024);
+    await writeFile(path.join(dir, 'model.safetensors'), big);
+    await writeFile(path.join(dir, 'config.json'), '{"a":1}');
+    const prefix = uniq();
+    const art = await commitDirectory(store, dir, prefix);
+    const file = art.manifest.files.find((f) => f.path === 'model.safetensors')!;
+    expect(file).toMatchObject({ size: big.length, sha256: createHash('sha256').update(big).digest('hex') });
+    expect(await verifyCommitted(store, prefix)).toEqual([]);
+    const dest = await mkdtemp(path.join(tmpdir(), 'refinery-st-big-down-'));
+    expect(await downloadCommitted(store, art, dest)).toEqual({ downloaded: 2, reused: 0 });
+    expect((await readFile(path.join(dest, 'model.safetensors'))).equals(big)).toBe(true);
+    // A second download on the same disk re-hashes and keeps what is already right.
+    expect(await downloadCommitted(store, art, dest)).toEqual({ downloaded: 0, reused: 2 });
+  });
+
+  it('refuses a file whose bytes in the bucket differ from the manifest, leaving nothing at the target', async () => {
+    const dir = await dirWith({ 'w.bin': 'weights' });
+    const prefix = uniq();
+    const art = await commitDirectory(store, dir, prefix);
+    await store.putBytes(`${prefix}/files/w.bin`, 'weightz');
+    const dest = await mkdtemp(path.join(tmpdir(), 'refinery-st-bad-'));
+    await expect(downloadCommitted(store, art, dest)).rejects.toThrow(/w\.bin: sha256 .* does not match the manifest/);
+    expect(existsSync(path.join(dest, 'w.bin'))).toBe(false);
+  });
+
   it('reads only committed prefixes, and refuses a manifest that does not match its marker', async () => {
     const prefix = uniq();
     const dir = await dirWith({ 'a.txt': 'alpha', 'sub/b.bin': 'beta' });
