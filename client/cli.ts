@@ -162,6 +162,39 @@ program
   });
 
 program
+  .command('codec-server')
+  .description('decrypt payloads for the Temporal UI and the temporal CLI (remote codec endpoint; needs REFINERY_PAYLOAD_KEY, see docs/security.md)')
+  .option('--port <n>', 'port', '8888')
+  .option('--host <address>', 'address to bind (anyone who can reach it can decrypt)', '127.0.0.1')
+  .option('--cors-origin <origin...>', 'browser origins allowed to call it: the Temporal UI (default http://localhost:8233 and http://127.0.0.1:8233)')
+  .option('--namespace <namespace...>', 'namespaces served, matched against the X-Namespace header (default $TEMPORAL_NAMESPACE or refinery)')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { port: string; host: string; corsOrigin?: string[]; namespace?: string[]; json?: boolean }) => {
+    const { startCodecServer, DEFAULT_UI_ORIGINS } = await import('./commands/codec-server.js');
+    const { AesGcmPayloadCodec } = await import('../codec/payload-codec.js');
+    const { payloadKeysFromEnv } = await import('../codec/payload-keys.js');
+    const { temporalSettings } = await import('../worker/config.js');
+    const port = Number(opts.port);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port "${opts.port}": expected a port number`);
+    const keys = payloadKeysFromEnv();
+    if (!keys) throw new CliError('REFINERY_PAYLOAD_KEY is not set', 'the codec server needs the key the workers encrypt with (docs/security.md)');
+    const codec = new AesGcmPayloadCodec(keys);
+    const namespaces = opts.namespace ?? [temporalSettings().namespace];
+    const corsOrigins = opts.corsOrigin ?? DEFAULT_UI_ORIGINS;
+    const server = await startCodecServer({ codec, namespaces, corsOrigins, port, host: opts.host, log: (line) => console.error(`[codec-server] ${line}`) });
+    print(opts.json, { url: server.url, namespaces, corsOrigins, keyIds: codec.keyIds }, () =>
+      [`codec server on ${server.url} (namespaces ${namespaces.join(', ')}; key ids ${codec.keyIds.join(', ')}; UI origins ${corsOrigins.join(', ')})`,
+        `  Temporal UI: Settings → Codec Server → ${server.url}  (or temporal server start-dev --ui-codec-endpoint ${server.url})`,
+        `  temporal CLI: temporal workflow show -w RUN_ID --namespace ${namespaces[0]} --codec-endpoint ${server.url}`].join('\n'),
+    );
+    await new Promise<void>((resolve) => {
+      process.once('SIGINT', resolve);
+      process.once('SIGTERM', resolve);
+    });
+    await server.close();
+  });
+
+program
   .command('stack')
   .description('the local stack: Temporal dev server and MinIO (start | stop | status)')
   .argument('<action>', 'start | stop | status')

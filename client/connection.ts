@@ -1,15 +1,18 @@
 /** The Temporal client for CLI commands, with one clear line when the server is not there. */
 import { Client, Connection } from '@temporalio/client';
+import { dataConverterFromEnv } from '../codec/data-converter.js';
 import { temporalSettings } from '../worker/config.js';
 import { CliError } from './errors.js';
 
 export async function connectClient(): Promise<{ client: Client; close: () => Promise<void> }> {
   const { address, namespace } = temporalSettings();
+  // Same payload encryption as the workers (REFINERY_PAYLOAD_KEY); a bad key fails here, before connecting.
+  const dataConverter = dataConverterFromEnv();
   let connection: Connection;
   try {
     connection = await Connection.connect({ address, connectTimeout: '5s' });
   } catch {
     throw new CliError(`cannot reach Temporal at ${address}`, 'start the local stack with "npx refinery stack start" or set TEMPORAL_ADDRESS');
   }
-  return { client: new Client({ connection, namespace }), close: () => connection.close() };
+  return { client: new Client({ connection, namespace, dataConverter }), close: () => connection.close() };
 }

@@ -3,6 +3,7 @@
  * task queue) and/or a training worker per GPU task queue. Tests use this directly.
  */
 import path from 'node:path';
+import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
 import type { StageKind } from '../spec/schema.js';
@@ -24,6 +25,11 @@ export interface WorkerOptions {
   python: string;
   /** Replace the default Python job launcher (other trainers, test jobs). */
   jobCommand?: (kind: StageKind) => [string, ...string[]];
+  /**
+   * Payload encryption (codec/data-converter.ts); default: plain JSON. A prebuilt `workflowBundle`
+   * must have been bundled with the same `failureConverterPath` (the sandbox ignores this one).
+   */
+  dataConverter?: DataConverter;
   workflowBundle?: WorkflowBundle;
   /** How long in-flight training may take to stop on shutdown before it is cancelled. */
   shutdownGraceTime?: string;
@@ -44,6 +50,7 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
         connection: options.connection,
         namespace: options.namespace,
         taskQueue: CONTROL_TASK_QUEUE,
+        dataConverter: options.dataConverter,
         ...(options.workflowBundle
           ? { workflowBundle: options.workflowBundle }
           : { workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts') }),
@@ -69,6 +76,7 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
         connection: options.connection,
         namespace: options.namespace,
         taskQueue,
+        dataConverter: options.dataConverter,
         activities: training,
         // One job per GPU; a CPU-only worker runs one job at a time.
         maxConcurrentActivityTaskExecutions: Math.max(1, options.gpus.length),

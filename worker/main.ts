@@ -6,6 +6,7 @@ import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { NativeConnection } from '@temporalio/worker';
+import { dataConverterFromEnv } from '../codec/data-converter.js';
 import { DEFAULT_TASK_QUEUE } from '../spec/plan.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
@@ -34,6 +35,8 @@ function jobCommandOverride(): ((kind: StageKind) => [string, ...string[]]) | un
 
 export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
   const temporal = temporalSettings();
+  // A bad REFINERY_PAYLOAD_KEY stops the worker here, before it connects.
+  const dataConverter = dataConverterFromEnv();
   const scratchDir = options.scratchDir ?? path.join(stateDir(), 'scratch', `${hostname()}-${process.pid}`);
   await mkdir(scratchDir, { recursive: true });
   const store = new ObjectStore();
@@ -49,8 +52,10 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
     scratchDir,
     python: jobsPython(),
     jobCommand: jobCommandOverride(),
+    dataConverter,
   });
-  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; scratch ${scratchDir}`);
+  const payloads = dataConverter ? 'payloads encrypted' : 'payloads not encrypted';
+  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; ${payloads}; scratch ${scratchDir}`);
   // SIGINT/SIGTERM shut the workers down gracefully (the SDK installs the handlers).
   await Promise.all(workers.map((w) => w.run()));
   await connection.close();

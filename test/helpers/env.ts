@@ -6,6 +6,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { Client, Connection } from '@temporalio/client';
+import type { DataConverter } from '@temporalio/common';
 import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type Worker, type WorkflowBundle } from '@temporalio/worker';
 import { inject } from 'vitest';
 import { ObjectStore } from '../../storage/object-store.js';
@@ -40,15 +41,20 @@ export function testStore(): ObjectStore {
   return new ObjectStore();
 }
 
-export async function testClient(): Promise<{ client: Client; close: () => Promise<void> }> {
+/** `dataConverter`: payload encryption (codec/data-converter.ts); default plain JSON. */
+export async function testClient(dataConverter?: DataConverter): Promise<{ client: Client; close: () => Promise<void> }> {
   const connection = await Connection.connect({ address: stack().temporalAddress });
-  return { client: new Client({ connection, namespace: stack().namespace }), close: () => connection.close() };
+  return { client: new Client({ connection, namespace: stack().namespace, dataConverter }), close: () => connection.close() };
 }
 
-let bundle: Promise<WorkflowBundle> | undefined;
-export function workflowBundle(): Promise<WorkflowBundle> {
-  bundle ??= bundleWorkflowCode({ workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts'), logger: quietLogger });
-  return bundle;
+/** One bundle per failure converter: the workflow sandbox gets it at bundle time, not from Worker.create. */
+const bundles = new Map<string, Promise<WorkflowBundle>>();
+export function workflowBundle(failureConverterPath?: string): Promise<WorkflowBundle> {
+  const key = failureConverterPath ?? '';
+  if (!bundles.has(key)) {
+    bundles.set(key, bundleWorkflowCode({ workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts'), failureConverterPath, logger: quietLogger }));
+  }
+  return bundles.get(key)!;
 }
 
 /** The purpose-built contract job (jobs/refinery_jobs/testjob.py) for every stage kind. */
@@ -70,6 +76,7 @@ export async function startTestWorkers(options: {
   trainingQueues?: string[];
   jobCommand?: (kind: StageKind) => [string, ...string[]];
   killGraceMs?: number;
+  dataConverter?: DataConverter;
 }): Promise<TestWorkers> {
   const connection = await NativeConnection.connect({ address: stack().temporalAddress });
   const scratchDir = await mkdtemp(path.join(tmpdir(), 'refinery-test-worker-'));
@@ -83,7 +90,8 @@ export async function startTestWorkers(options: {
     scratchDir,
     python: jobsPython(),
     jobCommand: options.jobCommand,
-    workflowBundle: await workflowBundle(),
+    dataConverter: options.dataConverter,
+    workflowBundle: await workflowBundle(options.dataConverter?.failureConverterPath),
     shutdownGraceTime: '5s',
     killGraceMs: options.killGraceMs ?? 2000,
   });
