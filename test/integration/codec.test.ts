@@ -4,8 +4,8 @@
  * both given a test key, as is the client. Then, through a client WITHOUT the codec, the raw history
  * of the run and of its stage: every payload (workflow and activity inputs and results, signals,
  * failure attributes) is `binary/encrypted`, and markers from the spec (pipeline name, storage
- * prefix, dataset path) and the job's failure message appear
- * nowhere in the history outside the search attributes. With the codec the same payloads give them
+ * prefix, dataset path) and the job's failure message appear nowhere in the history outside the
+ * search attributes. With the codec the same payloads give them
  * back; so does the codec server (`refinery codec-server`), while one with another key refuses.
  */
 import { copyFile } from 'node:fs/promises';
@@ -94,18 +94,16 @@ function payloadsIn(value: unknown, out: Payload[] = []): Payload[] {
   return out;
 }
 
-/** An event as text, bytes read as UTF-8, search attributes (plain by design) left out. */
-function rawText(event: unknown): string {
-  const bytes: string[] = [];
-  const json = JSON.stringify(event, (key, v: unknown) => {
-    if (key === 'searchAttributes') return undefined;
-    if (v instanceof Uint8Array) {
-      bytes.push(Buffer.from(v).toString('utf8'));
-      return Buffer.from(v).toString('base64');
-    }
-    return typeof v === 'bigint' ? v.toString() : v;
-  });
-  return [json, ...bytes].join('\n');
+/**
+ * Every string and byte string (read as UTF-8) in a history event, search attributes (plain by design)
+ * left out. A walk, not JSON.stringify: proto messages serialise their bytes as base64.
+ */
+function rawText(value: unknown, out: string[] = []): string {
+  if (value instanceof Uint8Array) out.push(Buffer.from(value).toString('utf8'));
+  else if (typeof value === 'string') out.push(value);
+  else if (Array.isArray(value)) for (const v of value) rawText(v, out);
+  else if (value && typeof value === 'object') for (const [k, v] of Object.entries(value)) if (k !== 'searchAttributes') rawText(v, out);
+  return out.join('\n');
 }
 
 const text = (bytes: Uint8Array | null | undefined) => Buffer.from(bytes ?? []).toString('utf8');
@@ -170,8 +168,9 @@ describe('payload encryption', () => {
     expect(notEncrypted.map((p) => text(p.metadata?.[METADATA_ENCODING_KEY]))).toEqual([]);
     expect(new Set(raw.map((p) => text(p.metadata?.[KEY_ID_METADATA])))).toEqual(new Set(['it-codec']));
     expect(failures).toBeGreaterThanOrEqual(1);
-    // (The scan reads payload bytes: it finds a marker in a plain payload.)
-    expect(rawText({ input: { payloads: [{ metadata: {}, data: Buffer.from(`"${markers.dataset}"`) }] } })).toContain(markers.dataset);
+    // (The scan reads payload bytes as text: the metadata of this very history, a marker in a plain payload.)
+    expect(rawAll).toContain(ENCRYPTED_ENCODING);
+    for (const data of [Buffer.from(markers.dataset), new TextEncoder().encode(markers.dataset)]) expect(rawText({ input: { payloads: [{ data }] } })).toContain(markers.dataset);
     for (const [name, marker] of Object.entries(markers)) expect(rawAll.includes(marker), `${name} in the raw history`).toBe(false);
     // The pipeline name is only in the search attributes (plain by design: the UI filters on them).
     const parentRaw = await plain.workflow.getHandle(runId).fetchHistory();

@@ -23,7 +23,7 @@ const post = (route: string, body: unknown, headers: Record<string, string> = {}
   fetch(`${server.url}${route}`, { method: 'POST', headers: { 'Content-Type': 'application/json', ...headers }, body: typeof body === 'string' ? body : JSON.stringify(body) });
 
 describe('codec server', () => {
-  it('listens on 127.0.0.1 by default address', () => {
+  it('binds 127.0.0.1 by default', () => {
     expect(server.url).toMatch(/^http:\/\/127\.0\.0\.1:\d+$/);
   });
 
