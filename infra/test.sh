@@ -5,6 +5,9 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+# The suites run with and without payload encryption on their own terms: a key exported in the
+# shell must not leak into the workers and bundles they start.
+unset REFINERY_PAYLOAD_KEY REFINERY_PAYLOAD_KEY_ID REFINERY_PAYLOAD_KEYS_OLD
 bash infra/bootstrap.sh
 PY="$(node -p 'require("./.refinery/toolchain.json").python')"
 REPORT="$ROOT/.refinery/test-report.json"
