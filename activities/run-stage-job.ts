@@ -24,6 +24,7 @@ import { classifyExit, JOB_CONTRACT_VERSION, type JobConfig, type JobEvent } fro
 import { runJobProcess } from './job-process.js';
 import { checkGgufDirectory, GgufCheckError } from './gguf-check.js';
 import type { GpuAllocator } from '../worker/gpu-allocator.js';
+import { llamaCppToolEnv } from '../worker/config.js';
 import { stageAttemptFailedSignal, stageProgressSignal } from '../workflows/messages.js';
 
 export interface TrainingDeps {
@@ -248,7 +249,12 @@ export function createTrainingActivities(deps: TrainingDeps) {
       result = await runJobProcess({
         argv: [...deps.jobCommand(stage.kind), '--config', configPath],
         cwd: deps.jobCwd,
-        env: { CUDA_VISIBLE_DEVICES: gpuLease.devices.join(','), HF_HUB_OFFLINE: '1', TOKENIZERS_PARALLELISM: 'false' },
+        env: {
+          CUDA_VISIBLE_DEVICES: gpuLease.devices.join(','),
+          HF_HUB_OFFLINE: '1',
+          TOKENIZERS_PARALLELISM: 'false',
+          ...(stage.kind === 'gguf' ? llamaCppToolEnv() : {}),
+        },
         logFile,
         stallMs: stage.timeouts.stallMs,
         signal,

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Installs Refinery's toolchain: npm packages, the Temporal dev + test servers, MinIO, and the
-# Python environment for the training jobs. Idempotent; everything heavy is cached outside the
-# clone under $REFINERY_CACHE, keyed by version, so fresh clones reuse it. Prints one line per step.
+# Installs Refinery's toolchain: npm packages, the Temporal dev + test servers, MinIO, the
+# Python environment for the training jobs, and llama.cpp's convert script + llama-quantize.
+# Idempotent; everything heavy is cached outside the clone under $REFINERY_CACHE, keyed by
+# version, so fresh clones reuse it. Prints one line per step.
 #
 #   bash infra/bootstrap.sh                 # everything
-#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, python, npm)
+#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, python, llama.cpp, npm)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -14,7 +15,7 @@ CACHE="${REFINERY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/refinery}"
 STATE="${REFINERY_STATE_DIR:-$ROOT/.refinery}"
 mkdir -p "$CACHE" "$STATE"
 
-STEPS="${*:-temporal minio python npm}"
+STEPS="${*:-temporal minio python llama.cpp npm}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 step() { printf '[bootstrap] %-28s %s\n' "$1" "$2"; }
 t0=$(date +%s)
@@ -62,10 +63,46 @@ else
   "$PYENV/bin/pip" install -q --upgrade pip >/dev/null
   PIP_CACHE_DIR="$CACHE/pip" "$PYENV/bin/pip" install --progress-bar off -r "$REQ" \
     | grep -E '^(Collecting|Successfully installed)' | sed -E 's/^/[bootstrap]   /' | cut -c1-160 || true
-  "$PYENV/bin/python" -c 'import torch, transformers, trl, peft, gguf, datasets, accelerate' \
+  "$PYENV/bin/python" -c 'import torch, transformers, trl, peft, gguf, datasets, accelerate, sentencepiece' \
     || { echo "[bootstrap] python env: import check failed" >&2; exit 1; }
   touch "$PYENV/.complete"
   step "python env" "done ($(elapsed))"
+fi
+
+# --- llama.cpp: convert_hf_to_gguf.py and llama-quantize (the gguf job's llama.cpp exporter) -----
+# The source comes from the llama-cpp-python sdist on PyPI (vendor/llama.cpp), checked against a
+# pinned sha256. Only the llama-quantize target is built: CPU, portable (no -march=native), static.
+# The convert script runs with the jobs' Python (its extra import, sentencepiece, is in
+# jobs/requirements.txt) and uses the gguf-py vendored beside it.
+LLAMA_DIR="$CACHE/llama.cpp-$LLAMA_CPP_PYTHON_VERSION"
+if ! want llama.cpp || [[ -f "$LLAMA_DIR/.complete" ]]; then
+  step "llama.cpp" "cached ($LLAMA_DIR)"
+else
+  for tool in cmake c++ make; do
+    command -v "$tool" >/dev/null || { echo "[bootstrap] llama.cpp: $tool is not installed; install a C++ toolchain and CMake (apt-get install build-essential cmake) and rerun" >&2; exit 1; }
+  done
+  step "llama.cpp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist -> llama-quantize (about 10 minutes on 2 cores, once)"
+  rm -rf "$LLAMA_DIR.tmp"; mkdir -p "$LLAMA_DIR.tmp/src"
+  PIP=(python3 -m pip); [[ -x "$PYENV/bin/pip" ]] && PIP=("$PYENV/bin/pip")
+  "${PIP[@]}" download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$LLAMA_DIR.tmp/download"
+  SDIST="$LLAMA_DIR.tmp/download/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION.tar.gz"
+  echo "$LLAMA_CPP_PYTHON_SHA256  $SDIST" | sha256sum -c --quiet - \
+    || { echo "[bootstrap] llama.cpp: $SDIST does not match the pinned sha256" >&2; exit 1; }
+  tar -xzf "$SDIST" -C "$LLAMA_DIR.tmp/src" --strip-components=3 "llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION/vendor/llama.cpp"
+  cmake -S "$LLAMA_DIR.tmp/src" -B "$LLAMA_DIR.tmp/build" -DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF \
+    -DGGML_NATIVE=OFF -DGGML_OPENMP=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_TOOLS=ON >"$LLAMA_DIR.tmp/cmake.log" 2>&1 \
+    || { tail -30 "$LLAMA_DIR.tmp/cmake.log" >&2; echo "[bootstrap] llama.cpp: cmake configure failed (log above)" >&2; exit 1; }
+  cmake --build "$LLAMA_DIR.tmp/build" --target llama-quantize -j "${REFINERY_BUILD_JOBS:-2}" >>"$LLAMA_DIR.tmp/cmake.log" 2>&1 \
+    || { tail -30 "$LLAMA_DIR.tmp/cmake.log" >&2; echo "[bootstrap] llama.cpp: build failed (log above)" >&2; exit 1; }
+  mkdir -p "$LLAMA_DIR.tmp/bin"
+  cp "$LLAMA_DIR.tmp/build/bin/llama-quantize" "$LLAMA_DIR.tmp/bin/"
+  rm -rf "$LLAMA_DIR.tmp/build" "$LLAMA_DIR.tmp/download"
+  "$LLAMA_DIR.tmp/bin/llama-quantize" --help >/dev/null 2>&1 || [[ $? -eq 1 ]] \
+    || { echo "[bootstrap] llama.cpp: llama-quantize does not run" >&2; exit 1; }
+  touch "$LLAMA_DIR.tmp/.complete"
+  rm -rf "$LLAMA_DIR"; mv "$LLAMA_DIR.tmp" "$LLAMA_DIR"
+  step "llama.cpp" "done ($(elapsed))"
 fi
 
 # --- npm packages --------------------------------------------------------------------------------
@@ -85,7 +122,9 @@ cat > "$STATE/toolchain.json" <<JSON
   "temporal": "$TEMPORAL_BIN",
   "temporalTestServer": "$TEMPORAL_TEST_SERVER_BIN",
   "minio": "$MINIO_DIR/minio",
-  "python": "$PYENV/bin/python"
+  "python": "$PYENV/bin/python",
+  "llamaCppConvert": "$LLAMA_DIR/src/convert_hf_to_gguf.py",
+  "llamaQuantize": "$LLAMA_DIR/bin/llama-quantize"
 }
 JSON
 step "toolchain" "ready in $(elapsed) -> $STATE/toolchain.json"

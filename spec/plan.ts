@@ -26,6 +26,17 @@ const KIND_RULES: Record<StageKind, { formats: DatasetFormat[] | null; needs: ('
   eval: { formats: ['chat', 'alpaca', 'sharegpt', 'text', 'preference'], needs: [] },
 };
 
+/**
+ * gguf params, checked before any stage runs (the job checks them again; keep in step with
+ * jobs/refinery_jobs/gguf.py): a typo in the last stage of a pipeline should not surface after
+ * hours of training. Types each exporter can write:
+ */
+export const GGUF_EXPORTER_TYPES: Readonly<Record<string, readonly string[]>> = {
+  'gguf-py': ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'],
+  'llama.cpp': ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k_s', 'q3_k_m', 'q3_k_l', 'q4_k_s', 'q4_k_m', 'q5_k_s', 'q5_k_m', 'q6_k'],
+};
+const GGUF_PARAMS = ['exporter', 'types', 'check_prompts', 'check_new_tokens'];
+
 const TRAINING_KINDS: ReadonlySet<StageKind> = new Set(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo']);
 
 export const DEFAULT_TASK_QUEUE = 'refinery-gpu';
@@ -74,6 +85,8 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
     if (stage.kind === 'merge' && stage.from !== undefined && byId.get(stage.from) && finetuningOf(spec, byId.get(stage.from)!).type === 'full') {
       problem(at('from'), `stage "${stage.from}" trains the full model: there is no adapter to merge`);
     }
+
+    if (stage.kind === 'gguf') checkGgufParams(stage.params ?? {}, (p, m) => problem([...at('params'), ...p], m));
 
     const model = modelRef(stage.policy !== undefined ? 'policy' : 'from', stage.policy ?? stage.from ?? 'base') ?? { base: true };
     const rewardModel = modelRef('reward_model', stage.reward_model);
@@ -144,6 +157,27 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
     storage: { bucket: spec.storage?.bucket, prefix: spec.storage?.prefix ?? 'refinery' },
     stages: order.map((id) => planned.find((s) => s.id === id)!),
   };
+}
+
+function checkGgufParams(params: Record<string, unknown>, problem: (p: (string | number)[], m: string) => void): void {
+  for (const key of Object.keys(params)) {
+    if (!GGUF_PARAMS.includes(key)) problem([key], `unknown gguf param (accepted: ${GGUF_PARAMS.join(', ')})`);
+  }
+  const exporter = params.exporter ?? 'gguf-py';
+  const allowed = typeof exporter === 'string' && Object.hasOwn(GGUF_EXPORTER_TYPES, exporter) ? GGUF_EXPORTER_TYPES[exporter] : undefined;
+  if (!allowed) {
+    problem(['exporter'], `expected one of ${Object.keys(GGUF_EXPORTER_TYPES).map((e) => `"${e}"`).join(' | ')}, got ${JSON.stringify(exporter)}`);
+    return;
+  }
+  const types = params.types;
+  if (types === undefined) return;
+  if (!Array.isArray(types) || types.length === 0) {
+    problem(['types'], 'expected a non-empty array of GGUF types');
+    return;
+  }
+  types.forEach((t: unknown, j) => {
+    if (typeof t !== 'string' || !allowed.includes(t)) problem(['types', j], `expected one of ${allowed.join(' | ')} with exporter "${exporter as string}", got ${JSON.stringify(t)}`);
+  });
 }
 
 function finetuningOf(spec: PipelineSpec, stage: Stage): Finetuning {

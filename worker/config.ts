@@ -31,6 +31,33 @@ export function jobsPython(env: NodeJS.ProcessEnv = process.env): string {
   throw new Error(`no Python environment for the jobs: run "bash infra/bootstrap.sh" (or set REFINERY_PYTHON)`);
 }
 
+/** The llama.cpp tools the gguf job's llama.cpp exporter runs, keyed by the job's variable names. */
+const LLAMA_CPP_TOOLS = { REFINERY_LLAMA_CPP_CONVERT: 'llamaCppConvert', REFINERY_LLAMA_QUANTIZE: 'llamaQuantize' } as const;
+
+/**
+ * Where the gguf job finds llama.cpp's convert script and llama-quantize: the worker's own
+ * REFINERY_LLAMA_CPP_CONVERT / REFINERY_LLAMA_QUANTIZE when set (they reach the job with the rest of
+ * its environment), else the ones infra/bootstrap.sh built (toolchain.json). Paths only: nothing
+ * secret is read here. Missing tools are reported by the job, and only when a spec asks for them.
+ */
+export function llamaCppToolEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
+  const toolchain = path.join(stateDir(env), 'toolchain.json');
+  let recorded: Record<string, unknown> = {};
+  if (existsSync(toolchain)) {
+    try {
+      recorded = JSON.parse(readFileSync(toolchain, 'utf8')) as Record<string, unknown>;
+    } catch {
+      recorded = {};
+    }
+  }
+  const out: Record<string, string> = {};
+  for (const [variable, key] of Object.entries(LLAMA_CPP_TOOLS)) {
+    const value = env[variable] || recorded[key];
+    if (typeof value === 'string' && value) out[variable] = value;
+  }
+  return out;
+}
+
 /** GPUs this worker owns: REFINERY_GPUS="0,1" (default: none, jobs run on CPU). */
 export function workerGpus(env: NodeJS.ProcessEnv = process.env): number[] {
   const raw = env.REFINERY_GPUS?.trim();

@@ -1,34 +1,83 @@
-"""Export a merged Llama-family model to GGUF (`gguf`) with gguf-py alone (no llama.cpp checkout).
+"""Export a merged model to GGUF (`gguf`), with gguf-py alone or with the worker's llama.cpp tools.
 
     python -m refinery_jobs.gguf --config job.json
 
 Features
-  * input: a full HF model (inputs.model; a LoRA adapter + inputs.base is merged in memory first);
-    model_type llama or mistral (llama.cpp's "llama" architecture), default or linear rope scaling
-  * one file per requested type in output_dir: model-f16.gguf, model-q8_0.gguf, model-q4_0.gguf, ...
-    (norms stay f32; a matrix whose row width is not a multiple of 32 stays f16 in quantized files)
-  * tensors renamed to llama.cpp's names, q_proj/k_proj rows permuted back to llama.cpp's rope layout
-  * tokenizer: a SentencePiece-style BPE with byte_fallback (tokenizer.json), written as llama.cpp's "llama"
-    vocab: tokens, scores from the merge order, token types (byte, control, unknown), bos/eos/unk/pad ids,
-    add_bos/add_eos as the HF tokenizer behaves, and the chat template ({% generation %} markers removed)
-Checking that llama.cpp loads the files is done by the caller (node-llama-cpp on the TypeScript side).
+  * input: a full HF model (inputs.model; a LoRA adapter + inputs.base is merged in memory first)
+  * one file per requested type in output_dir: model-f16.gguf, model-q8_0.gguf, model-q4_0.gguf, ... (the same
+    names whichever exporter wrote them), plus greedy_reference.json: the HF model's greedy tokens on the check
+    prompts. The worker then loads every file in llama.cpp (node-llama-cpp) and generates; for f16 (or f32) the
+    greedy tokens must equal the HF model's, or the export is not committed
+  * events: started, one progress per step (model loaded, then one per file written) and, while a llama.cpp tool
+    runs, the same progress again every 30 s so a long conversion is not taken for a stalled job
+
+Exporters (params.exporter)
+  gguf-py    (default) no llama.cpp checkout needed. model_type llama or mistral (llama.cpp's "llama"
+             architecture), default or linear rope scaling; a SentencePiece-style BPE tokenizer.json with
+             byte_fallback. Tensors renamed to llama.cpp's names, q_proj/k_proj rows permuted to llama.cpp's rope
+             layout, norms kept f32, a matrix whose row width is not a multiple of 32 kept f16 in quantized files;
+             the vocab written as llama.cpp's "llama" vocab with the chat template ({% generation %} markers removed).
+  llama.cpp  llama.cpp's own converter: any architecture and tokenizer its convert_hf_to_gguf.py knows. The
+             merged model is saved to a work directory beside output_dir (chat template without {% generation %}
+             markers), the convert script writes f32 / f16 / bf16 / q8_0 directly, and llama-quantize makes every
+             other type from the f16 file (converted to the work directory when f16 itself was not requested).
+             The tools' output goes to the job log; a tool that fails fails the job with the tail of its output.
+             What the tools decide stays theirs: k-quants need rows that are multiples of 256 and llama-quantize
+             falls back (q5_0, q8_0) for narrower tensors, saying so in the log; for a tokenizer.json-only BPE
+             vocab (no tokenizer.model) the converter writes placeholder token scores, so llama.cpp may split raw
+             text differently from the HF tokenizer (the worker reports that as tokenizer_match; the greedy check
+             starts from the HF tokens), where gguf-py writes scores from the merge order.
+             The tools' versions are not part of the stage's cache key: after changing them, `--force-stage`.
+             Where the tools are is the worker's configuration, never the spec's (a spec does not choose programs
+             to run on a worker, and paths differ between workers):
+               REFINERY_LLAMA_CPP_CONVERT  path to convert_hf_to_gguf.py (run as `<python> <script> <model dir>
+                                           --outtype T --outfile F --model-name N`, with the gguf-py beside it)
+               REFINERY_LLAMA_QUANTIZE     path to the llama-quantize binary (only needed for types it makes)
+               REFINERY_LLAMA_CPP_PYTHON   the Python that runs the convert script (default: this job's; the script
+                                           imports torch, transformers, numpy and sentencepiece)
+             `bash infra/bootstrap.sh` builds both tools, and the worker passes them to gguf jobs by default
+             (.refinery/toolchain.json) unless its own environment sets these variables.
 
 Params
-  types   array of strings, ["f16", "q8_0", "q4_0"]   any of f32 | f16 | bf16 | q8_0 | q4_0
+  exporter          string, "gguf-py"                 gguf-py | llama.cpp
+  types             array of strings, ["f16", "q8_0", "q4_0"]
+                      gguf-py:   f32 | f16 | bf16 | q8_0 | q4_0
+                      llama.cpp: f32 | f16 | bf16 | q8_0 (convert script) | q4_0 | q4_1 | q5_0 | q5_1 | q2_k |
+                                 q3_k_s | q3_k_m | q3_k_l | q4_k_s | q4_k_m | q5_k_s | q5_k_m | q6_k (llama-quantize)
+  check_prompts     array of strings                  prompts for greedy_reference.json
+  check_new_tokens  integer, 16                       greedy tokens per check prompt
 
-Errors: config (2): bad types, missing model; unsupported (4): another architecture or tokenizer kind.
+Errors: config (2): bad exporter or types, missing model, a llama.cpp tool not configured or not found (the message
+names the variable); unsupported (4): gguf-py with another architecture or tokenizer kind; a llama.cpp tool that
+exits non-zero is a runtime error (retried per the stage's policy) carrying the tail of its output.
 """
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import re
+import shlex
+import subprocess
+import sys
+import tempfile
+import threading
 
 from refinery_jobs import common
 from refinery_jobs.common import JobConfig, JobSpec, Param
 
-TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")
+TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")  # gguf-py
+# llama.cpp: what convert_hf_to_gguf.py writes itself, and what llama-quantize makes from f16 without an imatrix.
+CONVERT_TYPES = ("f32", "f16", "bf16", "q8_0")
+QUANTIZE_TYPES = ("q4_0", "q4_1", "q5_0", "q5_1", "q2_k", "q3_k_s", "q3_k_m", "q3_k_l", "q4_k_s", "q4_k_m",
+                  "q5_k_s", "q5_k_m", "q6_k")
+EXPORTER_TYPES = {"gguf-py": TYPES, "llama.cpp": CONVERT_TYPES + QUANTIZE_TYPES}
+CONVERT_ENV = "REFINERY_LLAMA_CPP_CONVERT"
+QUANTIZE_ENV = "REFINERY_LLAMA_QUANTIZE"
+PYTHON_ENV = "REFINERY_LLAMA_CPP_PYTHON"
+TOOL_KEEPALIVE_S = 30.0  # a progress event this often while a tool runs (the worker's stall timer)
+TOOL_TAIL_LINES = 25     # lines of a failed tool's output in the error message
 # Prompts whose Hugging Face greedy continuation the worker compares with llama.cpp's.
 CHECK_PROMPTS = ("What is the capital of France?", "Please tell me about the sea.", "hello")
 SPEC = JobSpec(
@@ -38,6 +87,7 @@ SPEC = JobSpec(
     formats=(),
     checkpoints=False,
     params={
+        "exporter": Param(str, "gguf-py", choices=tuple(EXPORTER_TYPES)),
         "types": Param(list, ["f16", "q8_0", "q4_0"]),
         "check_prompts": Param(list, list(CHECK_PROMPTS)),
         "check_new_tokens": Param(int, 16, min=1, max=256),
@@ -138,38 +188,116 @@ def llama_vocab(model_dir: str, tokenizer, vocab_size: int) -> dict:
     return {"tokens": tokens, "scores": scores, "types": types}
 
 
+def tool_setting(var: str, what: str, *, executable: bool, default: str | None = None) -> str:
+    """An absolute path from the worker's environment, or a config error naming the variable."""
+    value = os.environ.get(var, "").strip() or default
+    how = ("set it in the worker's environment (`bash infra/bootstrap.sh` builds llama.cpp's tools and the worker "
+           "passes them from .refinery/toolchain.json)")
+    if not value:
+        raise common.JobError("config", f"{var} is not set: params.exporter \"llama.cpp\" needs {what}; {how}")
+    path = os.path.abspath(value)
+    if not os.path.isfile(path):
+        raise common.JobError("config", f"{var}={value}: no such file ({what} expected); {how}")
+    if executable and not os.access(path, os.X_OK):
+        raise common.JobError("config", f"{var}={value}: not executable ({what} expected)")
+    return path
+
+
+def run_tool(name: str, argv: list[str], keepalive) -> None:
+    """Run a tool (an argv, no shell), copy its output line by line to the job log, call `keepalive` every
+    TOOL_KEEPALIVE_S seconds while it runs; a non-zero exit is a runtime error carrying its last lines."""
+    common.log(f"running {name}: {shlex.join(argv)}")
+    tail: collections.deque[str] = collections.deque(maxlen=TOOL_TAIL_LINES)
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    except OSError as e:
+        raise common.JobError("config", f"cannot start {name} ({argv[0]}): {e}") from None
+    finished = threading.Event()
+
+    def beat():
+        while not finished.wait(TOOL_KEEPALIVE_S):
+            keepalive()
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:  # universal newlines: progress bars' "\r" updates arrive as lines too
+            line = line.rstrip()
+            if line:
+                print(f"[{name}] {line}", file=sys.stderr, flush=True)
+                tail.append(line)
+        rc = proc.wait()
+    finally:
+        finished.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if rc != 0:
+        how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+        last = "\n".join(tail)[-4000:] or "(no output)"
+        raise common.JobError("runtime", f"{name} {how}: {shlex.join(argv)}\n{last}")
+
+
 class GGUFRecipe:
     def __init__(self, cfg: JobConfig, events: common.Events):
         self.cfg, self.events = cfg, events
+        self.exporter = cfg.params["exporter"]
+        allowed = EXPORTER_TYPES[self.exporter]
         types = cfg.params["types"]
         if not types:
             raise common.config_error("params.types", "must name at least one type")
         for i, t in enumerate(types):
-            if t not in TYPES:
-                raise common.config_error(f"params.types[{i}]", f"expected one of {'|'.join(TYPES)}, got {json.dumps(t)}")
+            if t not in allowed:
+                raise common.config_error(f"params.types[{i}]", f"expected one of {'|'.join(allowed)} with exporter "
+                                                                 f"{self.exporter}, got {json.dumps(t)}")
         self.types = list(dict.fromkeys(types))
+        self.steps = len(self.types) + 1  # model loaded (+ prepared), then one per file
+        if self.exporter == "llama.cpp":
+            # Checked before any model is loaded: a worker without the tools fails in a second, not after minutes.
+            self.convert = tool_setting(CONVERT_ENV, "the path of llama.cpp's convert_hf_to_gguf.py", executable=False)
+            self.convert_python = tool_setting(PYTHON_ENV, "a Python to run the convert script with", executable=True,
+                                               default=sys.executable)
+            self.quantize = None
+            if any(t in QUANTIZE_TYPES for t in self.types):
+                self.quantize = tool_setting(QUANTIZE_ENV, "the path of llama.cpp's llama-quantize binary",
+                                             executable=True)
+                if "f16" not in self.types:
+                    self.steps += 1  # the f16 file llama-quantize starts from
+        self.step = 0
+
+    def progress(self, metrics: dict | None = None, *, advance: bool = True) -> None:
+        self.step += 1 if advance else 0
+        self.events.progress(self.step, self.steps, metrics=metrics)
 
     def setup(self) -> None:
         from transformers import AutoConfig
         base, adapter = common.resolve_base(self.cfg)
         config = AutoConfig.from_pretrained(base)
-        if config.model_type not in SUPPORTED_MODEL_TYPES:
-            raise common.unsupported(f"gguf export supports {', '.join(SUPPORTED_MODEL_TYPES)} models, got "
-                                     f"model_type {config.model_type!r}")
         rope = getattr(config, "rope_parameters", None) or {}
-        if rope.get("rope_type", "default") not in ("default", "linear"):
-            raise common.unsupported(f"gguf export: rope_type {rope.get('rope_type')!r} is not supported")
-        self.events.started(total_steps=len(self.types) + 1, resumed_from_step=None, device="cpu")
+        if self.exporter == "gguf-py":
+            if config.model_type not in SUPPORTED_MODEL_TYPES:
+                raise common.unsupported(f"gguf export with gguf-py supports {', '.join(SUPPORTED_MODEL_TYPES)} "
+                                         f"models, got model_type {config.model_type!r} (params.exporter "
+                                         f"\"llama.cpp\" converts what llama.cpp's convert script knows)")
+            if rope.get("rope_type", "default") not in ("default", "linear"):
+                raise common.unsupported(f"gguf export with gguf-py: rope_type {rope.get('rope_type')!r} is not "
+                                         f"supported")
+        self.events.started(total_steps=self.steps, resumed_from_step=None, device="cpu")
 
         self.device = common.Device("cpu", "cpu", False)
         self.tokenizer = common.load_tokenizer(adapter, base)
         self.model = common.load_causal_lm(self.cfg, self.device, train=False)
         self.config = self.model.config
         self.rope = rope
-        self.vocab = llama_vocab(adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer.json"))
-                                 else base, self.tokenizer, self.config.vocab_size)
-        self.tensors = gguf_tensors(self.model.state_dict(), self.config)
-        self.events.progress(1, len(self.types) + 1, metrics={"tensors": len(self.tensors)})
+        if self.exporter == "gguf-py":
+            self.vocab = llama_vocab(adapter if adapter and os.path.isfile(os.path.join(adapter, "tokenizer.json"))
+                                     else base, self.tokenizer, self.config.vocab_size)
+            self.tensors = gguf_tensors(self.model.state_dict(), self.config)
+            self.progress({"tensors": len(self.tensors)})
+        else:
+            self.progress()
 
     def write(self, qtype_name: str, path: str) -> None:
         import gguf
@@ -234,16 +362,68 @@ class GGUFRecipe:
 
     def export(self) -> dict:
         metrics = {}
-        for i, t in enumerate(self.types, start=2):
-            path = os.path.join(self.cfg.output_dir, f"model-{t}.gguf")
-            tmp = path + ".partial"
-            self.write(t, tmp)
-            os.replace(tmp, path)
-            metrics[f"bytes_{t}"] = os.path.getsize(path)
-            common.log(f"wrote {path} ({metrics[f'bytes_{t}']:,} bytes)")
-            self.events.progress(i, len(self.types) + 1, metrics={f"bytes_{t}": metrics[f"bytes_{t}"]})
+        if self.exporter == "gguf-py":
+            for t in self.types:
+                path = self.output_path(t)
+                self.write(t, path + ".partial")
+                metrics.update(self.finish_file(t, path))
+        else:
+            metrics.update(self.export_llama_cpp())
         metrics["files"] = len(self.types)
         self.write_greedy_reference()
+        return metrics
+
+    def output_path(self, qtype: str) -> str:
+        return os.path.join(self.cfg.output_dir, f"model-{qtype}.gguf")
+
+    def finish_file(self, qtype: str, path: str) -> dict:
+        """Rename <path>.partial to <path> (readers never see half a file) and report its size."""
+        os.replace(path + ".partial", path)
+        size = os.path.getsize(path)
+        common.log(f"wrote {path} ({size:,} bytes)")
+        self.progress({f"bytes_{qtype}": size})
+        return {f"bytes_{qtype}": size}
+
+    def export_llama_cpp(self) -> dict:
+        """Merged model -> HF directory -> convert_hf_to_gguf.py (f32/f16/bf16/q8_0) -> llama-quantize (the rest)."""
+        metrics = {}
+
+        def keepalive():
+            self.progress(advance=False)
+
+        # The work directory sits beside output_dir (the worker's scratch disk), not in it: only the exports
+        # are committed.
+        with tempfile.TemporaryDirectory(prefix="gguf-work-", dir=os.path.dirname(self.cfg.output_dir)) as work:
+            hf_dir = os.path.join(work, "hf")
+            self.model.save_pretrained(hf_dir)
+            if self.tokenizer.chat_template:  # llama.cpp's template engine knows no {% generation %}
+                self.tokenizer.chat_template = GENERATION_TAG.sub("", self.tokenizer.chat_template)
+            self.tokenizer.save_pretrained(hf_dir)
+
+            converted = [t for t in self.types if t in CONVERT_TYPES]
+            quantized = [t for t in self.types if t in QUANTIZE_TYPES]
+            f16 = self.output_path("f16") if "f16" in self.types else os.path.join(work, "model-f16.gguf")
+            if quantized and "f16" not in self.types:
+                converted.insert(0, "f16")
+            for t in converted:
+                path = self.output_path(t) if t in self.types else f16
+                run_tool("convert_hf_to_gguf.py", [self.convert_python, self.convert, hf_dir, "--outtype", t,
+                                                   "--outfile", path + ".partial",
+                                                   "--model-name", f"{self.cfg.run_id}/{self.cfg.stage_id}"],
+                         keepalive)
+                if not os.path.isfile(path + ".partial"):
+                    raise common.JobError("runtime", f"convert_hf_to_gguf.py exited 0 but wrote no {path}.partial")
+                if t in self.types:
+                    metrics.update(self.finish_file(t, path))
+                else:
+                    os.replace(path + ".partial", path)
+                    self.progress({"bytes_f16_intermediate": os.path.getsize(path)})
+            for t in quantized:
+                path = self.output_path(t)
+                run_tool("llama-quantize", [self.quantize, f16, path + ".partial", t.upper()], keepalive)
+                if not os.path.isfile(path + ".partial"):
+                    raise common.JobError("runtime", f"llama-quantize exited 0 but wrote no {path}.partial")
+                metrics.update(self.finish_file(t, path))
         return metrics
 
     def write_greedy_reference(self) -> None:

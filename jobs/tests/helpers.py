@@ -72,20 +72,25 @@ class JobResult:
         return f"JobResult(rc={self.rc}, events={self.events[-3:]}, stderr=...{self.stderr[-2000:]})"
 
 
-def run_job(module: str, cfg: dict, *, timeout: float = 300) -> JobResult:
+def run_job(module: str, cfg: dict, *, timeout: float = 300, env: dict[str, str | None] | None = None) -> JobResult:
     """Run `python -m refinery_jobs.<module> --config <file>` with an events pipe (REFINERY_EVENTS_FD) and
-    parse every event line, as the worker does."""
+    parse every event line, as the worker does. `env` adds variables to the job's environment (None removes one)."""
     import time
     path = os.path.join(cfg["output_dir"] + ".config.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump(cfg, f)
     read_fd, write_fd = os.pipe()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-           "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "REFINERY_EVENTS_FD": str(write_fd),
-           "PYTHONPATH": JOBS_DIR}
+    env_vars = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+                "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "REFINERY_EVENTS_FD": str(write_fd),
+                "PYTHONPATH": JOBS_DIR}
+    for key, value in (env or {}).items():
+        if value is None:
+            env_vars.pop(key, None)
+        else:
+            env_vars[key] = value
     start = time.time()
-    proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", "--config", path], cwd=JOBS_DIR, env=env,
+    proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", "--config", path], cwd=JOBS_DIR, env=env_vars,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             pass_fds=(write_fd,))
     os.close(write_fd)

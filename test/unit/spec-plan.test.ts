@@ -67,7 +67,7 @@ stages:
   - id: export
     kind: gguf
     from: merged
-    params: { types: [q4_k_m] }
+    params: { exporter: llama.cpp, types: [q4_k_m] }
   - id: merged
     kind: merge
     from: ppo
@@ -167,7 +167,7 @@ describe('a valid spec', () => {
   it('carries gates, params, storage and the spec hash', () => {
     expect(stageOf(p, 'dpo').gate).toEqual({ metrics: [{ metric: 'eval_loss', max: 2 }], approvalTimeoutMs: 24 * 3_600_000 });
     expect(stageOf(p, 'sft').gate).toBeUndefined();
-    expect(stageOf(p, 'export').params).toEqual({ types: ['q4_k_m'] });
+    expect(stageOf(p, 'export').params).toEqual({ exporter: 'llama.cpp', types: ['q4_k_m'] });
     expect(stageOf(p, 'sft').params).toEqual({});
     expect(p.name).toBe('demo');
     expect(p.storage).toEqual({ bucket: undefined, prefix: 'team/refinery' });
@@ -347,6 +347,25 @@ describe('planner errors name the line and the field', () => {
       'name: a\nbase_model: ./b\nstages:\n  - id: rm\n    kind: reward\n    dataset: { path: p.jsonl, format: preference }\n  - id: p\n    kind: ppo\n    dataset: { path: q.jsonl, format: prompts }\n    reward_model: rm\n    from: base\n    policy: base\n',
     );
     expect(problems).toEqual([expect.objectContaining({ line: 12, field: 'stages[1].policy', message: 'give either "from" or "policy", not both' })]);
+  });
+
+  it('gguf params: exporter, the types that exporter writes, no unknown keys (before anything runs)', () => {
+    const gguf = (params: string) => planProblems(`name: a\nbase_model: ./b\nstages:\n  - id: g\n    kind: gguf\n    params:\n${params}`);
+    expect(gguf('      exporter: llamacpp\n')).toEqual([
+      expect.objectContaining({ line: 7, field: 'stages[0].params.exporter', message: 'expected one of "gguf-py" | "llama.cpp", got "llamacpp"' }),
+    ]);
+    expect(gguf('      types: [f16, q4_k_m]\n')).toEqual([
+      expect.objectContaining({ line: 7, field: 'stages[0].params.types[1]', message: expect.stringContaining('with exporter "gguf-py", got "q4_k_m"') }),
+    ]);
+    expect(gguf('      exporter: llama.cpp\n      types:\n        - f16\n        - q4_K_M\n')).toEqual([
+      expect.objectContaining({ line: 10, field: 'stages[0].params.types[1]', message: expect.stringContaining('q4_k_m | q5_k_s') }),
+    ]);
+    expect(gguf('      types: []\n')).toEqual([expect.objectContaining({ field: 'stages[0].params.types', message: 'expected a non-empty array of GGUF types' })]);
+    expect(gguf('      exporter: llama.cpp\n      type: [f16]\n')).toEqual([
+      expect.objectContaining({ line: 8, field: 'stages[0].params.type', message: 'unknown gguf param (accepted: exporter, types, check_prompts, check_new_tokens)' }),
+    ]);
+    const ok = plan('name: a\nbase_model: ./b\nstages:\n  - id: g\n    kind: gguf\n    params: { exporter: llama.cpp, types: [f16, q8_0, q4_k_m, q6_k] }\n');
+    expect(stageOf(ok, 'g').params).toEqual({ exporter: 'llama.cpp', types: ['f16', 'q8_0', 'q4_k_m', 'q6_k'] });
   });
 
   it('every problem is formatted as file:line: field: message', async () => {
