@@ -81,7 +81,7 @@ else
   for tool in cmake c++ make; do
     command -v "$tool" >/dev/null || { echo "[bootstrap] llama.cpp: $tool is not installed; install a C++ toolchain and CMake (apt-get install build-essential cmake) and rerun" >&2; exit 1; }
   done
-  step "llama.cpp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist -> llama-quantize (about 10 minutes on 2 cores, once)"
+  step "llama.cpp" "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION sdist -> llama-quantize (once; about 11 CPU-minutes, 6-10 min on 2 cores)"
   rm -rf "$LLAMA_DIR.tmp"; mkdir -p "$LLAMA_DIR.tmp/src"
   PIP=(python3 -m pip); [[ -x "$PYENV/bin/pip" ]] && PIP=("$PYENV/bin/pip")
   "${PIP[@]}" download -q --no-deps --no-binary :all: "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" -d "$LLAMA_DIR.tmp/download"
