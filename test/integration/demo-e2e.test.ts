@@ -68,7 +68,7 @@ describe('demo pipelines, trained for real', () => {
     expect(merged!.manifest.files.map((f) => f.path)).toEqual(expect.arrayContaining(['config.json', 'model.safetensors', 'tokenizer.json']));
   });
 
-  it('the DPO variant reuses the committed SFT stage and trains DPO for real', async () => {
+  it('the DPO variant reuses the committed SFT stage, trains DPO for real and exports with llama.cpp\'s own tools', async () => {
     const { handle } = await startRun(client, path.join(demoDir, 'pipeline-dpo.yaml'), { id: `e2e-dpo-${Date.now()}` });
     const { status } = await handle.result();
     expect(status.stages.map((s) => [s.id, s.state])).toEqual([
@@ -77,6 +77,9 @@ describe('demo pipelines, trained for real', () => {
       ['merge', 'completed'],
       ['gguf', 'completed'],
     ]);
-    expect(status.stages.find((s) => s.id === 'gguf')!.metrics.gguf_f16_greedy_match).toBe(1);
+    const gguf = status.stages.find((s) => s.id === 'gguf')!;
+    expect(gguf.metrics.gguf_f16_greedy_match).toBe(1);
+    // q4_0 comes from llama-quantize, and llama.cpp loaded it for the check.
+    expect(gguf.metrics).toHaveProperty('gguf_q4_0_greedy_match');
   });
 });
