@@ -5,6 +5,7 @@
 import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
+import { llamaThreadsFor } from '../../activities/gguf-check.js';
 import { downloadCommitted, readCommitted } from '../../storage/commit.js';
 import { layout } from '../../storage/layout.js';
 import { ObjectStore } from '../../storage/object-store.js';
@@ -27,7 +28,7 @@ export async function ggufGenerate(opts: { run: string; stage: string; prompt: s
   const { getLlama, LlamaChatSession } = await import('node-llama-cpp');
   const llama = await getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
   const model = await llama.loadModel({ modelPath: path.join(dir, name) });
-  const context = await model.createContext({ contextSize: 512 });
+  const context = await model.createContext({ contextSize: 512, threads: await llamaThreadsFor(path.join(dir, name)) });
   const session = new LlamaChatSession({ contextSequence: context.getSequence() });
   const text = await session.prompt(opts.prompt, { temperature: 0, maxTokens: opts.maxTokens });
   await context.dispose();
