@@ -163,17 +163,27 @@ async function main(): Promise<void> {
       await Promise.all(statuses.map(async (st) => {
         let prevDone: number | undefined;
         for (const s of st.stages) {
-          if (s.state === 'running' && s.step === 0 && s.startedAt) {
+          // Runs cut by the box are queried after it, one by one, while they keep going: only what
+          // happened inside the box counts (job event times, same clock).
+          if (!s.startedAt || Date.parse(s.startedAt) > t1) break;
+          if (s.state === 'running' && s.step === 0) {
             // ready, its job not started yet: waited at least this long
             readyToJob.push(t1 - Date.parse(s.startedAt));
             censored++;
           }
           if (s.state !== 'completed') break;
-          completedStages++;
           const text = (await store.getBytes(layout.jobEvents(plan.storage.prefix, st.runId, s.id, s.attempt)))?.toString('utf8') ?? '';
           const events = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { at: string; event: string });
           const started = Date.parse(events.find((e) => e.event === 'started')?.at ?? 'x');
           const done = Date.parse(events.find((e) => e.event === 'done')?.at ?? 'x');
+          if (!(done <= t1)) {
+            if (!(started <= t1)) {
+              readyToJob.push(t1 - Date.parse(s.startedAt));
+              censored++;
+            }
+            break;
+          }
+          completedStages++;
           readyToJob.push(started - Date.parse(s.startedAt!));
           if (prevDone !== undefined) doneToNext.push(started - prevDone);
           else runStartToFirstJob.push(started - t0);
