@@ -23,17 +23,22 @@ try {
 
 export const stack = () => inject('stack');
 
-/** Points this process's environment at the test stack (the CLI code reads it from there). */
-export function useTestStackEnv(): void {
+/** The environment that points a process (CLI, worker) at the test stack, credentials included. */
+export function testStackEnv(): Record<string, string> {
   const s = stack();
-  Object.assign(process.env, {
+  return {
     TEMPORAL_ADDRESS: s.temporalAddress,
     TEMPORAL_NAMESPACE: s.namespace,
     REFINERY_S3_ENDPOINT: s.s3Endpoint,
     REFINERY_S3_ACCESS_KEY: s.accessKey,
     REFINERY_S3_SECRET_KEY: s.secretKey,
     REFINERY_BUCKET: s.bucket,
-  });
+  };
+}
+
+/** Points this process's environment at the test stack (the CLI code reads it from there). */
+export function useTestStackEnv(): void {
+  Object.assign(process.env, testStackEnv());
 }
 
 export function testStore(): ObjectStore {

@@ -6,21 +6,15 @@ import path from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
 import { REPO_ROOT } from '../../worker/config.js';
-import { stack } from '../helpers/env.js';
+import { testStackEnv } from '../helpers/env.js';
 
 const BIN = path.join(REPO_ROOT, 'bin', 'refinery');
 
 function refinery(args: string[]) {
-  const s = stack();
   return execa(BIN, args, {
     reject: false,
     env: {
-      TEMPORAL_ADDRESS: s.temporalAddress,
-      TEMPORAL_NAMESPACE: s.namespace,
-      REFINERY_S3_ENDPOINT: s.s3Endpoint,
-      REFINERY_S3_ACCESS_KEY: s.accessKey,
-      REFINERY_S3_SECRET_KEY: s.secretKey,
-      REFINERY_BUCKET: s.bucket,
+      ...testStackEnv(),
     },
   });
 }

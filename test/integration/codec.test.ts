@@ -21,7 +21,7 @@ import { dataConverterFromEnv } from '../../codec/data-converter.js';
 import { AesGcmPayloadCodec, ENCRYPTED_ENCODING, KEY_ID_METADATA } from '../../codec/payload-codec.js';
 import { payloadKeysFromEnv } from '../../codec/payload-keys.js';
 import { REPO_ROOT } from '../../worker/config.js';
-import { stack, startTestWorkers, testClient, testJobCommand, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { stack, startTestWorkers, testClient, testJobCommand, testStackEnv, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
 const BIN = path.join(REPO_ROOT, 'bin', 'refinery');
@@ -46,16 +46,7 @@ let trainerOutput = '';
 let runId = '';
 
 function stackEnv(extra: Record<string, string> = {}): Record<string, string> {
-  const s = stack();
-  return {
-    TEMPORAL_ADDRESS: s.temporalAddress,
-    TEMPORAL_NAMESPACE: s.namespace,
-    REFINERY_S3_ENDPOINT: s.s3Endpoint,
-    REFINERY_S3_ACCESS_KEY: s.accessKey,
-    REFINERY_S3_SECRET_KEY: s.secretKey,
-    REFINERY_BUCKET: s.bucket,
-    ...extra,
-  };
+  return { ...testStackEnv(), ...extra };
 }
 
 beforeAll(async () => {

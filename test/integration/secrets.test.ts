@@ -16,7 +16,7 @@ import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRun } from '../../client/commands/run.js';
 import { REPO_ROOT } from '../../worker/config.js';
-import { stack, startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { stack, startTestWorkers, testClient, testJobCommand, testStackEnv, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
 let control: TestWorkers;
@@ -34,16 +34,10 @@ beforeAll(async () => {
   ({ client, close: closeClient } = await testClient());
   workerScratch = await mkdtemp(path.join(tmpdir(), 'refinery-secrets-worker-'));
   workerLog = path.join(workerScratch, '..', `${path.basename(workerScratch)}.log`);
-  const s = stack();
   // Everything the worker needs, credentials included, comes from its environment, as in production.
   worker = execa(path.join(REPO_ROOT, 'bin', 'refinery'), ['worker', '--no-control', '--queue', queue, '--scratch', workerScratch], {
     env: {
-      TEMPORAL_ADDRESS: s.temporalAddress,
-      TEMPORAL_NAMESPACE: s.namespace,
-      REFINERY_S3_ENDPOINT: s.s3Endpoint,
-      REFINERY_S3_ACCESS_KEY: s.accessKey,
-      REFINERY_S3_SECRET_KEY: s.secretKey,
-      REFINERY_BUCKET: s.bucket,
+      ...testStackEnv(),
       REFINERY_JOB_COMMAND: JSON.stringify(testJobCommand()('sft')),
     },
     reject: false,

@@ -13,7 +13,7 @@ import { startRun } from '../../client/commands/run.js';
 import { runStatus } from '../../client/commands/manage.js';
 import { listCommittedSteps } from '../../storage/checkpoints.js';
 import { jobsPython, REPO_ROOT } from '../../worker/config.js';
-import { stack, startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { startTestWorkers, testClient, testJobCommand, testStackEnv, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
 let control: TestWorkers;
@@ -36,15 +36,9 @@ afterAll(async () => {
 /** A training worker as its own OS process (so it can be killed with SIGKILL), on `queue`. */
 async function spawnTrainingWorker(queue: string): Promise<{ proc: ResultPromise; scratch: string }> {
   const scratch = await mkdtemp(path.join(tmpdir(), 'refinery-worker-proc-'));
-  const s = stack();
   const proc = execa(path.join(REPO_ROOT, 'bin', 'refinery'), ['worker', '--no-control', '--queue', queue, '--scratch', scratch], {
     env: {
-      TEMPORAL_ADDRESS: s.temporalAddress,
-      TEMPORAL_NAMESPACE: s.namespace,
-      REFINERY_S3_ENDPOINT: s.s3Endpoint,
-      REFINERY_S3_ACCESS_KEY: s.accessKey,
-      REFINERY_S3_SECRET_KEY: s.secretKey,
-      REFINERY_BUCKET: s.bucket,
+      ...testStackEnv(),
       REFINERY_JOB_COMMAND: JSON.stringify(testJobCommand()('sft')),
     },
     reject: false,
