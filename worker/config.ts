@@ -23,11 +23,17 @@ export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.resolve(env.REFINERY_STATE_DIR || path.join(REPO_ROOT, '.refinery'));
 }
 
+/** What infra/bootstrap.sh installed (<state dir>/toolchain.json), or undefined before it has run. */
+function recordedToolchain(env: NodeJS.ProcessEnv): Record<string, unknown> | undefined {
+  const toolchain = path.join(stateDir(env), 'toolchain.json');
+  return existsSync(toolchain) ? (JSON.parse(readFileSync(toolchain, 'utf8')) as Record<string, unknown>) : undefined;
+}
+
 /** The Python that runs the jobs: $REFINERY_PYTHON, else the one infra/bootstrap.sh installed. */
 export function jobsPython(env: NodeJS.ProcessEnv = process.env): string {
   if (env.REFINERY_PYTHON) return env.REFINERY_PYTHON;
-  const toolchain = path.join(stateDir(env), 'toolchain.json');
-  if (existsSync(toolchain)) return (JSON.parse(readFileSync(toolchain, 'utf8')) as { python: string }).python;
+  const python = recordedToolchain(env)?.python;
+  if (typeof python === 'string') return python;
   throw new Error(`no Python environment for the jobs: run "bash infra/bootstrap.sh" (or set REFINERY_PYTHON)`);
 }
 
@@ -41,14 +47,11 @@ const LLAMA_CPP_TOOLS = { REFINERY_LLAMA_CPP_CONVERT: 'llamaCppConvert', REFINER
  * secret is read here. Missing tools are reported by the job, and only when a spec asks for them.
  */
 export function llamaCppToolEnv(env: NodeJS.ProcessEnv = process.env): Record<string, string> {
-  const toolchain = path.join(stateDir(env), 'toolchain.json');
   let recorded: Record<string, unknown> = {};
-  if (existsSync(toolchain)) {
-    try {
-      recorded = JSON.parse(readFileSync(toolchain, 'utf8')) as Record<string, unknown>;
-    } catch {
-      recorded = {};
-    }
+  try {
+    recorded = recordedToolchain(env) ?? {};
+  } catch {
+    // an unreadable toolchain.json: the job reports the missing tools if a spec asks for them
   }
   const out: Record<string, string> = {};
   for (const [variable, key] of Object.entries(LLAMA_CPP_TOOLS)) {
