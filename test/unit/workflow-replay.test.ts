@@ -1,0 +1,62 @@
+/**
+ * Deploys must not break runs in flight (invariant 10): every recorded history in
+ * test/fixtures/histories (made by older workflow code: see test/replay/record-histories.ts) is
+ * replayed against today's workflow code, and a deliberately non-deterministic edit is caught.
+ */
+import { readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { bundleWorkflowCode, DefaultLogger, Runtime, Worker, type WorkflowBundle } from '@temporalio/worker';
+import { beforeAll, describe, expect, it } from 'vitest';
+import { REPO_ROOT } from '../../worker/config.js';
+import type { HistoryFixture } from '../replay/record-histories.js';
+
+const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'histories');
+try {
+  Runtime.install({ logger: new DefaultLogger('ERROR') });
+} catch {
+  // installed already
+}
+const quiet = { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
+
+async function fixtures(): Promise<HistoryFixture[]> {
+  const files = (await readdir(FIXTURES)).filter((f) => f.endsWith('.json')).sort();
+  return Promise.all(files.map(async (f) => JSON.parse(await readFile(path.join(FIXTURES, f), 'utf8')) as HistoryFixture));
+}
+
+async function replayAll(bundle: WorkflowBundle, all: HistoryFixture[]): Promise<{ workflowId: string; error?: Error }[]> {
+  const histories = all.flatMap((f) => f.workflows.map((w) => ({ workflowId: w.workflowId, history: w.history })));
+  const results: { workflowId: string; error?: Error }[] = [];
+  for await (const r of Worker.runReplayHistories({ workflowBundle: bundle, replayName: 'fixtures' }, histories)) {
+    results.push({ workflowId: r.workflowId, error: r.error });
+  }
+  return results;
+}
+
+let recorded: HistoryFixture[];
+beforeAll(async () => {
+  recorded = await fixtures();
+});
+
+describe('recorded histories replay against the current workflow code', () => {
+  it('has the representative runs', () => {
+    expect(recorded.map((f) => f.scenario).sort()).toEqual(['cancelled', 'data-error', 'demo-approved', 'rejected', 'retried', 'reused', 'unchanged']);
+    // A pipeline history and its stages' child histories for each.
+    expect(recorded.find((f) => f.scenario === 'demo-approved')!.workflows.length).toBe(5);
+  });
+
+  it('replays every pipeline and stage history without a determinism error', async () => {
+    const bundle = await bundleWorkflowCode({ workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts'), logger: quiet });
+    const results = await replayAll(bundle, recorded);
+    expect(results.length).toBe(recorded.reduce((n, f) => n + f.workflows.length, 0));
+    expect(results.filter((r) => r.error).map((r) => `${r.workflowId}: ${r.error!.message}`)).toEqual([]);
+  }, 120_000);
+
+  it('catches a non-deterministic change', async () => {
+    const bundle = await bundleWorkflowCode({ workflowsPath: path.join(REPO_ROOT, 'test', 'replay', 'nondeterministic-workflows.ts'), logger: quiet });
+    const results = await replayAll(bundle, recorded.filter((f) => f.scenario === 'demo-approved'));
+    const pipeline = results.find((r) => r.workflowId === 'replay-demo-approved')!;
+    expect(pipeline.error?.name).toBe('DeterminismViolationError');
+    // The stage workflows did not change: they still replay.
+    expect(results.filter((r) => r.workflowId.includes('--')).every((r) => !r.error)).toBe(true);
+  }, 120_000);
+});
