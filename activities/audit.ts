@@ -1,26 +1,55 @@
 /**
- * appendAuditEvent: writes one event of a run's audit trail. Only the pipeline workflow appends,
- * one event at a time and in order, so the previous record is always there to link to; a retried
- * append writes the same bytes again (idempotent).
+ * The audit trail's activities. Only the pipeline workflow appends, in order, so the previous
+ * record is always there to link to; a retried append writes the same bytes again (idempotent).
+ *   appendAuditEvent    one event (runs started before batched appends)
+ *   appendAuditEvents   a batch of consecutive events in one activity: the history grows with
+ *                       batches, not with events
+ *   summarizeStageAttempts  what each attempt of a stage recorded for itself (storage/attempt-records.ts),
+ *                       for the workflow to anchor in the trail when the stage ends
  */
 import { ApplicationFailure } from '@temporalio/common';
+import { summarizeAttempts, type AttemptSummary } from '../storage/attempt-records.js';
 import { auditKey, makeRecord, type AuditEvent, type AuditRecord } from '../storage/audit-chain.js';
 import { layout } from '../storage/layout.js';
 import type { ObjectStore } from '../storage/object-store.js';
 
 export function createAuditActivities(store: ObjectStore) {
+  async function append(runPrefix: string, runId: string, seq: number, event: AuditEvent, prevHash?: string | null): Promise<AuditRecord> {
+    let prev = prevHash;
+    if (prev === undefined) {
+      prev = null;
+      if (seq > 1) {
+        const before = await store.getJson<AuditRecord>(auditKey(runPrefix, seq - 1));
+        if (!before) throw ApplicationFailure.retryable(`audit event ${seq - 1} of ${runId} is not written yet`, 'AuditGap');
+        prev = before.hash;
+      }
+    }
+    const record = makeRecord(seq, prev, event);
+    await store.putJson(auditKey(runPrefix, seq), record);
+    return record;
+  }
+
   return {
     async appendAuditEvent(input: { storagePrefix: string; runId: string; seq: number; event: AuditEvent }): Promise<{ seq: number; hash: string }> {
-      const runPrefix = layout.run(input.storagePrefix, input.runId);
-      let prevHash: string | null = null;
-      if (input.seq > 1) {
-        const prev = await store.getJson<AuditRecord>(auditKey(runPrefix, input.seq - 1));
-        if (!prev) throw ApplicationFailure.retryable(`audit event ${input.seq - 1} of ${input.runId} is not written yet`, 'AuditGap');
-        prevHash = prev.hash;
-      }
-      const record = makeRecord(input.seq, prevHash, input.event);
-      await store.putJson(auditKey(runPrefix, input.seq), record);
+      const record = await append(layout.run(input.storagePrefix, input.runId), input.runId, input.seq, input.event);
       return { seq: record.seq, hash: record.hash };
+    },
+
+    /** Events numbered `firstSeq`, `firstSeq + 1`, …, written in order, each linked to the one before. */
+    async appendAuditEvents(input: { storagePrefix: string; runId: string; firstSeq: number; events: AuditEvent[] }): Promise<{ seq: number; hash: string }> {
+      const runPrefix = layout.run(input.storagePrefix, input.runId);
+      let prevHash: string | null | undefined;
+      let last: AuditRecord | undefined;
+      for (const [i, event] of input.events.entries()) {
+        last = await append(runPrefix, input.runId, input.firstSeq + i, event, prevHash);
+        prevHash = last.hash;
+      }
+      if (!last) throw ApplicationFailure.nonRetryable('appendAuditEvents: no events', 'AuditEmptyBatch');
+      return { seq: last.seq, hash: last.hash };
+    },
+
+    async summarizeStageAttempts(input: { storagePrefix: string; runId: string; stageId: string }): Promise<AttemptSummary[]> {
+      return summarizeAttempts(store, input);
     },
   };
 }

@@ -10,7 +10,11 @@
  *   <prefix>/runs/<runId>/run.json              run manifest (who, when, spec hash, inputs, versions)
  *   <prefix>/runs/<runId>/status.json           final status (with the audit chain's head)
  *   <prefix>/runs/<runId>/audit/NNNNNN.json     hash-chained audit events
- *   <prefix>/runs/<runId>/logs/<stage>/attempt-N.log|.events.jsonl   job output and events
+ *   <prefix>/runs/<runId>/logs/<stage>/attempt-N.log|.events.jsonl   job output and events (whole, when the attempt ends)
+ *   <prefix>/runs/<runId>/logs/<stage>/attempt-N.log.parts/NNNNNN     the same, flushed while the job runs
+ *   <prefix>/runs/<runId>/attempts/<stage>/attempt-N/NNNNNN.json      an attempt's own hash-chained records
+ *                                               (started, checkpoint committed/skipped, contract violations, ended)
+ *   <prefix>/artifacts/<kind>-<cachekey>/_LEASE  which run's attempt trains this cache key now (stage-lease.ts)
  *   <prefix>/pipelines/<name>/last-success.json  {runId, fingerprint, finishedAt} of the last completed run
  *
  * Run ids of scheduled runs are the workflow ids Temporal gives them, "<scheduleId>-<RFC 3339 time>",
@@ -38,4 +42,13 @@ export const layout = {
   /** The job's contract events, one JSON object per line with `at` and `attempt` added. */
   jobEvents: (prefix: string, runId: string, stageId: string, attempt: number) =>
     `${prefix}/runs/${segment(runId)}/logs/${segment(stageId)}/attempt-${attempt}.events.jsonl`,
+  /** Parts of a job log or events file flushed while the attempt runs; `file` is jobLog or jobEvents. */
+  jobLogParts: (file: string) => `${file}.parts`,
+  jobLogPart: (file: string, n: number) => `${file}.parts/${String(n).padStart(6, '0')}`,
+  /** An attempt's own hash-chained records (storage/attempt-records.ts). */
+  attemptRecords: (prefix: string, runId: string, stageId: string, attempt: number) =>
+    `${prefix}/runs/${segment(runId)}/attempts/${segment(stageId)}/attempt-${attempt}`,
+  attemptsOfStage: (prefix: string, runId: string, stageId: string) => `${prefix}/runs/${segment(runId)}/attempts/${segment(stageId)}`,
+  /** Who trains a cache key right now: one attempt at a time across runs (storage/stage-lease.ts). */
+  stageLease: (artifactPrefix: string) => `${artifactPrefix}/_LEASE`,
 };

@@ -3,6 +3,10 @@
  * model stored, run manifest written), then runs every stage as a child workflow as soon as the
  * stages it consumes have completed (independent stages run in parallel), applying each stage's
  * gate before its dependants start. Answers `status`; takes approvals; cancels cleanly.
+ *
+ * The history grows with stages, attempts and gate decisions only (invariant 9, docs/operations.md):
+ * live progress is in the training activity's heartbeat details, and each attempt's checkpoints are
+ * in the attempt's own records in the bucket, anchored here once per attempt when the stage ends.
  */
 import {
   allHandlersFinished,
@@ -11,57 +15,49 @@ import {
   condition,
   executeChild,
   isCancellation,
+  patched,
   proxyActivities,
   setHandler,
   upsertSearchAttributes,
-
 } from '@temporalio/workflow';
 import type * as activities from '../activities/index.js';
-import type { ModelRef, PlannedStage } from '../spec/plan-types.js';
-import { approvalUpdate, inputQuery, stageAttemptFailedSignal, stageProgressSignal, statusQuery } from './messages.js';
+import type { PlannedStage } from '../spec/plan-types.js';
 import { AuditLog } from './audit-log.js';
-import { stageWorkflow } from './stage.js';
-import type { ApprovalDecision, ArtifactRef, ModelInputs, PipelineInput, PipelineStatus, PreparedRun, StageOutcome, StageStatus } from './types.js';
+import { describeError, runInDependencyOrder, stageModelInputs } from './dag.js';
 import { evaluateMetricGate } from './gates.js';
-import { SEARCH_ATTRIBUTES } from './search-attributes.js';
+import { handleProgressSignals } from './legacy-progress.js';
+import { approvalUpdate, inputQuery, statusQuery } from './messages.js';
+import { HISTORY_V2 } from './patches.js';
 import { finishUnchanged, runIdOf, unchangedSince } from './scheduled.js';
+import { SEARCH_ATTRIBUTES } from './search-attributes.js';
+import { stageWorkflow } from './stage.js';
+import { applyAttempts, applyOutcome, initialStatus, markFinished, stageOf } from './status.js';
+import type { ApprovalDecision, ArtifactRef, PipelineInput, PipelineResult, PipelineStatus, PreparedRun, StageOutcome } from './types.js';
+
+export type { PipelineResult } from './types.js';
 
 const control = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
-  startToCloseTimeout: '30 minutes',
+  // A multi-GB local base model or dataset is uploaded here: liveness is the heartbeat (prepareRun
+  // heartbeats while it hashes, validates and uploads), and a retry skips files already committed.
+  startToCloseTimeout: '12 hours',
   heartbeatTimeout: '2 minutes',
   // Control work only needs the object store: ride out an outage of several minutes.
   retry: { maximumAttempts: 30, maximumInterval: '30s', nonRetryableErrorTypes: ['InputError'] },
 });
 
-export interface PipelineResult {
-  status: PipelineStatus;
-  artifacts: Record<string, ArtifactRef>;
-}
+const { summarizeStageAttempts } = proxyActivities<ReturnType<typeof activities.createAuditActivities>>({
+  startToCloseTimeout: '5 minutes',
+  retry: { maximumAttempts: 30, maximumInterval: '30s' },
+});
 
 export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<PipelineResult> {
+  // Runs started before this patch keep their old behaviour on replay (workflows/patches.ts).
+  const v2 = patched(HISTORY_V2);
   const input = { ...pipelineInput, runId: runIdOf(pipelineInput) }; // scheduled runs: the workflow id
   const { plan } = input;
-  const status: PipelineStatus = {
-    runId: input.runId,
-    pipeline: plan.name,
-    state: 'running',
-    stages: plan.stages.map((s) => ({
-      id: s.id,
-      kind: s.kind,
-      state: 'pending',
-      attempt: 0,
-      step: 0,
-      totalSteps: null,
-      loss: null,
-      metrics: {},
-      lastCommittedStep: null,
-      resumedFromStep: null,
-    })),
-  };
-  const stageStatus = (id: string): StageStatus => status.stages.find((s) => s.id === id)!;
+  const status = initialStatus(input.runId, plan);
   const approvals = new Map<string, ApprovalDecision>();
-  const audit = new AuditLog(plan.storage.prefix, input.runId);
-  const failedAttempts = new Set<string>();
+  const audit = new AuditLog(plan.storage.prefix, input.runId, v2);
   audit.append('run-started', {
     pipeline: plan.name,
     requestedBy: input.requestedBy,
@@ -71,34 +67,9 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
     scheduleId: input.scheduleId ?? null,
   });
 
-  setHandler(statusQuery, () => status);
+  setHandler(statusQuery, () => ({ ...status, ...(audit.error ? { auditError: audit.error } : {}) }));
   setHandler(inputQuery, () => input);
-  setHandler(stageProgressSignal, ({ stageId, progress }) => {
-    const s = status.stages.find((x) => x.id === stageId);
-    if (!s || s.state !== 'running') return;
-    if (progress.attempt > s.attempt) {
-      for (let a = Math.max(1, s.attempt); a < progress.attempt; a++) {
-        if (!failedAttempts.has(`${stageId}#${a}`)) audit.append('attempt-lost', { stage: stageId, attempt: a, reason: 'no result: the worker stopped heartbeating (killed, lost node) or timed out' });
-      }
-      audit.append('attempt-started', { stage: stageId, attempt: progress.attempt, host: progress.host, resumedFromStep: progress.resumedFromStep ?? null });
-    }
-    if (progress.lastCommittedStep !== null && progress.lastCommittedStep !== s.lastCommittedStep && progress.lastCommittedStep !== progress.resumedFromStep) {
-      audit.append('checkpoint-committed', { stage: stageId, attempt: progress.attempt, step: progress.lastCommittedStep });
-    }
-    Object.assign(s, {
-      attempt: progress.attempt,
-      step: progress.step,
-      totalSteps: progress.totalSteps,
-      loss: progress.loss,
-      lastCommittedStep: progress.lastCommittedStep,
-      host: progress.host,
-      metrics: progress.metrics ?? s.metrics,
-    });
-  });
-  setHandler(stageAttemptFailedSignal, ({ stageId, attempt, host, reason }) => {
-    failedAttempts.add(`${stageId}#${attempt}`);
-    audit.append('attempt-failed', { stage: stageId, attempt, host, reason });
-  });
+  handleProgressSignals(status, audit, !v2);
   setHandler(
     approvalUpdate,
     (decision) => {
@@ -123,7 +94,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   try {
     prepared = await control.prepareRun({ runId: input.runId, plan, requestedBy: input.requestedBy, resumeFrom: input.resumeFrom, scheduleId: input.scheduleId });
   } catch (err) {
-    return finish(status, outcomes, err, plan.storage.prefix, audit);
+    return finish(status, outcomes, err, storagePrefix, audit);
   }
   audit.append('run-prepared', {
     baseModel: { uri: prepared.baseModel.uri, manifestSha256: prepared.baseModel.manifestSha256 },
@@ -137,51 +108,56 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   const sameAs = unchangedSince(input, prepared);
   if (sameAs !== undefined) return finishUnchanged(status, sameAs, storagePrefix, audit);
 
-  // A LoRA stage's output is an adapter over the full model its own input rests on.
-  const modelOf = (ref: ModelRef): { model: ArtifactRef; base?: ArtifactRef } => {
-    if ('base' in ref) return { model: prepared.baseModel };
-    const upstream = plan.stages.find((s) => s.id === ref.stage)!;
-    const artifact = outcomes.get(ref.stage)!.artifact;
-    if (!upstream.producesAdapter) return { model: artifact };
-    const input = modelOf(upstream.inputs.model);
-    return { model: artifact, base: input.base ?? input.model };
-  };
+  /** Anchors what each attempt recorded for itself in the run's trail: one event per attempt. */
+  const recordAttempts = (stageId: string) =>
+    CancellationScope.nonCancellable(async () => {
+      const attempts = await summarizeStageAttempts({ storagePrefix, runId: input.runId, stageId });
+      applyAttempts(stageOf(status, stageId), attempts);
+      for (const a of attempts) {
+        audit.append('attempt', {
+          stage: stageId,
+          attempt: a.attempt,
+          host: a.host,
+          outcome: a.outcome,
+          reason: a.reason,
+          resumedFromStep: a.resumedFromStep,
+          checkpoints: a.checkpoints,
+          skippedCheckpoints: a.skippedCheckpoints,
+          contractViolations: a.contractViolations,
+          records: { count: a.records, head: a.head, problems: a.problems },
+        });
+      }
+    });
 
   const runStage = async (stage: PlannedStage): Promise<void> => {
-    const s = stageStatus(stage.id);
+    const s = stageOf(status, stage.id);
     s.state = 'running';
     s.startedAt = new Date().toISOString();
     audit.append('stage-started', { stage: stage.id, kind: stage.kind });
-    const policy = modelOf(stage.inputs.model);
-    const inputs: ModelInputs = { model: policy.model, base: policy.base };
-    if (stage.inputs.reward_model) {
-      const rm = modelOf(stage.inputs.reward_model);
-      Object.assign(inputs, { reward_model: rm.model, reward_model_base: rm.base });
-    }
-    const outcome = await executeChild(stageWorkflow, {
-      workflowId: `${input.runId}--${stage.id}`,
-      args: [
-        {
-          runId: input.runId,
-          storagePrefix,
-          stage,
-          inputs,
-          datasets: {
-            train: stage.dataset ? prepared.datasets[stage.dataset.name] : undefined,
-            eval: stage.evalDataset ? prepared.datasets[stage.evalDataset.name] : undefined,
+    let outcome: StageOutcome | undefined;
+    try {
+      outcome = await executeChild(stageWorkflow, {
+        workflowId: `${input.runId}--${stage.id}`,
+        args: [
+          {
+            runId: input.runId,
+            storagePrefix,
+            stage,
+            inputs: stageModelInputs(plan, stage, prepared.baseModel, outcomes),
+            datasets: {
+              train: stage.dataset ? prepared.datasets[stage.dataset.name] : undefined,
+              eval: stage.evalDataset ? prepared.datasets[stage.evalDataset.name] : undefined,
+            },
+            jobsVersion: prepared.jobsVersion,
+            force: input.forceStages?.includes(stage.id) ?? false,
           },
-          jobsVersion: prepared.jobsVersion,
-          force: input.forceStages?.includes(stage.id) ?? false,
-        },
-      ],
-    });
-    Object.assign(s, {
-      artifact: outcome.artifact,
-      metrics: { ...s.metrics, ...outcome.metrics },
-      resumedFromStep: outcome.resumedFromStep,
-      attempt: outcome.attempt,
-    });
-    if (!outcome.reused && s.totalSteps !== null) s.step = s.totalSteps;
+        ],
+      });
+    } finally {
+      // A cache hit ran no attempt; anything else (completed, failed, cancelled) did.
+      if (v2 && !(outcome?.reused && outcome.attempt === 0)) await recordAttempts(stage.id);
+    }
+    applyOutcome(s, outcome);
 
     audit.append(outcome.reused ? 'stage-reused' : 'stage-completed', {
       stage: stage.id,
@@ -190,6 +166,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
       metrics: outcome.metrics,
       attempt: outcome.attempt,
       resumedFromStep: outcome.resumedFromStep,
+      ...(outcome.reusedFrom ? { reusedFrom: outcome.reusedFrom } : {}),
     });
     if (stage.gate) {
       const verdict = evaluateMetricGate(stage.gate.metrics, outcome.metrics);
@@ -217,47 +194,36 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
     s.endedAt = new Date().toISOString();
   };
 
-  // Each stage starts when all its dependencies have completed; a failed dependency skips it.
-  const done = new Map<string, Promise<void>>();
-  let firstError: unknown;
-  for (const stage of plan.stages) {
-    done.set(
-      stage.id,
-      (async () => {
-        try {
-          await Promise.all(stage.deps.map((d) => done.get(d)!));
-        } catch (err) {
-          stageStatus(stage.id).state = 'skipped';
-          throw err;
-        }
-        try {
-          await runStage(stage);
-        } catch (err) {
-          const s = stageStatus(stage.id);
-          s.state = isCancellation(err) ? 'cancelled' : 'failed';
-          s.error = describe(err);
-          s.endedAt = new Date().toISOString();
-          audit.append(s.state === 'cancelled' ? 'stage-cancelled' : 'stage-failed', { stage: stage.id, error: s.error });
-          firstError ??= err;
-          throw err;
-        }
-      })(),
-    );
-  }
-  await Promise.allSettled(done.values());
-  return finish(status, outcomes, firstError, plan.storage.prefix, audit);
+  const firstError = await runInDependencyOrder(
+    plan.stages,
+    async (stage) => {
+      try {
+        await runStage(stage);
+      } catch (err) {
+        const s = stageOf(status, stage.id);
+        s.state = isCancellation(err) ? 'cancelled' : 'failed';
+        s.error = describeError(err);
+        s.endedAt = new Date().toISOString();
+        audit.append(s.state === 'cancelled' ? 'stage-cancelled' : 'stage-failed', { stage: stage.id, error: s.error });
+        throw err;
+      }
+    },
+    (stage) => {
+      stageOf(status, stage.id).state = 'skipped';
+    },
+  );
+  return finish(status, outcomes, firstError, storagePrefix, audit);
 }
 
 async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome>, err: unknown, storagePrefix: string, audit: AuditLog): Promise<PipelineResult> {
   const cancelled = err !== undefined && isCancellation(err);
-  status.state = err === undefined ? 'completed' : cancelled ? 'cancelled' : 'failed';
-  if (err !== undefined) status.error = describe(err);
-  for (const s of status.stages) if (s.state === 'pending') s.state = 'skipped';
+  markFinished(status, err === undefined ? 'completed' : cancelled ? 'cancelled' : 'failed', err === undefined ? undefined : describeError(err));
   await CancellationScope.nonCancellable(async () => {
     upsertSearchAttributes({ [SEARCH_ATTRIBUTES.state]: [status.state] });
     audit.append('run-finished', { state: status.state, error: status.error ?? null });
     await audit.flush();
     status.auditHead = audit.head;
+    if (audit.error) status.auditError = audit.error;
     await control.finishRun({ runId: status.runId, status, storagePrefix });
   });
   await condition(allHandlersFinished);
@@ -269,12 +235,3 @@ async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome
   for (const [id, o] of outcomes) artifacts[id] = o.artifact;
   return { status, artifacts };
 }
-
-/** The innermost cause's message: what a person needs to read. */
-function describe(err: unknown): string {
-  let e = err as { message?: string; cause?: unknown } | undefined;
-  while (e?.cause) e = e.cause as typeof e;
-  return e?.message ?? String(err);
-}
-
-

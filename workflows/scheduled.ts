@@ -9,9 +9,8 @@
 import { allHandlersFinished, CancellationScope, condition, proxyActivities, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
 import type * as activities from '../activities/index.js';
 import type { AuditLog } from './audit-log.js';
-import type { PipelineResult } from './pipeline.js';
 import { SEARCH_ATTRIBUTES } from './search-attributes.js';
-import type { PipelineInput, PipelineStatus, PreparedRun } from './types.js';
+import type { PipelineInput, PipelineResult, PipelineStatus, PreparedRun } from './types.js';
 
 const { finishRun } = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
   startToCloseTimeout: '5 minutes',
@@ -46,6 +45,7 @@ export async function finishUnchanged(status: PipelineStatus, previousRunId: str
     audit.append('run-finished', { state: status.state, error: null });
     await audit.flush();
     status.auditHead = audit.head;
+    if (audit.error) status.auditError = audit.error;
     await finishRun({ runId: status.runId, status, storagePrefix });
   });
   await condition(allHandlersFinished);

@@ -52,9 +52,12 @@ export async function stageWorkflow(input: StageWorkflowInput): Promise<StageOut
   return {
     artifact: result.artifact,
     metrics: result.metrics,
-    reused: false,
+    // Another run with the same cache key trained it while this one waited (stage-lease.ts).
+    reused: Boolean(result.reusedFrom),
+    reusedFrom: result.reusedFrom ?? null,
     cacheKey: decision.cacheKey,
     resumedFromStep: result.resumedFromStep,
     attempt: result.attempt,
+    final: result.final,
   };
 }

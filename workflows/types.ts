@@ -91,8 +91,14 @@ export interface StageCacheDecision {
   committed?: { artifact: ArtifactRef; metrics: Record<string, number | null> };
 }
 
+/**
+ * Live progress of a training attempt. It travels as the activity's heartbeat details — never as
+ * history events — and reaches `status`, `--watch` and the Temporal UI through a describe of the
+ * stage workflow (pending activity → heartbeat details): see client/live-progress.ts.
+ */
 export interface StageProgress {
-  phase: 'downloading' | 'training' | 'committing';
+  /** 'waiting': another run trains the same cache key; this attempt waits for its output (stage-lease.ts). */
+  phase: 'waiting' | 'downloading' | 'training' | 'committing';
   step: number;
   totalSteps: number | null;
   loss: number | null;
@@ -103,6 +109,27 @@ export interface StageProgress {
   metrics?: Record<string, number | null>;
   /** The committed checkpoint this attempt resumed from. */
   resumedFromStep?: number | null;
+  /** Newer checkpoints skipped on restore because they failed verification. */
+  skippedCheckpoints?: number[];
+  /** Job events that broke the contract so far (each is in the attempt's records). */
+  contractViolations?: number;
+  /** phase 'waiting': who trains this cache key now. */
+  waitingFor?: string;
+  /** When the job last reported progress (ISO 8601, worker clock). */
+  progressAt?: string;
+}
+
+/** Where an attempt ended, as the pipeline reads it from the attempt's own records when the stage ends. */
+export interface AttemptStatus {
+  attempt: number;
+  host: string | null;
+  outcome: 'completed' | 'failed' | 'cancelled' | 'reused' | 'lost';
+  reason: string | null;
+  resumedFromStep: number | null;
+  checkpoints: number;
+  lastCheckpointStep: number | null;
+  skippedCheckpoints: number[];
+  contractViolations: number;
 }
 
 export interface StageJobResult {
@@ -113,8 +140,13 @@ export interface StageJobResult {
   skippedCheckpoints: number[];
   /** The output was already committed: nothing ran. */
   alreadyCommitted: boolean;
+  /** The run whose committed output this is, when another run trained it (same cache key). */
+  reusedFrom?: string | null;
   attempt: number;
   host: string;
+  /** Where training ended: the pipeline's status shows it without live progress signals. */
+  final?: { step: number; totalSteps: number | null; loss: number | null; lastCommittedStep: number | null };
+  contractViolations?: number;
 }
 
 export interface StageOutcome {
@@ -124,6 +156,9 @@ export interface StageOutcome {
   cacheKey: string;
   resumedFromStep: number | null;
   attempt: number;
+  final?: StageJobResult['final'];
+  /** Another run trained this output while this one waited for it. */
+  reusedFrom?: string | null;
 }
 
 export type StageState = 'pending' | 'running' | 'awaiting-approval' | 'completed' | 'reused' | 'failed' | 'cancelled' | 'skipped';
@@ -149,6 +184,14 @@ export interface StageStatus {
   startedAt?: string;
   endedAt?: string;
   host?: string;
+  /** Live (client side, from heartbeat details): what the running attempt is doing. */
+  phase?: StageProgress['phase'];
+  waitingFor?: string;
+  progressAt?: string;
+  /** Every attempt that ran, from the attempts' own records (filled when the stage ends). */
+  attempts?: AttemptStatus[];
+  skippedCheckpoints?: number[];
+  contractViolations?: number;
 }
 
 export interface PipelineStatus {
@@ -163,6 +206,13 @@ export interface PipelineStatus {
   fingerprint?: string;
   /** State 'unchanged': the last successful run whose inputs this run found unchanged. */
   unchangedSince?: string;
+  /** Set when an audit append failed for good: the trail stops at `auditHead`. */
+  auditError?: string;
+}
+
+export interface PipelineResult {
+  status: PipelineStatus;
+  artifacts: Record<string, ArtifactRef>;
 }
 
 export interface ApprovalDecision {
