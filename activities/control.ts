@@ -6,18 +6,19 @@
  *   finishRun         record the final status next to the run (and a completed run as the pipeline's last success)
  */
 import { createHash } from 'node:crypto';
+import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
-import { heartbeat } from '@temporalio/activity';
+import { activityInfo, cancellationSignal, heartbeat } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { formatProblem, type InputProblem } from '../spec/errors.js';
 import { validateJsonlFile } from '../spec/datasets.js';
 import type { PipelinePlan, PlannedDataset, PlannedStage } from '../spec/plan-types.js';
-import { commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
+import { commitDirectory, readCommitted, type CommitOptions, type CommitProgress, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import { canonicalJson } from '../storage/canonical-json.js';
-import { isNotFound, sha256File, type ObjectStore } from '../storage/object-store.js';
+import { isNotFound, type ObjectStore } from '../storage/object-store.js';
 import type { ArtifactRef, LastSuccess, ModelInputs, PipelineStatus, PreparedDataset, PreparedRun, StageCacheDecision } from '../workflows/types.js';
 import { isDatasetPrefix, pickNewestObject, runFingerprint } from './scheduled-inputs.js';
 
@@ -28,6 +29,28 @@ export interface ControlDeps {
   /** Code version recorded in run manifests (git SHA when available). */
   codeVersion: string;
 }
+
+/**
+ * What prepareRun's heartbeats carry: which input it is on, what it is doing to it, how far it got.
+ * A retried attempt resumes from the bucket (files already committed are skipped), not from these.
+ */
+export interface PrepareProgress {
+  phase: 'datasets' | 'base-model';
+  /** The dataset being worked on (phase "datasets"). */
+  dataset?: string;
+  step?: 'downloading' | 'validating' | 'hashing' | 'uploading' | 'done';
+  /** Valid records read so far (step "validating"). */
+  rowsDone?: number;
+  files?: number;
+  filesDone?: number;
+  bytes?: number;
+  bytesDone?: number;
+  /** Files already in the bucket with a matching sha256, not uploaded again. */
+  skippedFiles?: number;
+}
+
+/** prepareRun heartbeats at least this often, whatever it is doing (a large upload, a slow validation). */
+const PREPARE_HEARTBEAT_MS = 10_000;
 
 /** Config and data errors: one failure, every problem listed, never retried. */
 export function inputFailure(problems: InputProblem[]): ApplicationFailure {
@@ -44,7 +67,18 @@ export function createControlActivities(deps: ControlDeps) {
     return newest.key;
   }
 
-  async function storeDataset(ds: PlannedDataset, prefix: string): Promise<PreparedDataset> {
+  /** Commits content-addressed input: deterministic bytes, so concurrent runs storing the same content agree. */
+  async function commitInput(
+    key: string,
+    commit: (options: CommitOptions) => Promise<CommittedArtifact>,
+    onProgress: (p: CommitProgress) => void,
+  ): Promise<CommittedArtifact> {
+    // A commit of the same content racing this one writes the same manifest and marker.
+    return (await readCommitted(store, key)) ?? (await commit({ resume: true, deterministic: true, onProgress, signal: activitySignal() }));
+  }
+
+  async function storeDataset(ds: PlannedDataset, prefix: string, beat: (p: PrepareProgress) => void): Promise<PreparedDataset> {
+    const at = (p: Omit<PrepareProgress, 'phase' | 'dataset'>) => beat({ phase: 'datasets', dataset: ds.name, ...p });
     let file = ds.path;
     let sourceKey: string | undefined;
     let cleanup: string | undefined;
@@ -54,6 +88,7 @@ export function createControlActivities(deps: ControlDeps) {
         const uri = store.uri(sourceKey);
         cleanup = await mkdtemp(path.join(tmpdir(), 'refinery-ds-'));
         file = path.join(cleanup, 'data.jsonl');
+        at({ step: 'downloading' });
         await store.getFile(sourceKey, file).catch((err: unknown) => {
           if (isNotFound(err)) throw inputFailure([{ file: uri, message: 'dataset object not found' }]);
           throw err;
@@ -62,19 +97,31 @@ export function createControlActivities(deps: ControlDeps) {
         throw inputFailure([{ file: ds.path, message: `dataset "${ds.name}" does not exist or is not a file` }]);
       }
       const source = sourceKey === undefined ? ds.path : store.uri(sourceKey);
-      const report = await validateJsonlFile(file, ds.format, source);
+      const { size } = await stat(file);
+      at({ step: 'validating', rowsDone: 0, bytes: size, bytesDone: 0 });
+      const report = await validateJsonlFile(file, ds.format, source, {
+        onProgress: (p) => at({ step: 'validating', rowsDone: p.rows, bytes: size, bytesDone: p.bytesRead }),
+      });
       if (report.problems.length > 0) throw inputFailure(report.problems);
-      const sha256 = await sha256File(file);
+      const sha256 = await hashFile(file, (bytesDone) => at({ step: 'hashing', bytes: size, bytesDone }));
       const prefixKey = layout.dataset(prefix, sha256);
-      const existing = await readCommitted(store, prefixKey);
-      const artifact = existing ?? (await commitSingleFile(store, file, 'data.jsonl', prefixKey, { source, format: ds.format, rows: report.rows }));
+      // Only facts of the content in the manifest (the same bytes may be read from anywhere, as any
+      // format that accepts them): where this run read it, and as what, is in its run.json.
+      let uploaded: CommitProgress | undefined;
+      const artifact = await commitInput(
+        prefixKey,
+        (options) => commitSingleFile(store, file, 'data.jsonl', prefixKey, { rows: report.rows }, { ...options, knownSha256: new Map([['data.jsonl', sha256]]) }),
+        (p) => at({ step: 'uploading', ...(uploaded = p) }),
+      );
+      at({ step: 'done', rowsDone: report.rows, ...uploaded });
       return { ...refOf(artifact), sha256, source, ...(sourceKey !== undefined ? { sourceKey } : {}) };
     } finally {
       if (cleanup) await rm(cleanup, { recursive: true, force: true });
     }
   }
 
-  async function storeBaseModel(source: string, prefix: string): Promise<ArtifactRef> {
+  async function storeBaseModel(source: string, prefix: string, beat: (p: PrepareProgress) => void): Promise<ArtifactRef> {
+    const at = (p: Omit<PrepareProgress, 'phase'>) => beat({ phase: 'base-model', ...p });
     if (source.startsWith('s3://')) {
       const key = bucketKey(store, source, 'base_model').replace(/\/+$/, '');
       const artifact = await readCommitted(store, key);
@@ -83,9 +130,16 @@ export function createControlActivities(deps: ControlDeps) {
     }
     const isDir = await stat(source).then((s) => s.isDirectory()).catch(() => false);
     if (!isDir) throw inputFailure([{ file: source, field: 'base_model', message: 'not a directory (build the demo model with `refinery make-tiny-model`)' }]);
-    const treeSha = await treeSha256(source);
-    const key = layout.model(prefix, treeSha);
-    const artifact = (await readCommitted(store, key)) ?? (await commitDirectory(store, source, key, { source }));
+    const tree = await hashTree(source, (p) => at({ step: 'hashing', ...p }));
+    const key = layout.model(prefix, tree.sha256);
+    // No meta: where the model came from is per run (run.json's baseModel.source).
+    let uploaded: CommitProgress | undefined;
+    const artifact = await commitInput(
+      key,
+      (options) => commitDirectory(store, source, key, undefined, { ...options, knownSha256: tree.files }),
+      (p) => at({ step: 'uploading', ...(uploaded = p) }),
+    );
+    at({ step: 'done', ...uploaded });
     return refOf(artifact);
   }
 
@@ -93,23 +147,23 @@ export function createControlActivities(deps: ControlDeps) {
     async prepareRun(input: { runId: string; plan: PipelinePlan; requestedBy: string; resumeFrom?: string; scheduleId?: string }): Promise<PreparedRun> {
       const { plan } = input;
       const prefix = plan.storage.prefix;
-      heartbeat('datasets');
       const datasets: PreparedRun['datasets'] = {};
       const seen = new Map<string, PlannedDataset>();
       for (const stage of plan.stages) for (const ds of [stage.dataset, stage.evalDataset]) if (ds) seen.set(ds.name, ds);
-      const problems: InputProblem[] = [];
-      for (const ds of seen.values()) {
-        try {
-          datasets[ds.name] = await storeDataset(ds, prefix);
-        } catch (err) {
-          if (err instanceof ApplicationFailure && err.type === 'InputError') problems.push(...((err.details?.[0] as InputProblem[]) ?? []));
-          else throw err;
+      const baseModel = await withHeartbeats({ phase: 'datasets' }, async (beat) => {
+        const problems: InputProblem[] = [];
+        for (const ds of seen.values()) {
+          try {
+            datasets[ds.name] = await storeDataset(ds, prefix, beat);
+          } catch (err) {
+            if (err instanceof ApplicationFailure && err.type === 'InputError') problems.push(...((err.details?.[0] as InputProblem[]) ?? []));
+            else throw err;
+          }
         }
-        heartbeat(`dataset ${ds.name}`);
-      }
-      if (problems.length > 0) throw inputFailure(problems);
-      heartbeat('base model');
-      const baseModel = await storeBaseModel(plan.baseModel, prefix);
+        if (problems.length > 0) throw inputFailure(problems);
+        beat({ phase: 'base-model' });
+        return storeBaseModel(plan.baseModel, prefix, beat);
+      });
       const fingerprint = runFingerprint({
         specSha256: plan.specSha256,
         baseModelManifestSha256: baseModel.manifestSha256,
@@ -198,18 +252,93 @@ export function stageCacheKey(input: {
   return createHash('sha256').update(canonicalJson(material)).digest('hex').slice(0, 24);
 }
 
+/**
+ * Runs fn heartbeating: on its progress reports (at most once a second unless the phase, dataset or
+ * step changes) and on a timer in between (quiet stretches: a slow request, a large part in flight),
+ * at least every 10 s and three times per heartbeat timeout. A big input must not read as a dead worker.
+ */
+async function withHeartbeats<T>(first: PrepareProgress, fn: (beat: (p: PrepareProgress) => void) => Promise<T>): Promise<T> {
+  let progress = first;
+  let lastBeat = Date.now();
+  heartbeat(progress);
+  const beat = (p: PrepareProgress) => {
+    const changed = p.phase !== progress.phase || p.dataset !== progress.dataset || p.step !== progress.step;
+    progress = p;
+    const now = Date.now();
+    if (changed || now - lastBeat >= 1000) {
+      lastBeat = now;
+      heartbeat(progress);
+    }
+  };
+  const timeoutMs = activityInfo().heartbeatTimeoutMs;
+  const every = timeoutMs ? Math.min(Math.max(timeoutMs / 3, 200), PREPARE_HEARTBEAT_MS) : PREPARE_HEARTBEAT_MS;
+  const ticker = setInterval(() => heartbeat(progress), every);
+  try {
+    return await fn(beat);
+  } finally {
+    clearInterval(ticker);
+  }
+}
+
 /** Hash of a directory's content: relative paths and file hashes, sorted. */
-export async function treeSha256(dir: string): Promise<string> {
-  const entries: string[] = [];
+export async function treeSha256(dir: string, onProgress?: (p: TreeHashProgress) => void): Promise<string> {
+  return (await hashTree(dir, onProgress)).sha256;
+}
+
+export interface TreeHashProgress {
+  files: number;
+  filesDone: number;
+  bytes: number;
+  bytesDone: number;
+}
+
+/**
+ * treeSha256, with each file's sha256 by relative path (a commit of the directory then need not hash
+ * them again to compare with the bucket). `onProgress` is called per MiB hashed and per file.
+ */
+export async function hashTree(dir: string, onProgress?: (p: TreeHashProgress) => void): Promise<{ sha256: string; files: Map<string, string> }> {
+  const found: { rel: string; abs: string; size: number }[] = [];
   const walk = async (d: string) => {
     for (const e of await readdir(d, { withFileTypes: true })) {
       const abs = path.join(d, e.name);
       if (e.isDirectory()) await walk(abs);
-      else if (e.isFile()) entries.push(`${path.relative(dir, abs).split(path.sep).join('/')}\0${await sha256File(abs)}`);
+      else if (e.isFile()) found.push({ rel: path.relative(dir, abs).split(path.sep).join('/'), abs, size: (await stat(abs)).size });
     }
   };
   await walk(dir);
-  return createHash('sha256').update(entries.sort().join('\n')).digest('hex');
+  const p: TreeHashProgress = { files: found.length, filesDone: 0, bytes: found.reduce((a, f) => a + f.size, 0), bytesDone: 0 };
+  onProgress?.({ ...p });
+  const files = new Map<string, string>();
+  for (const f of found) {
+    const before = p.bytesDone;
+    files.set(f.rel, await hashFile(f.abs, (done) => onProgress?.({ ...p, bytesDone: before + done })));
+    p.bytesDone = before + f.size;
+    p.filesDone++;
+    onProgress?.({ ...p });
+  }
+  const entries = found.map((f) => `${f.rel}\0${files.get(f.rel)!}`);
+  return { sha256: createHash('sha256').update(entries.sort().join('\n')).digest('hex'), files };
+}
+
+/** sha256 of a file, read in 1 MiB chunks, reporting the bytes hashed so far after each. */
+async function hashFile(file: string, onBytes?: (bytesDone: number) => void): Promise<string> {
+  const hash = createHash('sha256');
+  let done = 0;
+  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
+    hash.update(chunk);
+    done += chunk.length;
+    onBytes?.(done);
+  }
+  return hash.digest('hex');
+}
+
+/** The running activity's cancellation (a timed-out or cancelled attempt stops uploading); none outside one. */
+function activitySignal(): AbortSignal | undefined {
+  try {
+    return cancellationSignal();
+  } catch {
+    return undefined;
+  }
 }
 
 function refOf(a: CommittedArtifact): ArtifactRef {
@@ -223,11 +352,18 @@ function bucketKey(store: ObjectStore, uri: string, field: string): string {
   return m[2]!;
 }
 
-async function commitSingleFile(store: ObjectStore, file: string, name: string, prefix: string, meta: Record<string, unknown>): Promise<CommittedArtifact> {
+async function commitSingleFile(
+  store: ObjectStore,
+  file: string,
+  name: string,
+  prefix: string,
+  meta: Record<string, unknown>,
+  options: CommitOptions = {},
+): Promise<CommittedArtifact> {
   const dir = await mkdtemp(path.join(tmpdir(), 'refinery-commit-'));
   try {
     await symlink(path.resolve(file), path.join(dir, name));
-    return await commitDirectory(store, dir, prefix, meta);
+    return await commitDirectory(store, dir, prefix, meta, options);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

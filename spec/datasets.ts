@@ -48,13 +48,28 @@ export interface DatasetReport {
   problems: InputProblem[];
 }
 
+export interface ValidateOptions {
+  /**
+   * Called as the input is read: after each chunk of the stream (≤ 1 MiB for a file) with the valid
+   * records and the bytes read so far, and once at the end. A throw from it stops the validation.
+   */
+  onProgress?: (p: { rows: number; bytesRead: number }) => void;
+}
+
 /** Validates a JSONL stream; `displayName` is what the messages call the file. */
-export async function validateJsonl(input: Readable, format: DatasetFormat, displayName: string): Promise<DatasetReport> {
+export async function validateJsonl(input: Readable, format: DatasetFormat, displayName: string, options: ValidateOptions = {}): Promise<DatasetReport> {
   const schema = FORMATS[format];
   const problems: InputProblem[] = [];
   let rows = 0;
   let lineNo = 0;
-  for await (const { text, oversizedBytes } of readLines(input)) {
+  const counter = { bytesRead: 0, reported: -1 };
+  const { onProgress } = options;
+  const report = () => {
+    counter.reported = counter.bytesRead;
+    onProgress?.({ rows, bytesRead: counter.bytesRead });
+  };
+  for await (const { text, oversizedBytes } of readLines(input, counter)) {
+    if (onProgress && counter.bytesRead !== counter.reported) report();
     lineNo++;
     const line = (text ?? '').replace(/\r$/, '');
     if (oversizedBytes !== undefined) {
@@ -80,12 +95,13 @@ export async function validateJsonl(input: Readable, format: DatasetFormat, disp
     if (problems.length >= MAX_PROBLEMS) break;
   }
   input.destroy();
+  if (onProgress) report();
   if (rows === 0 && problems.length === 0) problems.push({ file: displayName, message: 'no records' });
   return { rows, problems };
 }
 
-export async function validateJsonlFile(file: string, format: DatasetFormat, displayName = file): Promise<DatasetReport> {
-  return validateJsonl(createReadStream(file, { highWaterMark: 1 << 20 }), format, displayName);
+export async function validateJsonlFile(file: string, format: DatasetFormat, displayName = file, options: ValidateOptions = {}): Promise<DatasetReport> {
+  return validateJsonl(createReadStream(file, { highWaterMark: 1 << 20 }), format, displayName, options);
 }
 
 /** For unions zod reports "no match": point at the branch that got furthest instead. */
@@ -111,7 +127,7 @@ function issueMessage(issue: z.core.$ZodIssue, format: DatasetFormat): string {
  * Splits a byte stream into lines without ever holding more than MAX_LINE_BYTES of one line:
  * an oversized line is reported by its length only.
  */
-async function* readLines(input: Readable): AsyncGenerator<{ text?: string; oversizedBytes?: number }> {
+async function* readLines(input: Readable, counter: { bytesRead: number }): AsyncGenerator<{ text?: string; oversizedBytes?: number }> {
   let parts: Buffer[] = [];
   let length = 0;
   let overflowing = false;
@@ -123,6 +139,7 @@ async function* readLines(input: Readable): AsyncGenerator<{ text?: string; over
     return item;
   };
   for await (const chunk of input as AsyncIterable<Buffer>) {
+    counter.bytesRead += chunk.length;
     let start = 0;
     for (let nl = chunk.indexOf(0x0a, start); nl !== -1; nl = chunk.indexOf(0x0a, start)) {
       append(chunk.subarray(start, nl));

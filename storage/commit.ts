@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { ChecksumMismatch, ObjectStore, sha256File } from './object-store.js';
+import { ChecksumMismatch, ObjectStore, sha256File, SINGLE_PUT_MAX_BYTES } from './object-store.js';
 
 export interface ManifestFile {
   path: string;
@@ -20,7 +20,8 @@ export interface ManifestFile {
 export interface Manifest {
   version: 1;
   files: ManifestFile[];
-  createdAt: string;
+  /** Absent in deterministic (content-addressed) manifests: their bytes depend on the content only. */
+  createdAt?: string;
   /** Free-form, non-secret facts about the artifact (stage, step, metrics…). */
   meta?: Record<string, unknown>;
 }
@@ -34,6 +35,45 @@ export interface CommittedArtifact {
   manifest: Manifest;
 }
 
+/** Where a commit stands: totals over the directory, and how much of it is already in the bucket. */
+export interface CommitProgress {
+  files: number;
+  filesDone: number;
+  bytes: number;
+  bytesDone: number;
+  /** Files not uploaded because the bucket already held them with the same size and sha256 (resume). */
+  skippedFiles: number;
+}
+
+export interface CommitOptions {
+  /**
+   * Called as files and bytes complete (a large file per part), first once before any upload.
+   * An exception thrown from it aborts the commit (no marker is written).
+   */
+  onProgress?: (p: CommitProgress) => void;
+  /**
+   * Skip a file whose object at `<prefix>/files/<path>` already has the same size and sha256 (as
+   * recorded by the upload that wrote it): a retried commit uploads only what is missing or differs.
+   */
+  resume?: boolean;
+  /**
+   * The manifest's bytes depend only on the files (sorted paths, sizes, sha256) and `meta` (keys
+   * sorted): no `createdAt`. Two commits of the same content to the same prefix write the same
+   * manifest and marker, so every ArtifactRef either of them returned stays valid.
+   */
+  deterministic?: boolean;
+  /**
+   * sha256 by relative path for files the caller has hashed already (e.g. while computing a
+   * content address): no second hash for the resume comparison, and the hash goes along with a
+   * large file's upload. A file that no longer matches fails the commit.
+   */
+  knownSha256?: ReadonlyMap<string, string>;
+  /** Files in flight (default 8). */
+  concurrency?: number;
+  /** Stops taking new files and parts; the commit then throws the signal's reason. */
+  signal?: AbortSignal;
+}
+
 const MANIFEST = '_manifest.json';
 const MARKER = '_COMMITTED';
 /** Files in flight per commit or download: many small files are latency-bound, not byte-bound. */
@@ -43,20 +83,77 @@ export class IntegrityError extends Error {
   override name = 'IntegrityError';
 }
 
-/** Uploads a local directory and commits it. Returns the committed artifact. */
+/**
+ * Uploads a local directory and commits it. Returns the committed artifact. With `resume`, files
+ * already in the bucket with the same size and sha256 are not uploaded again; with `deterministic`,
+ * the manifest (and so the marker) is a function of the content and `meta` only (see CommitOptions).
+ */
 export async function commitDirectory(
   store: ObjectStore,
   localDir: string,
   prefix: string,
   meta?: Record<string, unknown>,
+  options: CommitOptions = {},
 ): Promise<CommittedArtifact> {
+  const { onProgress, resume = false, deterministic = false, knownSha256, signal } = options;
   const rel = await listFiles(localDir);
+  const sizes = await Promise.all(rel.map(async (r) => (await stat(path.join(localDir, r))).size));
+  const progress: CommitProgress = { files: rel.length, filesDone: 0, bytes: sizes.reduce((a, b) => a + b, 0), bytesDone: 0, skippedFiles: 0 };
+  const report = () => onProgress?.({ ...progress });
+  report();
+  // One LIST tells which files may already be there; only those of the same size cost a HEAD.
+  const remoteSizes = new Map<string, number>();
+  if (resume) for (const o of await store.list(`${prefix}/files/`, true)) remoteSizes.set(o.key, o.size);
+
   const files: ManifestFile[] = new Array(rel.length);
-  await forEachLimit(rel, FILE_CONCURRENCY, async (relPath, i) => {
-    const { size, sha256 } = await store.putFileHashed(`${prefix}/files/${relPath}`, path.join(localDir, relPath));
-    files[i] = { path: relPath, size, sha256 };
-  });
-  const manifest: Manifest = { version: 1, files, createdAt: new Date().toISOString(), ...(meta ? { meta } : {}) };
+  await forEachLimit(
+    rel,
+    options.concurrency ?? FILE_CONCURRENCY,
+    async (relPath, i) => {
+      const key = `${prefix}/files/${relPath}`;
+      const local = path.join(localDir, relPath);
+      const size = sizes[i]!;
+      let sha256 = knownSha256?.get(relPath);
+      if (resume && remoteSizes.get(key) === size) {
+        const remote = await store.head(key);
+        if (remote?.size === size && remote.sha256 !== undefined) {
+          sha256 ??= await sha256File(local);
+          if (remote.sha256 === sha256) {
+            files[i] = { path: relPath, size, sha256 };
+            progress.filesDone++;
+            progress.skippedFiles++;
+            progress.bytesDone += size;
+            report();
+            return;
+          }
+        }
+      }
+      // A large file's hash must be known before its upload starts for the upload to record it, and
+      // a later resume to recognise the object: hash it first (small files are hashed in memory).
+      if (resume && sha256 === undefined && size > SINGLE_PUT_MAX_BYTES) sha256 = await sha256File(local);
+      let sent = 0;
+      const put = await store.putFileHashed(key, local, {
+        ...(sha256 !== undefined ? { sha256 } : {}),
+        ...(signal ? { signal } : {}),
+        onBytes: (n) => {
+          sent += n;
+          progress.bytesDone += n;
+          report();
+        },
+      });
+      // A file that grew or shrank since it was listed: count what was actually sent.
+      progress.bytesDone += put.size - sent;
+      progress.bytes += put.size - size;
+      files[i] = { path: relPath, size: put.size, sha256: put.sha256 };
+      progress.filesDone++;
+      report();
+    },
+    signal,
+  );
+  signal?.throwIfAborted();
+  const manifest: Manifest = deterministic
+    ? { version: 1, files, ...(meta ? { meta: sortedKeys(meta) as Record<string, unknown> } : {}) }
+    : { version: 1, files, createdAt: new Date().toISOString(), ...(meta ? { meta } : {}) };
   const manifestBytes = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
   const manifestSha256 = sha256(manifestBytes);
   await store.putBytes(`${prefix}/${MANIFEST}`, manifestBytes, 'application/json');
@@ -139,12 +236,33 @@ function safeRelative(p: string): string {
   return norm;
 }
 
-/** Runs fn over items, `limit` at a time; on failure stops taking new items, lets in-flight ones finish, then throws. */
-async function forEachLimit<T>(items: T[], limit: number, fn: (item: T, index: number) => Promise<void>): Promise<void> {
+/** Same value, object keys sorted at every level (JSON.stringify then writes them in that order). */
+function sortedKeys(value: unknown): unknown {
+  if (value === null || typeof value !== 'object') return value;
+  const toJSON = (value as { toJSON?: () => unknown }).toJSON;
+  if (typeof toJSON === 'function') return sortedKeys(toJSON.call(value)); // a Date stays its ISO string
+  if (Array.isArray(value)) return value.map(sortedKeys);
+  return Object.fromEntries(
+    Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+      .map(([k, v]) => [k, sortedKeys(v)]),
+  );
+}
+
+/**
+ * Runs fn over items, `limit` at a time; on failure (or abort) stops taking new items, lets in-flight
+ * ones finish, then throws.
+ */
+async function forEachLimit<T>(items: T[], limit: number, fn: (item: T, index: number) => Promise<void>, signal?: AbortSignal): Promise<void> {
   let next = 0;
   let failure: { error: unknown } | undefined;
-  const workers = Array.from({ length: Math.min(limit, items.length) }, async () => {
+  const workers = Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, async () => {
     while (next < items.length && !failure) {
+      if (signal?.aborted) {
+        failure = { error: signal.reason };
+        break;
+      }
       const i = next++;
       try {
         await fn(items[i]!, i);

@@ -16,11 +16,29 @@ import { Slots } from './slots.js';
 
 /** Files up to this size go up in one PUT; larger ones in parts of (at least) this size. */
 const PART_SIZE = 32 * 1024 * 1024;
+/** The largest file putFileHashed sends in one PUT (larger ones go up in parts). */
+export const SINGLE_PUT_MAX_BYTES = PART_SIZE;
 /** Parts in flight per store, across all files: bounds the memory of uploads (× PART_SIZE). */
 const PARTS_IN_FLIGHT = 6;
 /** Downloads read and write in 1 MiB chunks (minio-js streams 16–64 KiB ones: twice the CPU per byte). */
 const DOWNLOAD_CHUNK = 1024 * 1024;
 const S3_MAX_PARTS = 10_000;
+/** User metadata under which putFileHashed records an object's sha256 (`x-amz-meta-sha256`; read back by `head`). */
+const SHA256_META = 'sha256';
+const SHA256_META_HEADER = `x-amz-meta-${SHA256_META}`;
+
+export interface PutFileOptions {
+  /**
+   * The file's sha256 when the caller already has it: sent as metadata at the start of a multipart
+   * upload (a small file's hash is known before its PUT anyway); the upload fails when what was read
+   * does not hash to it (the file changed).
+   */
+  sha256?: string;
+  /** Called as bytes are acknowledged by the store: per part for a large file, once for a small one. */
+  onBytes?: (bytes: number) => void;
+  /** Stops before the next part (or before the PUT); an upload in flight is aborted, not completed. */
+  signal?: AbortSignal;
+}
 
 export interface ObjectInfo {
   key: string;
@@ -77,40 +95,70 @@ export class ObjectStore {
    * UNSIGNED-PAYLOAD, hashed as it is read: its integrity is the manifest's sha256, which every
    * download and `audit verify` check end to end.
    */
-  async putFileHashed(key: string, file: string): Promise<{ size: number; sha256: string }> {
+  async putFileHashed(key: string, file: string, options: PutFileOptions = {}): Promise<{ size: number; sha256: string }> {
     const { size } = await stat(file);
     if (size <= PART_SIZE) {
       const body = await readFile(file);
       const sha256 = createHash('sha256').update(body).digest('hex');
+      if (options.sha256 !== undefined && sha256 !== options.sha256) throw new FileChanged(file, options.sha256, sha256);
+      options.signal?.throwIfAborted();
       const res = await this.client.makeRequestStreamAsync(
-        { method: 'PUT', bucketName: this.bucket, objectName: key, headers: { 'Content-Length': String(body.length) } },
+        {
+          method: 'PUT',
+          bucketName: this.bucket,
+          objectName: key,
+          headers: { 'Content-Length': String(body.length), [SHA256_META_HEADER]: sha256 },
+        },
         body,
-        sha256,
+        // minio-js signs https requests as UNSIGNED-PAYLOAD and refuses a payload hash there.
+        this.client.enableSHA256 ? sha256 : '',
         [200],
         this.config.region,
       );
       res.resume();
       await new Promise<void>((resolve, reject) => res.on('end', resolve).on('error', reject));
+      options.onBytes?.(body.length);
       return { size: body.length, sha256 };
     }
-    return { size, sha256: await this.putLargeFile(key, file, size) };
+    return { size, sha256: await this.putLargeFile(key, file, size, options) };
   }
 
-  private async putLargeFile(key: string, file: string, size: number): Promise<string> {
+  /**
+   * Size and sha256 of an object without reading it (one HEAD), or undefined when it does not exist.
+   * `sha256` is what putFileHashed recorded as the object's user metadata: absent for objects written
+   * otherwise (putBytes, putFile, a large file uploaded without a known hash).
+   */
+  async head(key: string): Promise<{ size: number; sha256?: string; lastModified: Date } | undefined> {
+    try {
+      const s = await this.client.statObject(this.bucket, key);
+      const recorded = (s.metaData as Record<string, unknown>)[SHA256_META];
+      return { size: s.size, lastModified: s.lastModified, ...(typeof recorded === 'string' && /^[0-9a-f]{64}$/.test(recorded) ? { sha256: recorded } : {}) };
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+  }
+
+  private async putLargeFile(key: string, file: string, size: number, options: PutFileOptions): Promise<string> {
     const partSize = Math.max(PART_SIZE, Math.ceil(size / S3_MAX_PARTS));
     const client = this.unsignedClient;
-    const uploadId = await client.initiateNewMultipartUpload(this.bucket, key, {});
+    options.signal?.throwIfAborted();
+    // The hash is known up front only when the caller computed it (resume): then it goes along as
+    // metadata, and the hash of what was read must match it.
+    const uploadId = await client.initiateNewMultipartUpload(this.bucket, key, options.sha256 !== undefined ? { [SHA256_META_HEADER]: options.sha256 } : {});
     const hash = createHash('sha256');
     const fh = await open(file, 'r');
     const parts: { part: number; etag: string }[] = [];
     const inFlight = new Set<Promise<void>>();
     let failure: { error: unknown } | undefined;
+    let digest: string;
     try {
       for (let offset = 0, part = 1; offset < size && !failure; offset += partSize, part++) {
         const length = Math.min(partSize, size - offset);
         await this.partSlots.acquire();
         let buf: Buffer;
         try {
+          options.signal?.throwIfAborted();
           buf = Buffer.allocUnsafe(length);
           const { bytesRead } = await fh.read(buf, 0, length, offset);
           if (bytesRead !== length) throw new Error(`${file}: changed while uploading (short read at ${offset})`);
@@ -122,7 +170,10 @@ export class ObjectStore {
         const partNumber = part;
         const sending: Promise<void> = client
           .uploadPart({ bucketName: this.bucket, objectName: key, uploadID: uploadId, partNumber, headers: {} }, buf)
-          .then((r) => void parts.push({ part: partNumber, etag: r.etag }))
+          .then((r) => {
+            parts.push({ part: partNumber, etag: r.etag });
+            options.onBytes?.(length);
+          })
           .catch((error: unknown) => void (failure ??= { error }))
           .finally(() => {
             this.partSlots.release();
@@ -132,6 +183,8 @@ export class ObjectStore {
       }
       await Promise.all(inFlight);
       if (failure) throw failure.error;
+      digest = hash.digest('hex');
+      if (options.sha256 !== undefined && digest !== options.sha256) throw new FileChanged(file, options.sha256, digest);
       parts.sort((a, b) => a.part - b.part);
       await client.completeMultipartUpload(this.bucket, key, uploadId, parts);
     } catch (err) {
@@ -141,7 +194,7 @@ export class ObjectStore {
     } finally {
       await fh.close();
     }
-    return hash.digest('hex');
+    return digest;
   }
 
   async putBytes(key: string, body: string | Buffer, contentType = 'application/octet-stream'): Promise<void> {
@@ -236,6 +289,108 @@ export class ObjectStore {
   async remove(keys: string[]): Promise<void> {
     if (keys.length > 0) await this.client.removeObjects(this.bucket, keys);
   }
+
+  // --- Conditional writes (storage/stage-lease.ts) -----------------------------------------------
+  // ETags are returned and taken without quotes. A conditional PUT that loses (the object exists,
+  // or its ETag is no longer the given one) is S3's 412 PreconditionFailed; a PUT with If-Match on
+  // a missing key is 404 NoSuchKey (MinIO) — both mean "not yours". 409 ConditionalRequestConflict
+  // (AWS: a concurrent conditional write on the same key was in flight) counts as losing too.
+
+  /** Writes `key` only if no object is there (`If-None-Match: *`): exactly one of racing writers wins. */
+  async putIfAbsent(key: string, body: string | Buffer): Promise<{ etag: string } | 'exists'> {
+    try {
+      return await this.conditionalPut(key, body, { 'If-None-Match': '*' });
+    } catch (err) {
+      if (isConditionFailed(err)) return 'exists';
+      throw err;
+    }
+  }
+
+  /** Overwrites `key` only if its ETag is still `etag` (`If-Match`); 'changed' when it is not, or it is gone. */
+  async putIfMatch(key: string, body: string | Buffer, etag: string): Promise<{ etag: string } | 'changed'> {
+    try {
+      return await this.conditionalPut(key, body, { 'If-Match': quoteEtag(etag) });
+    } catch (err) {
+      if (isConditionFailed(err) || isNotFound(err)) return 'changed';
+      throw err;
+    }
+  }
+
+  /** The object's bytes and ETag from one GET (so the two always belong together), or undefined. */
+  async getWithEtag(key: string): Promise<{ body: Buffer; etag: string } | undefined> {
+    let res: http.IncomingMessage;
+    try {
+      res = await this.client.makeRequestAsync({ method: 'GET', bucketName: this.bucket, objectName: key }, '', [200], this.config.region);
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    const chunks: Buffer[] = [];
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+    return { body: Buffer.concat(chunks), etag: unquoteEtag(String(res.headers.etag ?? '')) };
+  }
+
+  /**
+   * Deletes `key` if its ETag is still `etag`. NOT atomic on MinIO: MinIO (the pinned build)
+   * ignores `If-Match` on DeleteObject and deletes whatever is there, so this reads the ETag first
+   * and deletes only on a match — a writer that replaces the object between that read and the
+   * DELETE loses its object. The header is still sent, so a server that honours conditional
+   * deletes (AWS S3) makes it atomic. 'changed' when the object is gone or differs.
+   */
+  async removeIfMatch(key: string, etag: string): Promise<'removed' | 'changed'> {
+    const current = await this.getWithEtag(key);
+    if (!current || current.etag !== unquoteEtag(etag)) return 'changed';
+    try {
+      const res = await this.client.makeRequestAsync(
+        { method: 'DELETE', bucketName: this.bucket, objectName: key, headers: { 'If-Match': quoteEtag(etag) } },
+        '',
+        [200, 204],
+        this.config.region,
+      );
+      res.resume();
+      return 'removed';
+    } catch (err) {
+      if (isConditionFailed(err) || isNotFound(err)) return 'changed';
+      throw err;
+    }
+  }
+
+  /** One signed PUT with extra (conditional) headers; the new ETag. Failures throw minio-js's S3Error. */
+  private async conditionalPut(key: string, body: string | Buffer, headers: Record<string, string>): Promise<{ etag: string }> {
+    const buf = typeof body === 'string' ? Buffer.from(body) : body;
+    const res = await this.client.makeRequestStreamAsync(
+      {
+        method: 'PUT',
+        bucketName: this.bucket,
+        objectName: key,
+        headers: { 'Content-Length': String(buf.length), 'Content-Type': 'application/json', ...headers },
+      },
+      buf,
+      // minio-js signs the payload's sha256 on plain http and wants none on https.
+      this.client.enableSHA256 ? createHash('sha256').update(buf).digest('hex') : '',
+      [200],
+      this.config.region,
+    );
+    res.resume();
+    await new Promise<void>((resolve, reject) => res.on('end', resolve).on('error', reject));
+    const etag = res.headers.etag;
+    if (!etag) throw new Error(`PUT ${key}: the response carries no ETag`);
+    return { etag: unquoteEtag(etag) };
+  }
+}
+
+/** S3's answer to a conditional request whose condition did not hold (or raced another one). */
+export function isConditionFailed(err: unknown): boolean {
+  const code = (err as { code?: string } | undefined)?.code;
+  return code === 'PreconditionFailed' || code === 'ConditionalRequestConflict';
+}
+
+function unquoteEtag(etag: string): string {
+  return etag.replace(/^W\//, '').replace(/^"(.*)"$/, '$1');
+}
+
+function quoteEtag(etag: string): string {
+  return `"${unquoteEtag(etag)}"`;
 }
 
 export class ChecksumMismatch extends Error {
@@ -246,6 +401,18 @@ export class ChecksumMismatch extends Error {
     readonly expected: string,
   ) {
     super(`${key}: sha256 ${actual} does not match the expected ${expected}`);
+  }
+}
+
+/** A file's bytes no longer hash to what the caller computed before uploading it. */
+export class FileChanged extends Error {
+  override name = 'FileChanged';
+  constructor(
+    readonly file: string,
+    readonly expected: string,
+    readonly actual: string,
+  ) {
+    super(`${file}: changed while committing (sha256 ${actual}, was ${expected} when first read)`);
   }
 }
 

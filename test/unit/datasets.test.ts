@@ -204,3 +204,31 @@ describe('lines', () => {
     expect(report.rows).toBe(3);
   });
 });
+
+describe('validation progress', () => {
+  it('reports rows and bytes as chunks are read, and the totals at the end', async () => {
+    const line = `${JSON.stringify({ text: 'x'.repeat(100) })}\n`;
+    const text = line.repeat(50);
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < text.length; i += 512) chunks.push(Buffer.from(text.slice(i, i + 512)));
+    const seen: { rows: number; bytesRead: number }[] = [];
+    const report = await validateJsonl(Readable.from(chunks), 'text', 'data.jsonl', { onProgress: (p) => seen.push(p) });
+    expect(report).toEqual({ rows: 50, problems: [] });
+    expect(seen.length).toBeGreaterThan(5);
+    for (let i = 1; i < seen.length; i++) {
+      expect(seen[i]!.bytesRead).toBeGreaterThanOrEqual(seen[i - 1]!.bytesRead);
+      expect(seen[i]!.rows).toBeGreaterThanOrEqual(seen[i - 1]!.rows);
+    }
+    expect(seen.at(-1)).toEqual({ rows: 50, bytesRead: text.length });
+  });
+
+  it('a file is reported per chunk read (1 MiB)', async () => {
+    const file = path.join(tmp, 'progress.jsonl');
+    await writeFile(file, `${JSON.stringify({ text: 'y'.repeat(1000) })}\n`.repeat(3000));
+    const seen: number[] = [];
+    const report = await validateJsonlFile(file, 'text', 'progress.jsonl', { onProgress: (p) => seen.push(p.rows) });
+    expect(report.rows).toBe(3000);
+    expect(seen.length).toBeGreaterThanOrEqual(3);
+    expect(seen.at(-1)).toBe(3000);
+  });
+});
