@@ -19,6 +19,8 @@ export interface JobProcessOptions {
   logFile: string;
   /** Called for every contract event, in order. */
   onEvent: (event: JobEvent) => void;
+  /** Called for every line on the events fd that breaks the contract (the job goes on). */
+  onContractViolation?: (message: string) => void;
   /** Kill the job when no event arrives for this long. */
   stallMs: number;
   /** Aborts the job (activity cancellation, worker shutdown). */
@@ -110,6 +112,7 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
       if (event === undefined) continue;
       if (event instanceof Error) {
         contractViolations.push(event.message);
+        options.onContractViolation?.(event.message);
         continue;
       }
       armStall();

@@ -52,7 +52,7 @@ program
         return;
       }
       if (!opts.json) process.stdout.write(`started run ${runId}\n`);
-      const final = await watchRun(handle, opts.json ? devNull() : process.stdout);
+      const final = await watchRun(client, handle, opts.json ? devNull() : process.stdout);
       if (opts.json) print(true, final, () => '');
       else printArtifacts(final);
       process.exitCode = final.state === 'completed' ? 0 : final.state === 'cancelled' ? 130 : 1;

@@ -8,7 +8,7 @@ import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worke
 import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
-import { CONTROL_TASK_QUEUE, REPO_ROOT } from './config.js';
+import { CONTROL_TASK_QUEUE, llamaCppToolEnv, REPO_ROOT } from './config.js';
 import { GpuAllocator } from './gpu-allocator.js';
 import { codeVersion, jobsVersion } from './jobs-version.js';
 
@@ -34,7 +34,12 @@ export interface WorkerOptions {
   /** How long in-flight training may take to stop on shutdown before it is cancelled. */
   shutdownGraceTime?: string;
   killGraceMs?: number;
+  /** Longest time a job's output waits before it is flushed to the bucket (default 10 s). */
+  logFlushMs?: number;
 }
+
+/** The most a training heartbeat (and so live progress) is held back by the SDK. */
+export const HEARTBEAT_THROTTLE = '5s';
 
 /** Python jobs: one module per stage kind (cpt shares the SFT recipe). */
 export function pythonJobCommand(python: string): (kind: StageKind) => [string, ...string[]] {
@@ -68,7 +73,9 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
     jobCommand: options.jobCommand ?? pythonJobCommand(options.python),
     jobCwd: path.join(REPO_ROOT, 'jobs'),
     gpus,
+    jobEnv: (kind) => (kind === 'gguf' ? llamaCppToolEnv() : {}),
     killGraceMs: options.killGraceMs,
+    logFlushMs: options.logFlushMs,
   });
   for (const taskQueue of options.trainingQueues) {
     workers.push(
@@ -81,6 +88,11 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
         // One job per GPU; a CPU-only worker runs one job at a time.
         maxConcurrentActivityTaskExecutions: Math.max(1, options.gpus.length),
         shutdownGraceTime: options.shutdownGraceTime ?? '30s',
+        // Live progress is the training activity's heartbeat details (no history events), so how
+        // often they reach the server bounds how far `status` lags the job: at most every 5 s
+        // (the SDK's default is 0.8 × the heartbeat timeout, up to 60 s).
+        maxHeartbeatThrottleInterval: HEARTBEAT_THROTTLE,
+        defaultHeartbeatThrottleInterval: HEARTBEAT_THROTTLE,
       }),
     );
   }

@@ -1,14 +1,28 @@
 /** `status`, `cancel`, `approve`/`reject` and `list`: small commands over a run's workflow. */
 import type { Client } from '@temporalio/client';
-import { approvalUpdate, statusQuery } from '../../workflows/messages.js';
+import { ObjectStore } from '../../storage/object-store.js';
+import { approvalUpdate } from '../../workflows/messages.js';
 import type { PipelineStatus } from '../../workflows/types.js';
 import { SEARCH_ATTRIBUTES } from '../../workflows/search-attributes.js';
 import { CliError } from '../errors.js';
+import { currentRunStatus } from '../live-progress.js';
 
-export async function runStatus(client: Client, runId: string): Promise<PipelineStatus> {
-  const handle = client.workflow.getHandle(runId);
+/** The bucket, when this shell has storage settings (a finished run's status may be read from it). */
+function storeIfConfigured(): ObjectStore | undefined {
   try {
-    return await handle.query(statusQuery);
+    return new ObjectStore();
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * A run's status: live for an open run (the workflow's status plus each running stage's heartbeat
+ * details), and for a closed one from its result or the bucket, with no worker running.
+ */
+export async function runStatus(client: Client, runId: string, store: ObjectStore | undefined = storeIfConfigured()): Promise<PipelineStatus> {
+  try {
+    return await currentRunStatus(client, runId, store);
   } catch (err) {
     if ((err as Error).name === 'WorkflowNotFoundError') throw new CliError(`no run "${runId}"`, 'see "refinery list"');
     throw err;

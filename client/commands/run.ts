@@ -8,6 +8,7 @@ import { CONTROL_TASK_QUEUE } from '../../worker/config.js';
 import { pipelineWorkflow, type PipelineResult } from '../../workflows/pipeline.js';
 import type { PipelineStatus } from '../../workflows/types.js';
 import { statusQuery } from '../../workflows/messages.js';
+import { statusFromFailure, withLiveProgress } from '../live-progress.js';
 import { CliError } from '../errors.js';
 import { EtaTracker, renderStatus } from '../render.js';
 import { validateSpec } from './validate.js';
@@ -59,8 +60,8 @@ export async function startRun(client: Client, specFile: string, options: RunOpt
   }
 }
 
-/** Polls the status query until the run ends, redrawing progress; returns the final status. */
-export async function watchRun(handle: WorkflowHandle<typeof pipelineWorkflow>, out: NodeJS.WritableStream = process.stdout, intervalMs = 1000): Promise<PipelineStatus> {
+/** Polls the run's status (with live progress) until it ends, redrawing it; returns the final status. */
+export async function watchRun(client: Client, handle: WorkflowHandle<typeof pipelineWorkflow>, out: NodeJS.WritableStream = process.stdout, intervalMs = 1000): Promise<PipelineStatus> {
   const eta = new EtaTracker();
   const tty = (out as NodeJS.WriteStream).isTTY === true;
   let lastText = '';
@@ -72,7 +73,9 @@ export async function watchRun(handle: WorkflowHandle<typeof pipelineWorkflow>, 
   let final: PipelineStatus | undefined;
   resultPromise.then((s) => (final = s)).catch(() => undefined);
   for (;;) {
-    const status = final ?? (await handle.query(statusQuery).catch(() => undefined));
+    // Live step/loss come from the stage workflows' heartbeat details (client/live-progress.ts).
+    const queried = final ? undefined : await handle.query(statusQuery).catch(() => undefined);
+    const status = final ?? (queried ? await withLiveProgress(client, queried) : undefined);
     if (status) {
       const text = renderStatus(status, eta.update(status));
       if (text !== lastText) {
@@ -88,12 +91,5 @@ export async function watchRun(handle: WorkflowHandle<typeof pipelineWorkflow>, 
 }
 
 function finalStatusFromError(err: unknown): PipelineStatus {
-  // A failed run carries its status as the failure's details; a cancelled or terminated one does not.
-  let e = err as { cause?: unknown; details?: unknown[] } | undefined;
-  while (e) {
-    const details = e.details?.[0] as PipelineStatus | undefined;
-    if (details?.stages) return details;
-    e = e.cause as typeof e;
-  }
-  return { runId: '?', pipeline: '?', state: 'failed', stages: [], error: (err as Error).message };
+  return statusFromFailure(err) ?? { runId: '?', pipeline: '?', state: 'failed', stages: [], error: (err as Error).message };
 }

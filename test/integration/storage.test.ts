@@ -129,7 +129,7 @@ describe('stage runtime idempotency', () => {
     const countingJob: [string, ...string[]] = [
       '/bin/sh', '-c', `echo run >> '${counter}'; exec "$0" "$@"`, ...testJobCommand()('sft'),
     ];
-    const training = createTrainingActivities({ store, scratchDir: scratch, jobCommand: () => countingJob, jobCwd: path.resolve('jobs'), gpus: new GpuAllocator([]), progressSignalMs: 1e9 });
+    const training = createTrainingActivities({ store, scratchDir: scratch, jobCommand: () => countingJob, jobCwd: path.resolve('jobs'), gpus: new GpuAllocator([]) });
     const planned = planPipeline(parseSpec('name: idem\nbase_model: /b\nstages:\n  - {id: sft, kind: sft, dataset: {path: /d.jsonl, format: chat}, hyper: {max_steps: 3}, params: {step_seconds: 0}}\n', '/s.yaml'));
     const input = { runId: 'idem', storagePrefix: uniq(), stage: planned.stages[0]!, cacheKey: 'k1', artifactPrefix: `${uniq()}/art`, inputs: {}, datasets: {} };
     const env = new MockActivityEnvironment({ attempt: 1 });

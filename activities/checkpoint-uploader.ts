@@ -1,0 +1,68 @@
+/**
+ * Commits a job's checkpoints to the bucket while it keeps training: one at a time, in order;
+ * each one fenced by the stage lease (an attempt that lost its lease commits nothing), recorded in
+ * the attempt's records, then retention (save_total_limit) in the bucket and on local disk.
+ */
+import { readdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { commitCheckpoint, pruneCheckpoints } from '../storage/checkpoints.js';
+import type { AttemptRecorder } from '../storage/attempt-records.js';
+import type { ObjectStore } from '../storage/object-store.js';
+import type { StorageRetry } from './storage-retry.js';
+
+export interface CheckpointUploaderOptions {
+  store: ObjectStore;
+  artifactPrefix: string;
+  /** Local folder the job writes checkpoint-N/ into. */
+  checkpointDir: string;
+  /** Committed checkpoints kept in the bucket. */
+  keep: number;
+  /** The checkpoint the job resumed from: kept locally, the job may still read it. */
+  resumedFromDir?: string;
+  retry: StorageRetry;
+  /** Throws when this attempt may no longer commit (its lease was taken over). */
+  assertMayCommit: () => Promise<void>;
+  records: AttemptRecorder;
+  onCommitted: (step: number) => void;
+}
+
+export class CheckpointUploader {
+  private queue: Promise<void> = Promise.resolve();
+  /** The first failure: later checkpoints are not committed, and the attempt fails with it. */
+  error: unknown;
+
+  constructor(private readonly o: CheckpointUploaderOptions) {}
+
+  /** Queues the commit of checkpoint `step` (the job wrote it to `dir`). */
+  add(step: number, dir: string): void {
+    this.queue = this.queue.then(async () => {
+      if (this.error) return;
+      try {
+        await this.commit(step, dir);
+      } catch (err) {
+        this.error = err;
+      }
+    });
+  }
+
+  /** Resolves when every queued checkpoint is committed (or failed). */
+  drain(): Promise<void> {
+    return this.queue;
+  }
+
+  private async commit(step: number, dir: string): Promise<void> {
+    const { store, artifactPrefix, retry } = this.o;
+    await this.o.assertMayCommit();
+    // Object storage may be away for a while (restart, network): keep trying, the job trains on.
+    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir));
+    await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256 });
+    this.o.onCommitted(step);
+    await retry('checkpoint retention', () => pruneCheckpoints(store, artifactPrefix, this.o.keep));
+    // Locally only the newest committed checkpoint is worth keeping (and the one resumed from).
+    for (const entry of await readdir(this.o.checkpointDir)) {
+      const m = /^checkpoint-(\d+)$/.exec(entry);
+      const local = path.join(this.o.checkpointDir, entry);
+      if (m && Number(m[1]) < step && local !== this.o.resumedFromDir) await rm(local, { recursive: true, force: true });
+    }
+  }
+}
