@@ -11,13 +11,18 @@
  * one `attempt` event per attempt to the run's audit trail, carrying the chain's length and head:
  * from then on `audit verify` checks the attempt's records against the anchored head.
  */
-import { auditKey, makeRecord, verifyChain, type AuditEvent, type AuditRecord } from './audit-chain.js';
+import { makeRecord, verifyChain, type AuditEvent, type AuditRecord } from './audit-chain.js';
 import { layout } from './layout.js';
 import type { ObjectStore } from './object-store.js';
 
 export type AttemptRecordType = 'attempt-started' | 'checkpoint-committed' | 'checkpoint-skipped' | 'contract-violation' | 'attempt-ended';
 
 export type AttemptOutcome = 'completed' | 'failed' | 'cancelled' | 'reused';
+
+/** The key of record `seq` of the attempt whose records live under `prefix` (layout.attemptRecords). */
+export function attemptRecordKey(prefix: string, seq: number): string {
+  return `${prefix}/${String(seq).padStart(6, '0')}.json`;
+}
 
 /** Appends records of one attempt, in order, each linked to the one before. Never throws: see `error`. */
 export class AttemptRecorder {
@@ -44,7 +49,7 @@ export class AttemptRecorder {
       if (this.error) return;
       const record = makeRecord(this.seq + 1, this.prevHash, event);
       try {
-        await this.retry(`attempt record ${type}`, () => this.store.putJson(auditKey(this.prefix, record.seq), record));
+        await this.retry(`attempt record ${type}`, () => this.store.putJson(attemptRecordKey(this.prefix, record.seq), record));
         this.seq = record.seq;
         this.prevHash = record.hash;
       } catch (err) {

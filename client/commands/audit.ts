@@ -2,12 +2,14 @@
  * `audit` and `audit verify`: a run's audit trail read from object storage alone (invariant 8).
  *
  *   showAudit   the run manifest (who, when, spec and dataset hashes, versions) and every event
- *   verifyRun   the hash chain against the head recorded at run end, every artifact and input
+ *   verifyRun   the hash chain against the head recorded at run end, each attempt's own records
+ *               against their anchor in the chain, every artifact and input
  *               re-hashed, run.json and status.json checked against the chain, no secret stored
  *
  * Also the shared reader (`readRun`) that `report` and `logs` build on.
  */
 import { auditKey, verifyChain, type AuditEvent, type AuditRecord } from '../../storage/audit-chain.js';
+import { attemptRecordKey, readAttemptRecords, summarizeAttempt } from '../../storage/attempt-records.js';
 import { readCommitted, verifyCommitted } from '../../storage/commit.js';
 import { layout, segment } from '../../storage/layout.js';
 import { ObjectStore } from '../../storage/object-store.js';
@@ -230,6 +232,19 @@ export function describeEvent(e: AuditEvent): string {
       return join([`attempt ${f.attempt}`, f.host ? `on ${f.host}` : '', oneLine(f.reason)]);
     case 'checkpoint-committed':
       return `step ${f.step} (attempt ${f.attempt})`;
+    case 'attempt': {
+      const cps = (f.checkpoints as number[] | undefined) ?? [];
+      const skipped = (f.skippedCheckpoints as { step: number }[] | undefined) ?? [];
+      return join([
+        `attempt ${f.attempt} ${f.outcome}`,
+        f.host ? `on ${f.host}` : '',
+        f.resumedFromStep ? `resumed from step ${f.resumedFromStep}` : '',
+        cps.length ? `checkpoints ${cps.length > 6 ? `${cps.slice(0, 3).join(', ')}, …, ${cps.slice(-2).join(', ')}` : cps.join(', ')}` : '',
+        skipped.length ? `skipped corrupt ${skipped.map((c) => c.step).join(', ')}` : '',
+        f.contractViolations ? `${f.contractViolations} contract violations` : '',
+        f.reason ? oneLine(f.reason) : '',
+      ]);
+    }
     case 'stage-completed':
     case 'stage-reused': {
       const art = f.artifact as { uri?: string; manifestSha256?: string } | undefined;
@@ -287,7 +302,9 @@ export interface VerifyResult {
   problems: string[];
   /** What could not be checked (a run still in progress), not failures. */
   warnings: string[];
-  checked: { events: number; artifacts: number; inputs: number; files: number; secretScan: number };
+  checked: { events: number; artifacts: number; inputs: number; files: number; secretScan: number; attemptRecords: number };
+  /** Every attempt the trail anchors, with the checkpoints its own records say it committed. */
+  attempts: { stage: string; attempt: number; outcome: string; host: string | null; checkpoints: number[] }[];
   verdict: string;
   exitCode: 0 | 1;
 }
@@ -308,9 +325,12 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
   const run = await readRun({ ...opts, store });
   const problems: string[] = [...run.readProblems];
   const warnings: string[] = [];
-  const checked = { events: run.records.length, artifacts: 0, inputs: 0, files: 0, secretScan: 0 };
+  const checked = { events: run.records.length, artifacts: 0, inputs: 0, files: 0, secretScan: 0, attemptRecords: 0 };
+  const attempts: VerifyResult['attempts'] = [];
   const events = run.records.map((r) => r.event);
   const first = (type: string) => events.find((e) => e.type === type);
+  const secrets = secretsFrom(opts.env ?? process.env, store);
+  const pendingScans: { key: string; bytes: Buffer }[] = [];
 
   // 1. The hash chain, and its end against the head recorded in status.json.
   if (run.records.length === 0) problems.push(`no audit trail: ${store.uri(`${run.runKey}/audit/`)} is empty`);
@@ -327,6 +347,35 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
   if (run.records.length > 0) problems.push(...verifyChain(run.records, head));
   if (run.status && finished && finished.state !== run.status.state) {
     problems.push(`status.json says the run ${run.status.state}, the audit trail says ${String(finished.state)}`);
+  }
+
+  // 1b. Each attempt's own records (storage/attempt-records.ts) against the length and head the
+  // trail anchored when the stage ended: a killed attempt's checkpoints are listed too.
+  const anchored = new Set<string>();
+  for (const e of events) {
+    if (e.type !== 'attempt') continue;
+    const stage = String(e.stage);
+    const attempt = Number(e.attempt);
+    const anchor = (e.records ?? {}) as { count?: number; head?: string | null };
+    const prefix = layout.attemptRecords(run.prefix, run.runId, stage, attempt);
+    anchored.add(prefix);
+    const records = await readAttemptRecords(store, prefix);
+    checked.attemptRecords += records.length;
+    const what = `attempt ${attempt} of stage ${stage}`;
+    for (const p of verifyChain(records)) problems.push(`${what}: ${p}`);
+    if (records.length !== anchor.count || (records.at(-1)?.hash ?? null) !== (anchor.head ?? null)) {
+      problems.push(`${what}: ${records.length} records ending ${short(records.at(-1)?.hash ?? 'nowhere')}, but the trail anchored ${anchor.count} ending ${short(anchor.head ?? 'nowhere')} (records added, removed or replaced)`);
+    }
+    const summary = summarizeAttempt(attempt, records);
+    attempts.push({ stage, attempt, outcome: summary.outcome, host: summary.host, checkpoints: summary.checkpoints });
+    for (const r of records) pendingScans.push({ key: attemptRecordKey(prefix, r.seq), bytes: Buffer.from(JSON.stringify(r)) });
+  }
+  for (const { key } of await store.list(`${run.runKey}/attempts/`, true)) {
+    const m = /^(.*\/attempt-\d+)\/\d{6}\.json$/.exec(key);
+    if (!m || anchored.has(m[1]!)) continue;
+    anchored.add(m[1]!);
+    if (run.status) problems.push(`${store.uri(m[1]!)}: attempt records the trail does not anchor`);
+    else warnings.push(`${store.uri(m[1]!)}: an attempt still in progress (its records are anchored when its stage ends)`);
   }
 
   // 2. run.json against the chain (run.json itself is not hash-chained).
@@ -418,13 +467,13 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
   }
 
   // 4. No secret in anything the run wrote about itself (invariant 6).
-  const secrets = secretsFrom(opts.env ?? process.env, store);
   const logKeys = (await store.list(`${run.runKey}/logs/`)).map((o) => o.key);
   const scan = async (key: string, bytes: Buffer) => {
     checked.secretScan++;
     for (const s of secrets) if (bytes.includes(s.value)) problems.push(`${store.uri(key)} contains the ${s.name} (a secret must never be stored)`);
   };
   for (const { key, bytes } of run.raw) await scan(key, bytes);
+  for (const { key, bytes } of pendingScans) await scan(key, bytes);
   for (const key of logKeys) {
     const bytes = await store.getBytes(key);
     if (bytes) await scan(key, bytes);
@@ -432,13 +481,14 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
 
   const ok = problems.length === 0;
   const verdict = ok
-    ? `OK: run ${run.runId} — ${checked.events} events chained${head ? ' to the head recorded at run end' : ''}; ${checked.artifacts} artifacts and ${checked.inputs} inputs re-hashed (${checked.files} files); run.json matches the trail; no secrets in ${checked.secretScan} objects`
+    ? `OK: run ${run.runId} — ${checked.events} events chained${head ? ' to the head recorded at run end' : ''}; ${attempts.length} attempts' records (${checked.attemptRecords}) match their anchors; ${checked.artifacts} artifacts and ${checked.inputs} inputs re-hashed (${checked.files} files); run.json matches the trail; no secrets in ${checked.secretScan} objects`
     : `FAILED: run ${run.runId} — ${problems.length} problem${problems.length === 1 ? '' : 's'}`;
-  return { runId: run.runId, prefix: run.prefix, ok, problems, warnings, checked, verdict, exitCode: ok ? 0 : 1 };
+  return { runId: run.runId, prefix: run.prefix, ok, problems, warnings, checked, attempts, verdict, exitCode: ok ? 0 : 1 };
 }
 
 export function renderVerify(v: VerifyResult): string {
-  return [...v.problems.map((p) => `problem: ${p}`), ...v.warnings.map((w) => `warning: ${w}`), v.verdict].join('\n');
+  const attempts = v.attempts.map((a) => `attempt ${a.attempt} of ${a.stage}: ${a.outcome}${a.host ? ` on ${a.host}` : ''}; checkpoints committed: ${a.checkpoints.length ? a.checkpoints.join(', ') : 'none'}`);
+  return [...attempts, ...v.problems.map((p) => `problem: ${p}`), ...v.warnings.map((w) => `warning: ${w}`), v.verdict].join('\n');
 }
 
 /** s3://bucket/key → key; a location in another bucket is a problem (one store, one bucket). */

@@ -3,23 +3,21 @@
  * SIGKILL mid-stage and another taking over from the last committed checkpoint; a cancelled run
  * leaving no process behind; a stalled job killed and retried.
  */
-import { mkdtemp } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { execa, type ResultPromise } from 'execa';
+import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Client } from '@temporalio/client';
 import { startRun } from '../../client/commands/run.js';
 import { runStatus } from '../../client/commands/manage.js';
 import { listCommittedSteps } from '../../storage/checkpoints.js';
-import { jobsPython, REPO_ROOT } from '../../worker/config.js';
-import { startTestWorkers, testClient, testJobCommand, testStackEnv, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { jobsPython } from '../../worker/config.js';
+import { startTestWorkers, testClient, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { killSpawnedWorkers, spawnTrainingWorker, until } from '../helpers/processes.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
 let control: TestWorkers;
 let client: Client;
 let closeClient: () => Promise<void>;
-const spawned: ResultPromise[] = [];
 
 beforeAll(async () => {
   useTestStackEnv();
@@ -28,35 +26,10 @@ beforeAll(async () => {
   ({ client, close: closeClient } = await testClient());
 });
 afterAll(async () => {
-  for (const p of spawned) p.kill('SIGKILL');
+  killSpawnedWorkers();
   await closeClient?.();
   await control?.shutdown();
 });
-
-/** A training worker as its own OS process (so it can be killed with SIGKILL), on `queue`. */
-async function spawnTrainingWorker(queue: string): Promise<{ proc: ResultPromise; scratch: string }> {
-  const scratch = await mkdtemp(path.join(tmpdir(), 'refinery-worker-proc-'));
-  const proc = execa(path.join(REPO_ROOT, 'bin', 'refinery'), ['worker', '--no-control', '--queue', queue, '--scratch', scratch], {
-    env: {
-      ...testStackEnv(),
-      REFINERY_JOB_COMMAND: JSON.stringify(testJobCommand()('sft')),
-    },
-    reject: false,
-    stdio: 'ignore',
-  });
-  spawned.push(proc);
-  return { proc, scratch };
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 60_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
-}
 
 function alive(pid: number): boolean {
   try {
