@@ -212,8 +212,6 @@ export function createTrainingActivities(deps: TrainingDeps) {
       const eventsOut = createWriteStream(eventsFile, { flags: 'a' });
       // A full scratch disk fails the job (it cannot write its checkpoint), never the worker process.
       eventsOut.on('error', (err) => log.warn('cannot write the job events file', { file: eventsFile, error: String(err) }));
-      // Flushed to the bucket while the job runs: a killed worker loses at most the last interval.
-      const shippers = [logFile, eventsFile].map((file, i) => startLogShipping({ store, file, key: i === 0 ? logKey : eventsKey, intervalMs: deps.logFlushMs }));
 
       const uploader = new CheckpointUploader({
         store,
@@ -233,6 +231,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
       let contractViolations = 0;
       const metrics: Record<string, number | null> = {};
       const gpuLease = await deps.gpus.acquire(stage.gpus, stop.signal);
+      // Flushed to the bucket while the job runs: a killed worker loses at most the last interval.
+      const shippers = [logFile, eventsFile].map((file, i) => startLogShipping({ store, file, key: i === 0 ? logKey : eventsKey, intervalMs: deps.logFlushMs }));
       let result;
       try {
         result = await runJobProcess({

@@ -370,12 +370,22 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
     attempts.push({ stage, attempt, outcome: summary.outcome, host: summary.host, checkpoints: summary.checkpoints });
     for (const r of records) pendingScans.push({ key: attemptRecordKey(prefix, r.seq), bytes: Buffer.from(JSON.stringify(r)) });
   }
+  // Records the trail does not anchor: an attempt still running; or a run started on workflow code
+  // from before attempts were anchored (the history-v2 patch) whose attempts ran on newer workers.
+  const anchorsAttempts = events.some((e) => e.type === 'attempt');
   for (const { key } of await store.list(`${run.runKey}/attempts/`, true)) {
-    const m = /^(.*\/attempt-\d+)\/\d{6}\.json$/.exec(key);
+    const m = /^(.*\/(attempts\/([^/]+)\/attempt-(\d+)))\/\d{6}\.json$/.exec(key);
     if (!m || anchored.has(m[1]!)) continue;
     anchored.add(m[1]!);
-    if (run.status) problems.push(`${store.uri(m[1]!)}: attempt records the trail does not anchor`);
-    else warnings.push(`${store.uri(m[1]!)}: an attempt still in progress (its records are anchored when its stage ends)`);
+    const records = await readAttemptRecords(store, m[1]!);
+    const summary = summarizeAttempt(Number(m[4]), records);
+    const what = `attempt ${summary.attempt} of stage ${m[3]}`;
+    for (const p of summary.problems) problems.push(`${what}: ${p}`);
+    attempts.push({ stage: m[3]!, attempt: summary.attempt, outcome: summary.outcome, host: summary.host, checkpoints: summary.checkpoints });
+    for (const r of records) pendingScans.push({ key: attemptRecordKey(m[1]!, r.seq), bytes: Buffer.from(JSON.stringify(r)) });
+    if (!run.status) warnings.push(`${what}: still in progress (its records are anchored in the trail when its stage ends)`);
+    else if (anchorsAttempts) problems.push(`${store.uri(m[1]!)}: attempt records the trail does not anchor`);
+    else warnings.push(`${what}: the run's workflow code predates anchored attempts; its records were checked for consistency only`);
   }
 
   // 2. run.json against the chain (run.json itself is not hash-chained).

@@ -1,9 +1,13 @@
 /**
  * `logs`: the job output a run stored in the bucket, `logs/<stage>/attempt-N.log` (or with
- * `events`, the contract events beside it), in stage order then attempt order. With `follow`,
- * polls for new attempts and grown objects until the run's status.json appears.
+ * `events`, the contract events beside it), in stage order then attempt order. An attempt still
+ * running, or killed, has only the parts its worker flushed so far (storage/job-logs.ts reads
+ * both). With `follow`, polls for new attempts and new bytes until the run's status.json appears
+ * and every attempt's whole object is there (or the run has been closed for `closeGraceMs`:
+ * a killed attempt never gets one).
  */
-import type { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
+import { JobLogTail, listJobLogs } from '../../storage/job-logs.js';
 import { layout, segment } from '../../storage/layout.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { CliError } from '../errors.js';
@@ -21,6 +25,11 @@ export interface LogsOptions extends RunRef {
   pollMs?: number;
   /** With `follow`, how long to wait for a run that has not appeared yet (default 60 s). */
   appearTimeoutMs?: number;
+  /**
+   * With `follow`, how long after the run closed to keep waiting for attempts that have only
+   * parts (a cancelled attempt still uploading its log; a killed one never will). Default 30 s.
+   */
+  closeGraceMs?: number;
   /** Stops following. */
   signal?: AbortSignal;
   /** Receives each new piece of a log, in order. */
@@ -41,6 +50,8 @@ export interface LogFile {
   attempt: number;
   uri: string;
   bytes: number;
+  /** The whole object is stored (false: only the parts flushed while the attempt ran). */
+  complete: boolean;
 }
 
 export interface LogsResult {
@@ -50,8 +61,6 @@ export interface LogsResult {
   finished: boolean;
   exitCode: 0;
 }
-
-const LOG_RE = /\/logs\/([^/]+)\/attempt-(\d+)\.(log|events\.jsonl)$/;
 
 export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
   const prefix = checkRunRef(opts.runId, opts.prefix);
@@ -68,7 +77,7 @@ export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
   const store = opts.store ?? new ObjectStore();
   const runKey = layout.run(prefix, opts.runId);
   const pollMs = opts.pollMs ?? 2000;
-  const suffix = opts.events ? 'events.jsonl' : 'log';
+  const kind = opts.events ? 'events' : 'log';
 
   // The run must exist (or, when following, appear soon): a mistyped id is an error, not silence.
   const appearDeadline = Date.now() + (opts.appearTimeoutMs ?? 60_000);
@@ -90,48 +99,65 @@ export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
     return i < 0 ? order.length : i;
   };
 
-  const printed = new Map<string, number>();
+  const tails = new Map<string, { tail: JobLogTail; decoder: StringDecoder }>();
   const files = new Map<string, LogFile>();
   let finished = false;
+  let closedSince: number | undefined;
   for (;;) {
     // Look for status.json before listing: a final listing after the run ends misses nothing.
-    finished = await store.exists(`${runKey}/status.json`);
+    const closed = await runClosedAt(store, `${runKey}/status.json`);
+    finished = closed !== undefined;
+    if (finished) closedSince = Math.min(closedSince ?? Date.now(), closed ?? Infinity);
     // A run followed from its very start is prepared (run.json, with the stage order) a moment later.
     if (order.length === 0) order = ((await store.getJson<RunManifest>(`${runKey}/run.json`).catch(ignoreBadJson))?.plan?.stages ?? []).map((s) => s.id);
-    const objects = (await store.list(`${runKey}/logs/`))
-      .map((o) => ({ ...o, m: LOG_RE.exec(o.key) }))
-      .filter((o) => o.m && o.m[3] === suffix)
-      .map((o) => ({ key: o.key, size: o.size, stage: o.m![1]!, attempt: Number(o.m![2]) }))
-      .filter((o) => (opts.stage === undefined || o.stage === opts.stage) && (opts.attempt === undefined || o.attempt === opts.attempt))
+    const refs = (await listJobLogs(store, runKey, { stage: opts.stage, kind }))
+      .filter((r) => opts.attempt === undefined || r.attempt === opts.attempt)
       .sort((a, b) => rank(a.stage) - rank(b.stage) || a.stage.localeCompare(b.stage) || a.attempt - b.attempt);
-    for (const o of objects) {
-      const uri = store.uri(o.key);
-      files.set(o.key, { stage: o.stage, attempt: o.attempt, uri, bytes: o.size });
-      const done = printed.get(o.key);
-      if (done !== undefined && o.size <= done) continue;
-      const from = done ?? 0;
-      const text = from === 0 ? ((await store.getBytes(o.key)) ?? Buffer.alloc(0)) : await readFrom(store, o.key, from);
-      printed.set(o.key, from + text.length);
-      opts.onChunk?.({ stage: o.stage, attempt: o.attempt, uri, first: done === undefined, text: text.toString('utf8') });
+    let allComplete = true;
+    for (const r of refs) {
+      const uri = store.uri(r.key);
+      let t = tails.get(r.key);
+      const first = t === undefined;
+      if (!t) {
+        t = { tail: new JobLogTail(store, r.key), decoder: new StringDecoder('utf8') };
+        tails.set(r.key, t);
+      }
+      if (!t.tail.complete) {
+        const bytes = await t.tail.read({ complete: r.complete, size: r.size });
+        // The last piece of a complete object also flushes a character split across pieces.
+        const text = t.decoder.write(bytes) + (t.tail.complete ? t.decoder.end() : '');
+        if (first || text.length > 0) opts.onChunk?.({ stage: r.stage, attempt: r.attempt, uri, first, text });
+      }
+      if (!t.tail.complete) allComplete = false;
+      files.set(r.key, { stage: r.stage, attempt: r.attempt, uri, bytes: t.tail.offset, complete: t.tail.complete });
     }
-    if (!opts.follow || finished || opts.signal?.aborted) break;
+    if (!opts.follow || opts.signal?.aborted) break;
+    if (finished && (allComplete || Date.now() - closedSince! >= (opts.closeGraceMs ?? 30_000))) break;
     await sleep(pollMs, opts.signal);
   }
   return { runId: opts.runId, files: [...files.values()], finished, exitCode: 0 };
+}
+
+/**
+ * When the run closed (status.json's finishedAt; now when it has none); undefined while it
+ * has no status.json. A status.json that is not JSON still means the run closed.
+ */
+async function runClosedAt(store: ObjectStore, key: string): Promise<number | undefined> {
+  try {
+    const status = await store.getJson<{ finishedAt?: unknown }>(key);
+    if (status === undefined) return undefined;
+    const at = typeof status.finishedAt === 'string' ? Date.parse(status.finishedAt) : NaN;
+    return Number.isFinite(at) ? at : Date.now();
+  } catch (err) {
+    if (err instanceof SyntaxError) return Date.now();
+    throw err;
+  }
 }
 
 /** A run.json that is not JSON only costs the stage order; `audit verify` reports it. */
 function ignoreBadJson(err: unknown): undefined {
   if (err instanceof SyntaxError) return undefined;
   throw err;
-}
-
-/** The bytes of an object from `offset` on (an object that grew since the last look). */
-async function readFrom(store: ObjectStore, key: string, offset: number): Promise<Buffer> {
-  const stream = (await store.client.getPartialObject(store.bucket, key, offset)) as Readable;
-  const chunks: Buffer[] = [];
-  for await (const c of stream) chunks.push(c as Buffer);
-  return Buffer.concat(chunks);
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

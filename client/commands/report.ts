@@ -7,6 +7,7 @@
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { AuditRecord } from '../../storage/audit-chain.js';
+import { listJobLogs, readJobLog } from '../../storage/job-logs.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { CliError } from '../errors.js';
 import { COLORS, PALETTE, esc, formatDuration, lineChart, timeline, type Marker, type Series, type TimelineBar, type TimelineRow } from '../report/svg.js';
@@ -114,32 +115,38 @@ export async function buildReport(opts: ReportOptions): Promise<{ html: string; 
   return { html, data, charts };
 }
 
-/** Every `attempt-N.events.jsonl` of the run, by stage and attempt. */
+/**
+ * Every `attempt-N.events.jsonl` of the run, by stage and attempt: the whole object, or for an
+ * attempt still running or killed, the parts its worker flushed (its curve up to the last flush).
+ */
 async function readJobEvents(store: ObjectStore, runKey: string): Promise<Map<string, Map<number, JobEventLine[]>>> {
   const out = new Map<string, Map<number, JobEventLine[]>>();
-  const keys = (await store.list(`${runKey}/logs/`)).map((o) => o.key);
+  const refs = await listJobLogs(store, runKey, { kind: 'events' });
   await Promise.all(
-    keys.map(async (key) => {
-      const m = /\/logs\/([^/]+)\/attempt-(\d+)\.events\.jsonl$/.exec(key);
-      if (!m) return;
-      const bytes = await store.getBytes(key);
+    refs.map(async (ref) => {
+      const bytes = await readJobLog(store, ref.key);
       if (!bytes) return;
-      const lines: JobEventLine[] = [];
-      for (const line of bytes.toString('utf8').split('\n')) {
-        if (!line.trim()) continue;
-        try {
-          const ev = JSON.parse(line) as JobEventLine;
-          if (ev && typeof ev === 'object' && typeof ev.event === 'string') lines.push(ev);
-        } catch {
-          // a torn last line of a killed attempt: skip it
-        }
-      }
-      const byAttempt = out.get(m[1]!) ?? new Map<number, JobEventLine[]>();
-      byAttempt.set(Number(m[2]), lines);
-      out.set(m[1]!, byAttempt);
+      const byAttempt = out.get(ref.stage) ?? new Map<number, JobEventLine[]>();
+      byAttempt.set(ref.attempt, parseJobEventLines(bytes.toString('utf8')));
+      out.set(ref.stage, byAttempt);
     }),
   );
   return out;
+}
+
+/** The lines of an events file that are job events; a torn last line (a killed attempt) is skipped. */
+export function parseJobEventLines(text: string): JobEventLine[] {
+  const lines: JobEventLine[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      const ev = JSON.parse(line) as JobEventLine;
+      if (ev && typeof ev === 'object' && typeof ev.event === 'string') lines.push(ev);
+    } catch {
+      // a torn last line of a killed attempt: skip it
+    }
+  }
+  return lines;
 }
 
 const time = (at: unknown): number | undefined => {
