@@ -52,11 +52,13 @@ export class CheckpointUploader {
 
   private async commit(step: number, dir: string): Promise<void> {
     const { store, artifactPrefix, retry } = this.o;
-    await this.o.assertMayCommit();
     // Object storage may be away for a while (restart, network): keep trying, the job trains on.
-    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir));
+    // Fenced: the marker is written only while this attempt holds the stage lease.
+    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit }));
     await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256 });
     this.o.onCommitted(step);
+    // Fenced too: an attempt that lost its lease must not prune the new holder's checkpoints.
+    await this.o.assertMayCommit();
     await retry('checkpoint retention', () => pruneCheckpoints(store, artifactPrefix, this.o.keep));
     // Locally only the newest committed checkpoint is worth keeping (and the one resumed from).
     for (const entry of await readdir(this.o.checkpointDir)) {

@@ -296,15 +296,15 @@ export function createTrainingActivities(deps: TrainingDeps) {
       if (stage.kind === 'gguf') Object.assign(finalMetrics, await checkGgufExport(dirs.output));
 
       progress.update({ phase: 'committing' });
-      await lease.assertHeld();
       const artifact = await retry('commit of the output', () =>
-        commitDirectory(store, dirs.output, layout.output(input.artifactPrefix), {
-          stage: stage.id,
-          kind: stage.kind,
-          cacheKey: input.cacheKey,
-          metrics: finalMetrics,
-          runId: input.runId,
-        }),
+        commitDirectory(
+          store,
+          dirs.output,
+          layout.output(input.artifactPrefix),
+          { stage: stage.id, kind: stage.kind, cacheKey: input.cacheKey, metrics: finalMetrics, runId: input.runId },
+          // Fenced: the marker is written only while this attempt holds the stage lease.
+          { beforeCommit: () => lease.assertHeld() },
+        ),
       );
       const p = progress.progress;
       return {

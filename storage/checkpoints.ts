@@ -4,7 +4,7 @@
  */
 import { rm } from 'node:fs/promises';
 import path from 'node:path';
-import { commitDirectory, downloadCommitted, IntegrityError, readCommitted, type CommittedArtifact } from './commit.js';
+import { commitDirectory, downloadCommitted, IntegrityError, readCommitted, type CommitOptions, type CommittedArtifact } from './commit.js';
 import { layout } from './layout.js';
 import type { ObjectStore } from './object-store.js';
 
@@ -15,8 +15,8 @@ export interface CheckpointRestore {
   skipped: { step: number; reason: string }[];
 }
 
-export async function commitCheckpoint(store: ObjectStore, artifactPrefix: string, step: number, localDir: string): Promise<CommittedArtifact> {
-  return commitDirectory(store, localDir, layout.checkpoint(artifactPrefix, step), { step });
+export async function commitCheckpoint(store: ObjectStore, artifactPrefix: string, step: number, localDir: string, options: Pick<CommitOptions, 'beforeCommit'> = {}): Promise<CommittedArtifact> {
+  return commitDirectory(store, localDir, layout.checkpoint(artifactPrefix, step), { step }, options);
 }
 
 /** Steps that have a commit marker, newest first. */

@@ -68,6 +68,11 @@ export interface CommitOptions {
    * large file's upload. A file that no longer matches fails the commit.
    */
   knownSha256?: ReadonlyMap<string, string>;
+  /**
+   * Called after the files and the manifest are up, right before the commit marker: a fencing
+   * check (the stage lease) that may throw to leave the commit unmade.
+   */
+  beforeCommit?: () => Promise<void>;
   /** Files in flight (default 8). */
   concurrency?: number;
   /** Stops taking new files and parts; the commit then throws the signal's reason. */
@@ -157,6 +162,7 @@ export async function commitDirectory(
   const manifestBytes = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
   const manifestSha256 = sha256(manifestBytes);
   await store.putBytes(`${prefix}/${MANIFEST}`, manifestBytes, 'application/json');
+  await options.beforeCommit?.();
   await store.putJson(`${prefix}/${MARKER}`, { manifestSha256 });
   return { prefix, uri: store.uri(prefix), manifestSha256, manifest };
 }

@@ -64,15 +64,16 @@ export interface LeaseRecord {
 export type LeaseStore = Pick<ObjectStore, 'putIfAbsent' | 'putIfMatch' | 'getWithEtag'>;
 
 export interface LeaseWaitInfo {
-  holder: LeaseHolder;
-  acquiredAt: string;
-  renewedAt: string;
+  /** Absent (with acquiredAt/renewedAt) only when the lease object is not a lease record this code can read. */
+  holder?: LeaseHolder;
+  acquiredAt?: string;
+  renewedAt?: string;
   ttlMs: number;
   /** How long this waiter has seen the lease's current ETag unchanged. */
   unchangedForMs: number;
   /** When, at the earliest, this waiter will take it over if it stays unchanged. */
   staleInMs: number;
-  /** "run X attempt N on host H (pid P)". */
+  /** "run X stage S attempt N on host H (pid P)". */
   description: string;
 }
 
@@ -172,7 +173,7 @@ export async function acquireOrWait(store: LeaseStore, artifactPrefix: string, h
     signal?.throwIfAborted();
     const cur = await store.getWithEtag(key);
     let take: { etag?: string; tookOver?: LeaseTakeover } | undefined;
-    let waitingOn: LeaseRecord | undefined;
+    let waitingOn: LeaseRecord | 'unreadable' | undefined;
     let unchangedForMs = 0;
     let staleAfterMs = ttlMs;
     if (!cur) take = {};
@@ -185,9 +186,10 @@ export async function acquireOrWait(store: LeaseStore, artifactPrefix: string, h
       staleAfterMs = rec?.ttlMs ?? ttlMs;
       if (!rec) {
         if (unchangedForMs > staleAfterMs) take = { etag: cur.etag, tookOver: { reason: 'unreadable' } };
+        else waitingOn = 'unreadable';
       } else if (rec.releasedAt !== undefined) {
         take = { etag: cur.etag, tookOver: { reason: 'released', holder: rec.holder } };
-      } else if (rec.holder.runId === holder.runId && rec.holder.stageId === holder.stageId && rec.holder.attempt > holder.attempt) {
+      } else if (rec.holder.runId === holder.runId && rec.holder.stageId === holder.stageId && rec.holder.attempt !== holder.attempt) {
         if (rec.holder.attempt > holder.attempt) throw new LeaseSupersededError(key, rec.holder);
         take = { etag: cur.etag, tookOver: { reason: 'earlier-attempt', holder: rec.holder } };
       } else if (unchangedForMs > staleAfterMs) {
@@ -218,15 +220,20 @@ export async function acquireOrWait(store: LeaseStore, artifactPrefix: string, h
 
     if (await options.isDone()) return { kind: 'done' };
     if (waitingOn && options.onWait) {
-      await options.onWait({
-        holder: waitingOn.holder,
-        acquiredAt: waitingOn.acquiredAt,
-        renewedAt: waitingOn.renewedAt,
-        ttlMs: waitingOn.ttlMs,
-        unchangedForMs,
-        staleInMs: Math.max(0, staleAfterMs - unchangedForMs),
-        description: describeHolder(waitingOn.holder),
-      });
+      const staleInMs = Math.max(0, staleAfterMs - unchangedForMs);
+      await options.onWait(
+        waitingOn === 'unreadable'
+          ? { ttlMs: staleAfterMs, unchangedForMs, staleInMs, description: `an unreadable lease record at ${key}` }
+          : {
+              holder: waitingOn.holder,
+              acquiredAt: waitingOn.acquiredAt,
+              renewedAt: waitingOn.renewedAt,
+              ttlMs: waitingOn.ttlMs,
+              unchangedForMs,
+              staleInMs,
+              description: describeHolder(waitingOn.holder),
+            },
+      );
     }
     try {
       await sleep(pollMs, undefined, { signal });
@@ -312,7 +319,8 @@ export class StageLease {
     }
     if (this.renewTimer) return;
     this.armExpiry();
-    this.scheduleRenew(this.ttlMs / 3);
+    // The first renewal is due ttl/3 after the last confirmed write (at once if started late).
+    this.scheduleRenew(Math.max(0, this.confirmedAt + this.ttlMs / 3 - performance.now()));
   }
 
   /** Stops the timers without touching the lease object (it goes stale after ttl). */

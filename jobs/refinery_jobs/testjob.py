@@ -20,6 +20,8 @@ Fault injection (params):
   checkpoint_bytes B each checkpoint-N/ also holds weights.bin, B random bytes (written before
                      trainer_state.json), so that checkpoint writes and uploads take real time and space
                      (faults/run.ts: object-store outages mid-upload, a full scratch disk)
+  bad_event_at_step N  at step N also write a line that breaks the contract (not JSON) to the events fd;
+                     the worker must count and record it, and the job goes on
   dump_env           write the job's environment to output_dir/env.json (secret-leak tests: the worker
                      must not pass REFINERY_S3_* or other credentials to a job)
 """
@@ -53,6 +55,7 @@ SPEC = JobSpec(
         "child_pid_file": Param(str, None),
         "checkpoint_bytes": Param(int, 0, min=0, max=1 << 31),
         "dump_env": Param(bool, False),
+        "bad_event_at_step": Param(int, None, min=1),
     },
 )
 
@@ -120,6 +123,8 @@ class TestJob:
                 self.events.error(JobError(CATEGORY_BY_CODE.get(code, "runtime"),
                                            f"testjob: injected failure at step {step}"))
                 os._exit(code)
+            if p["bad_event_at_step"] == step:
+                os.write(self.events.fd, b"this line is not a contract event\n")
             self.events.progress(step, self.total, loss=self.loss(step), metrics={"steps_per_second":
                                                                                    1.0 / max(p["step_seconds"], 1e-3)})
             if self.save_steps and (step % self.save_steps == 0 or step == self.total):
