@@ -1,10 +1,10 @@
 /**
  * A deploy in the middle of a run (invariant 10): a run started on a control worker running the
- * previous workflow bundle (test/fixtures/histories/workflow-bundle-<commit>.js, the code before
- * the `history-v2` patch) is training when that worker is shut down; a worker with today's bundle
+ * previous workflow bundle (test/fixtures/histories/2d6c2d30db45/workflow-bundle.js, the code
+ * before the `history-v2` patch) is training when that worker is shut down; a worker with today's bundle
  * picks the run up — replaying the old code's history — and it finishes through an approval gate.
  */
-import { readdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { NativeConnection } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
@@ -20,7 +20,8 @@ import { stack, startTestWorkers, testClient, testJobCommand, testStore, useTest
 import { until } from '../helpers/processes.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
-const FIXTURES = path.join(REPO_ROOT, 'test', 'fixtures', 'histories');
+/** The workflow code from before the history-v2 patch, as its workers ran it. */
+const PREVIOUS_BUNDLE = path.join(REPO_ROOT, 'test', 'fixtures', 'histories', '2d6c2d30db45', 'workflow-bundle.js');
 let training: TestWorkers;
 let client: Client;
 let closeClient: () => Promise<void>;
@@ -79,9 +80,7 @@ function patchIds(history: Awaited<ReturnType<ReturnType<Client['workflow']['get
 
 describe('deploying new workflow code under a running run', () => {
   it('a run started on the previous bundle finishes on the new one', async () => {
-    const previous = (await readdir(FIXTURES)).find((f) => /^workflow-bundle-[0-9a-f]+\.js$/.test(f));
-    expect(previous).toBeDefined();
-    const old = await controlWorker({ code: await readFile(path.join(FIXTURES, previous!), 'utf8') });
+    const old = await controlWorker({ code: await readFile(PREVIOUS_BUNDLE, 'utf8') });
     const { file } = await writeTestSpec({
       name: 'deploy-test',
       storage: { prefix: 'it-deploy' },

@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { Worker } from '@temporalio/worker';
 import { Context } from '@temporalio/activity';
-import { CancelledFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { WorkflowFailedError } from '@temporalio/client';
 import { parseSpec } from '../../spec/load.js';
 import { planPipeline } from '../../spec/plan.js';
@@ -46,6 +46,8 @@ function plan(stages: Record<string, unknown>[]): PipelinePlan {
 interface Calls {
   events: string[];
   audit?: string[];
+  /** An audit batch holding an event of this type fails for good (the trail breaks there). */
+  failAuditAt?: string;
   cached: Set<string>;
   jobMs: number;
 }
@@ -64,6 +66,17 @@ function activities(calls: Calls) {
     async appendAuditEvent(input: { seq: number; event: { type: string } }) {
       (calls.audit ??= []).push(input.event.type);
       return { seq: input.seq, hash: `h${input.seq}` };
+    },
+    async appendAuditEvents(input: { firstSeq: number; events: { type: string }[] }) {
+      if (calls.failAuditAt && input.events.some((e) => e.type === calls.failAuditAt)) {
+        throw ApplicationFailure.nonRetryable('the bucket refused the write', 'AuditWriteRefused');
+      }
+      (calls.audit ??= []).push(...input.events.map((e) => e.type));
+      const seq = input.firstSeq + input.events.length - 1;
+      return { seq, hash: `h${seq}` };
+    },
+    async summarizeStageAttempts() {
+      return [];
     },
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
       const id = input.stage.id;
@@ -89,7 +102,14 @@ async function withWorkers<T>(calls: Calls, fn: () => Promise<T>): Promise<T> {
     connection: env.nativeConnection,
     taskQueue: CONTROL_TASK_QUEUE,
     workflowBundle: await workflowBundle(),
-    activities: { prepareRun: acts.prepareRun, resolveStageCache: acts.resolveStageCache, finishRun: acts.finishRun, appendAuditEvent: acts.appendAuditEvent },
+    activities: {
+      prepareRun: acts.prepareRun,
+      resolveStageCache: acts.resolveStageCache,
+      finishRun: acts.finishRun,
+      appendAuditEvent: acts.appendAuditEvent,
+      appendAuditEvents: acts.appendAuditEvents,
+      summarizeStageAttempts: acts.summarizeStageAttempts,
+    },
   });
   const gpu = await Worker.create({ connection: env.nativeConnection, taskQueue: 'refinery-gpu', activities: { runStageJob: acts.runStageJob } });
   return gpu.runUntil(control.runUntil(fn()));
@@ -180,6 +200,18 @@ describe('pipeline workflow logic (time-skipping server)', () => {
     expect(calls.events).toContain('cancelled:a');
     expect(status.state).toBe('cancelled');
     expect(status.stages.map((s) => s.state)).toEqual(['cancelled', 'skipped']);
+  });
+});
+
+describe('audit trail failures are not swallowed', () => {
+  it('an audit append that fails for good shows in status; the run still finishes', async () => {
+    const calls: Calls = { events: [], cached: new Set(), jobMs: 10, failAuditAt: 'stage-completed' };
+    const p = plan([{ id: 'a', kind: 'sft', dataset: 'd' }, { id: 'm', kind: 'merge', from: 'a' }]);
+    const result = await withWorkers(calls, async () => (await start(p, 'audit-broken')).result());
+    expect(result.status.state).toBe('completed');
+    expect(result.status.auditError).toMatch(/audit trail incomplete after event \d+: the bucket refused the write/);
+    // Nothing is written past the gap: the chain would not verify anyway.
+    expect(calls.audit).not.toContain('run-finished');
   });
 });
 

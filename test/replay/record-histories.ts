@@ -3,8 +3,11 @@
  * tree, on a private Temporal dev server + MinIO, with the contract test job standing in for
  * training. test/replay/replay.test.ts replays every fixture against the current workflow code.
  *
- *   npx tsx test/replay/record-histories.ts            # all scenarios → test/fixtures/histories/
- *   npx tsx test/replay/record-histories.ts --bundle   # also keep this code's workflow bundle
+ *   npx tsx test/replay/record-histories.ts --bundle   # all scenarios → test/fixtures/histories/<commit>/
+ *   npx tsx test/replay/record-histories.ts --only retried   # one scenario
+ *
+ * Commit first: the folder is named after HEAD, and `--bundle` keeps that code's workflow bundle
+ * beside the histories (the deploy test starts runs on it).
  *
  * Re-record only on purpose (docs/operations.md): fixtures made by the code under test replay
  * trivially; the point is to replay histories that *older* code made.
@@ -213,7 +216,8 @@ const scenarios: { name: string; description: string; run: () => Promise<string>
 
 let failed = false;
 try {
-  await mkdir(FIXTURES_DIR, { recursive: true });
+  const out = path.join(FIXTURES_DIR, commit);
+  await mkdir(out, { recursive: true });
   for (const scenario of scenarios) {
     if (flags.only && flags.only !== scenario.name) continue;
     const started = Date.now();
@@ -227,11 +231,11 @@ try {
       fixture.workflows.push({ workflowId, history: JSON.parse(json.toString('utf8')) });
     }
     const events = fixture.workflows.map((w) => `${w.workflowId}: ${(w.history as { events: unknown[] }).events.length}`).join(', ');
-    await writeFile(path.join(FIXTURES_DIR, `${scenario.name}.json`), JSON.stringify(fixture) + '\n');
+    await writeFile(path.join(out, `${scenario.name}.json`), JSON.stringify(fixture) + '\n');
     console.log(`[record] ${scenario.name} (${((Date.now() - started) / 1000).toFixed(1)} s): ${events}`);
   }
   if (flags.bundle) {
-    const file = path.join(FIXTURES_DIR, `workflow-bundle-${commit}.js`);
+    const file = path.join(out, 'workflow-bundle.js');
     await writeFile(file, workflowBundle.code);
     console.log(`[record] workflow bundle of ${commit} → ${path.relative(REPO_ROOT, file)}`);
   }

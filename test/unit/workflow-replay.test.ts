@@ -18,9 +18,15 @@ try {
 }
 const quiet = { log: () => undefined, trace: () => undefined, debug: () => undefined, info: () => undefined, warn: () => undefined, error: () => undefined };
 
+/** One recording set per folder, named after the commit whose workflow code made it. */
 async function fixtures(): Promise<HistoryFixture[]> {
-  const files = (await readdir(FIXTURES)).filter((f) => f.endsWith('.json')).sort();
-  return Promise.all(files.map(async (f) => JSON.parse(await readFile(path.join(FIXTURES, f), 'utf8')) as HistoryFixture));
+  const out: HistoryFixture[] = [];
+  for (const set of (await readdir(FIXTURES, { withFileTypes: true })).filter((d) => d.isDirectory()).map((d) => d.name).sort()) {
+    for (const f of (await readdir(path.join(FIXTURES, set))).filter((f) => f.endsWith('.json')).sort()) {
+      out.push(JSON.parse(await readFile(path.join(FIXTURES, set, f), 'utf8')) as HistoryFixture);
+    }
+  }
+  return out;
 }
 
 async function replayAll(bundle: WorkflowBundle, all: HistoryFixture[]): Promise<{ workflowId: string; error?: Error }[]> {
@@ -38,10 +44,13 @@ beforeAll(async () => {
 });
 
 describe('recorded histories replay against the current workflow code', () => {
-  it('has the representative runs', () => {
-    expect(recorded.map((f) => f.scenario).sort()).toEqual(['cancelled', 'data-error', 'demo-approved', 'rejected', 'retried', 'reused', 'unchanged']);
+  it('has the representative runs in every recording set, the pre-patch code among them', () => {
+    const sets = new Map<string, string[]>();
+    for (const f of recorded) sets.set(f.codeCommit, [...(sets.get(f.codeCommit) ?? []), f.scenario]);
+    expect(sets.has('2d6c2d30db45')).toBe(true);
+    for (const scenarios of sets.values()) expect(scenarios.sort()).toEqual(['cancelled', 'data-error', 'demo-approved', 'rejected', 'retried', 'reused', 'unchanged']);
     // A pipeline history and its stages' child histories for each.
-    expect(recorded.find((f) => f.scenario === 'demo-approved')!.workflows.length).toBe(5);
+    for (const f of recorded.filter((x) => x.scenario === 'demo-approved')) expect(f.workflows.length).toBe(5);
   });
 
   it('replays every pipeline and stage history without a determinism error', async () => {
@@ -53,9 +62,11 @@ describe('recorded histories replay against the current workflow code', () => {
 
   it('catches a non-deterministic change', async () => {
     const bundle = await bundleWorkflowCode({ workflowsPath: path.join(REPO_ROOT, 'test', 'replay', 'nondeterministic-workflows.ts'), logger: quiet });
-    const results = await replayAll(bundle, recorded.filter((f) => f.scenario === 'demo-approved'));
-    const pipeline = results.find((r) => r.workflowId === 'replay-demo-approved')!;
-    expect(pipeline.error?.name).toBe('DeterminismViolationError');
+    const demos = recorded.filter((f) => f.scenario === 'demo-approved');
+    const results = await replayAll(bundle, demos);
+    const pipelines = results.filter((r) => r.workflowId === 'replay-demo-approved');
+    expect(pipelines).toHaveLength(demos.length);
+    for (const p of pipelines) expect(p.error?.name).toBe('DeterminismViolationError');
     // The stage workflows did not change: they still replay.
     expect(results.filter((r) => r.workflowId.includes('--')).every((r) => !r.error)).toBe(true);
   }, 120_000);
