@@ -394,8 +394,12 @@ export interface JobProgress {
 export async function jobAttempts(scratch: string, runId: string, stageId: string): Promise<JobProgress[]> {
   const stagesDir = path.join(scratch, 'stages');
   const out: JobProgress[] = [];
+  // <scratch>/stages/<cacheKey>/<runId>.<attempt>/ (one folder per attempt; removed when it ends)
+  const attemptDirs: { dir: string; cacheKey: string }[] = [];
   for (const cacheKey of await readdir(stagesDir).catch(() => [] as string[])) {
-    const dir = path.join(stagesDir, cacheKey);
+    for (const sub of await readdir(path.join(stagesDir, cacheKey)).catch(() => [] as string[])) attemptDirs.push({ dir: path.join(stagesDir, cacheKey, sub), cacheKey });
+  }
+  for (const { dir, cacheKey } of attemptDirs) {
     for (const f of await readdir(dir).catch(() => [] as string[])) {
       const m = /^job-config\.attempt-(\d+)\.json$/.exec(f);
       if (!m) continue;

@@ -31,6 +31,7 @@ import { readToolchain } from '../infra/stack.js';
 import { readRun, verifyRun } from '../client/commands/audit.js';
 import { startRun } from '../client/commands/run.js';
 import { runStatus } from '../client/commands/manage.js';
+import { listJobLogs, readJobLog } from '../storage/job-logs.js';
 import { verifyCommitted } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import type { ObjectStore } from '../storage/object-store.js';
@@ -624,7 +625,10 @@ async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promise<RunRe
   if (kind === 'corrupt-checkpoint' && expectResume !== undefined && fault.retried && fault.resumedFrom !== expectResume) {
     problems.push(`resumed from ${fault.resumedFrom ?? 'scratch'}, expected ${expectResume} (the newest checkpoint that verifies)`);
   }
-  const failures = events.filter((e) => e.type === 'attempt-failed' && e.stage === target).map((e) => String(e.reason));
+  // Failed attempts: `attempt` events (outcome failed) since the history-v2 patch, `attempt-failed` before.
+  const failures = events
+    .filter((e) => e.stage === target && (e.type === 'attempt-failed' || (e.type === 'attempt' && e.outcome === 'failed')))
+    .map((e) => String(e.reason));
   if (kind === 'scratch-full') {
     const clear = failures.find((r) => /No space left|ENOSPC/i.test(r));
     if (clear) fault.notes.push(`failure recorded: ${clear.split('\n')[0]!.slice(0, 160)}`);
@@ -694,12 +698,11 @@ async function attemptLogs(
   events: AuditRecord['event'][],
 ): Promise<Map<number, { started: boolean; resumedFrom: number | null; maxStep: number | null }>> {
   const out = new Map<number, { started: boolean; resumedFrom: number | null; maxStep: number | null }>();
-  const logs = await store.list(`${layout.run(prefix, runId)}/logs/${stageId}/`).catch(() => []);
-  for (const { key } of logs) {
-    const m = /attempt-(\d+)\.events\.jsonl$/.exec(key);
-    if (!m) continue;
+  // Whole events files, or the parts a killed attempt flushed before it died.
+  const logs = await listJobLogs(store, layout.run(prefix, runId), { stage: stageId, kind: 'events' }).catch(() => []);
+  for (const { key, attempt } of logs) {
     const info = { started: false, resumedFrom: null as number | null, maxStep: null as number | null };
-    const text = (await store.getBytes(key))?.toString('utf8') ?? '';
+    const text = (await readJobLog(store, key))?.toString('utf8') ?? '';
     for (const line of text.split('\n')) {
       if (!line.trim()) continue;
       try {
@@ -710,10 +713,10 @@ async function attemptLogs(
         // ignore
       }
     }
-    out.set(Number(m[1]), info);
+    out.set(attempt, info);
   }
   for (const e of events) {
-    if (e.type === 'attempt-started' && e.stage === stageId && typeof e.attempt === 'number' && !out.get(e.attempt)?.started) {
+    if ((e.type === 'attempt-started' || e.type === 'attempt') && e.stage === stageId && typeof e.attempt === 'number' && !out.get(e.attempt)?.started) {
       out.set(e.attempt, { started: true, resumedFrom: (e.resumedFromStep as number | null | undefined) ?? null, maxStep: null });
     }
   }

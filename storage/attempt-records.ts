@@ -76,6 +76,9 @@ export interface AttemptSummary {
   checkpoints: number[];
   skippedCheckpoints: { step: number; reason: string }[];
   contractViolations: number;
+  /** When its first record was written, and its `attempt-ended` record (or, for a lost one, its last). */
+  startedAt: string | null;
+  endedAt: string | null;
   /** The chain as read: its length and its last record's hash (what the run's trail anchors). */
   records: number;
   head: string | null;
@@ -104,6 +107,8 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
     checkpoints: [],
     skippedCheckpoints: [],
     contractViolations: 0,
+    startedAt: records[0]?.event.at ?? null,
+    endedAt: records.at(-1)?.event.at ?? null,
     records: records.length,
     head: records.at(-1)?.hash ?? null,
     problems: verifyChain(records),

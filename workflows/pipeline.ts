@@ -124,6 +124,8 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
           checkpoints: a.checkpoints,
           skippedCheckpoints: a.skippedCheckpoints,
           contractViolations: a.contractViolations,
+          startedAt: a.startedAt,
+          endedAt: a.endedAt,
           records: { count: a.records, head: a.head, problems: a.problems },
         });
       }
@@ -134,7 +136,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
     s.state = 'running';
     s.startedAt = new Date().toISOString();
     audit.append('stage-started', { stage: stage.id, kind: stage.kind });
-    let outcome: StageOutcome | undefined;
+    let outcome: StageOutcome;
     try {
       outcome = await executeChild(stageWorkflow, {
         workflowId: `${input.runId}--${stage.id}`,
@@ -153,11 +155,14 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
           },
         ],
       });
-    } finally {
-      // A cache hit ran no attempt; anything else (completed, failed, cancelled) did.
-      if (v2 && !(outcome?.reused && outcome.attempt === 0)) await recordAttempts(stage.id);
+    } catch (err) {
+      if (v2) await recordAttempts(stage.id); // a failed or cancelled stage ran attempts too
+      throw err;
     }
+    // The outcome first, so that `status` never shows a finished stage's step going back while the
+    // attempts are read; a cache hit ran no attempt.
     applyOutcome(s, outcome);
+    if (v2 && !(outcome.reused && outcome.attempt === 0)) await recordAttempts(stage.id);
 
     audit.append(outcome.reused ? 'stage-reused' : 'stage-completed', {
       stage: stage.id,

@@ -234,6 +234,22 @@ export function assemble(run: RunRecords, jobEvents: Map<string, Map<number, Job
       case 'checkpoint-committed':
         if (s && typeof f.step === 'number') s.checkpoints.push(f.step);
         break;
+      case 'attempt': {
+        // Runs since the history-v2 patch: one event per attempt, from the attempt's own records.
+        if (!s) break;
+        const a = attemptOf(s, Number(f.attempt));
+        const outcome = String(f.outcome);
+        Object.assign(a, {
+          start: time(f.startedAt as string | undefined) ?? a.start,
+          end: time(f.endedAt as string | undefined) ?? a.end ?? at,
+          host: (f.host as string | null) ?? a.host,
+          resumedFromStep: (f.resumedFromStep as number | null) ?? null,
+          outcome: outcome === 'completed' || outcome === 'reused' ? 'ok' : outcome === 'failed' || outcome === 'cancelled' || outcome === 'lost' ? outcome : 'unknown',
+          ...(f.reason ? { reason: String(f.reason) } : {}),
+        });
+        for (const step of (f.checkpoints as number[] | undefined) ?? []) s.checkpoints.push(step);
+        break;
+      }
       case 'stage-completed':
       case 'stage-reused': {
         if (!s) break;
