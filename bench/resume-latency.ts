@@ -102,8 +102,13 @@ interface JobEventLine {
 /** The contract events a worker logged for an attempt (its scratch copy, written as they arrive). */
 async function attemptEvents(scratch: string, attempt: number): Promise<JobEventLine[] | undefined> {
   const stages = path.join(scratch, 'stages');
+  // <scratch>/stages/<cacheKey>/<runId>.<attempt>/ — one folder per attempt.
+  const dirs: string[] = [];
   for (const key of await readdir(stages).catch(() => [] as string[])) {
-    const text = await readFile(path.join(stages, key, `job.attempt-${attempt}.events.jsonl`), 'utf8').catch(() => undefined);
+    for (const sub of await readdir(path.join(stages, key)).catch(() => [] as string[])) dirs.push(path.join(stages, key, sub));
+  }
+  for (const dir of dirs) {
+    const text = await readFile(path.join(dir, `job.attempt-${attempt}.events.jsonl`), 'utf8').catch(() => undefined);
     if (text === undefined) continue;
     return text.split('\n').filter((l) => l.trim()).flatMap((l) => {
       try {
