@@ -14,10 +14,8 @@
  *   - `logs --follow` ends once the run is closed (after the grace for the killed attempt, which
  *     never gets a whole object).
  */
-import { mkdtemp, readdir, readFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Client } from '@temporalio/client';
 import { streamLogs, type LogChunk } from '../../client/commands/logs.js';
@@ -25,8 +23,8 @@ import { buildReport, parseJobEventLines } from '../../client/commands/report.js
 import { startRun } from '../../client/commands/run.js';
 import { listJobLogParts, readJobLog } from '../../storage/job-logs.js';
 import { layout } from '../../storage/layout.js';
-import { REPO_ROOT } from '../../worker/config.js';
-import { startTestWorkers, testClient, testJobCommand, testStackEnv, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { startTestWorkers, testClient, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { killSpawnedWorkers, spawnTrainingWorker, until } from '../helpers/processes.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
 /** The activity's default flush interval (activities/log-shipper.ts DEFAULT_LOG_FLUSH_MS). */
@@ -37,7 +35,6 @@ const MAX_LAG_MS = 15_000;
 let control: TestWorkers;
 let client: Client;
 let closeClient: () => Promise<void>;
-const spawned: ResultPromise[] = [];
 
 beforeAll(async () => {
   useTestStackEnv();
@@ -45,32 +42,10 @@ beforeAll(async () => {
   ({ client, close: closeClient } = await testClient());
 });
 afterAll(async () => {
-  for (const p of spawned) p.kill('SIGKILL');
+  killSpawnedWorkers();
   await closeClient?.();
   await control?.shutdown();
 });
-
-/** Wrapped: a ResultPromise is a thenable, and awaiting it would wait for the worker to exit. */
-async function spawnTrainingWorker(queue: string): Promise<{ proc: ResultPromise; scratch: string }> {
-  const scratch = await mkdtemp(path.join(tmpdir(), 'refinery-worker-proc-'));
-  const proc = execa(path.join(REPO_ROOT, 'bin', 'refinery'), ['worker', '--no-control', '--queue', queue, '--scratch', scratch], {
-    env: { ...testStackEnv(), REFINERY_JOB_COMMAND: JSON.stringify(testJobCommand()('sft')) },
-    reject: false,
-    stdio: 'ignore',
-  });
-  spawned.push(proc);
-  return { proc, scratch };
-}
-
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 120_000): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 const progressSteps = (lines: { event: string; step?: number }[]) => lines.filter((l) => l.event === 'progress' && typeof l.step === 'number').map((l) => l.step!);
 
@@ -112,7 +87,7 @@ describe('live job logs', () => {
       const found = (await readdir(stages, { recursive: true })).find((f) => path.basename(f) === 'job.attempt-1.events.jsonl');
       const f = found && path.join(stages, found);
       return f && parseJobEventLines(await readFile(f, 'utf8')).some((l) => l.event === 'started') ? f : undefined;
-    });
+    }, 120_000, 250);
     const startedAt = Date.now();
 
     // While it trains (from 15 s in, when the first flushes must have happened): fresh events in the bucket.
