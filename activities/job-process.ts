@@ -42,7 +42,7 @@ export interface JobProcessResult {
 }
 
 /** Variables a job never inherits: credentials belong to the worker, not to user code. */
-const SECRET_ENV = /^(REFINERY_S3_|AWS_|MINIO_|TEMPORAL_TLS|REFINERY_CODEC_KEY|REFINERY_PAYLOAD_KEY)/;
+const SECRET_ENV = /^(REFINERY_S3_|AWS_|MINIO_|TEMPORAL_TLS|REFINERY_PAYLOAD_KEY)/;
 
 export function jobEnvironment(base: NodeJS.ProcessEnv, extra: Record<string, string>): Record<string, string> {
   const env: Record<string, string> = {};

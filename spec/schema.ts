@@ -1,7 +1,7 @@
 /**
  * The pipeline spec: the single source of truth. Types are inferred from it, the JSON Schema
- * (spec/pipeline.schema.json) and the field list in docs/spec.md are generated from it
- * (`npm run gen:schema`). Keep descriptions short: they become the docs.
+ * (spec/pipeline.schema.json) and the field list in docs/spec-fields.md are generated from it
+ * (`npm run gen:spec`). Keep descriptions short: they become the docs.
  */
 import { z } from 'zod';
 
@@ -30,7 +30,7 @@ export const DataPath = z
 
 export const Dataset = z.strictObject({
   path: DataPath.describe('JSONL file: local path (relative to the spec), s3://bucket/key, or s3://bucket/prefix/ (the newest object under it, chosen when a run starts)'),
-  format: DatasetFormat.describe('record format; see docs/datasets.md'),
+  format: DatasetFormat.describe('record format (README: "Stages and data formats")'),
 });
 export type Dataset = z.infer<typeof Dataset>;
 

@@ -23,8 +23,6 @@ export interface AuditRecord {
   hash: string;
 }
 
-export const GENESIS: null = null;
-
 export function auditKey(runPrefix: string, seq: number): string {
   return `${runPrefix}/audit/${String(seq).padStart(6, '0')}.json`;
 }

@@ -6,14 +6,11 @@
  * queue up and go out together in the next one, so the history grows with batches, not events.
  * Runs started earlier keep one activity per event (their recorded histories replay as before).
  */
-import { CancellationScope, proxyActivities } from '@temporalio/workflow';
-import type * as activities from '../activities/index.js';
+import { CancellationScope } from '@temporalio/workflow';
 import type { AuditEvent } from '../storage/audit-chain.js';
+import { audit } from './activities.js';
 
-const { appendAuditEvent, appendAuditEvents } = proxyActivities<ReturnType<typeof activities.createAuditActivities>>({
-  startToCloseTimeout: '1 minute',
-  retry: { maximumAttempts: 20, maximumInterval: '30s' },
-});
+const { appendAuditEvent, appendAuditEvents } = audit;
 
 export class AuditLog {
   private seq = 0;

@@ -8,22 +8,12 @@
  * live progress is in the training activity's heartbeat details, and each attempt's checkpoints are
  * in the attempt's own records in the bucket, anchored here once per attempt when the stage ends.
  */
-import {
-  allHandlersFinished,
-  ApplicationFailure,
-  CancellationScope,
-  condition,
-  executeChild,
-  isCancellation,
-  patched,
-  proxyActivities,
-  setHandler,
-  upsertSearchAttributes,
-} from '@temporalio/workflow';
-import type * as activities from '../activities/index.js';
+import { ApplicationFailure, CancellationScope, condition, executeChild, isCancellation, patched, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { PlannedStage } from '../spec/plan-types.js';
+import { audit as auditActivities, preparation } from './activities.js';
 import { AuditLog } from './audit-log.js';
 import { describeError, runInDependencyOrder, stageModelInputs } from './dag.js';
+import { closeRun } from './finish.js';
 import { evaluateMetricGate } from './gates.js';
 import { handleProgressSignals } from './legacy-progress.js';
 import { approvalUpdate, inputQuery, statusQuery } from './messages.js';
@@ -35,20 +25,6 @@ import { applyAttempts, applyOutcome, initialStatus, markFinished, stageOf } fro
 import type { ApprovalDecision, ArtifactRef, PipelineInput, PipelineResult, PipelineStatus, PreparedRun, StageOutcome } from './types.js';
 
 export type { PipelineResult } from './types.js';
-
-const control = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
-  // A multi-GB local base model or dataset is uploaded here: liveness is the heartbeat (prepareRun
-  // heartbeats while it hashes, validates and uploads), and a retry skips files already committed.
-  startToCloseTimeout: '12 hours',
-  heartbeatTimeout: '2 minutes',
-  // Control work only needs the object store: ride out an outage of several minutes.
-  retry: { maximumAttempts: 30, maximumInterval: '30s', nonRetryableErrorTypes: ['InputError'] },
-});
-
-const { summarizeStageAttempts } = proxyActivities<ReturnType<typeof activities.createAuditActivities>>({
-  startToCloseTimeout: '5 minutes',
-  retry: { maximumAttempts: 30, maximumInterval: '30s' },
-});
 
 export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<PipelineResult> {
   // Runs started before this patch keep their old behaviour on replay (workflows/patches.ts).
@@ -92,7 +68,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   const storagePrefix = plan.storage.prefix;
   let prepared: PreparedRun;
   try {
-    prepared = await control.prepareRun({ runId: input.runId, plan, requestedBy: input.requestedBy, resumeFrom: input.resumeFrom, scheduleId: input.scheduleId });
+    prepared = await preparation.prepareRun({ runId: input.runId, plan, requestedBy: input.requestedBy, resumeFrom: input.resumeFrom, scheduleId: input.scheduleId });
   } catch (err) {
     return finish(status, outcomes, err, storagePrefix, audit);
   }
@@ -111,7 +87,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   /** Anchors what each attempt recorded for itself in the run's trail: one event per attempt. */
   const recordAttempts = (stageId: string) =>
     CancellationScope.nonCancellable(async () => {
-      const attempts = await summarizeStageAttempts({ storagePrefix, runId: input.runId, stageId });
+      const attempts = await auditActivities.summarizeStageAttempts({ storagePrefix, runId: input.runId, stageId });
       applyAttempts(stageOf(status, stageId), attempts);
       for (const a of attempts) {
         audit.append('attempt', {
@@ -223,15 +199,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
 async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome>, err: unknown, storagePrefix: string, audit: AuditLog): Promise<PipelineResult> {
   const cancelled = err !== undefined && isCancellation(err);
   markFinished(status, err === undefined ? 'completed' : cancelled ? 'cancelled' : 'failed', err === undefined ? undefined : describeError(err));
-  await CancellationScope.nonCancellable(async () => {
-    upsertSearchAttributes({ [SEARCH_ATTRIBUTES.state]: [status.state] });
-    audit.append('run-finished', { state: status.state, error: status.error ?? null });
-    await audit.flush();
-    status.auditHead = audit.head;
-    if (audit.error) status.auditError = audit.error;
-    await control.finishRun({ runId: status.runId, status, storagePrefix });
-  });
-  await condition(allHandlersFinished);
+  await closeRun(status, audit, storagePrefix, () => audit.append('run-finished', { state: status.state, error: status.error ?? null }));
   if (cancelled) throw err;
   if (err !== undefined) {
     throw ApplicationFailure.nonRetryable(`run ${status.runId} failed: ${status.error}`, 'PipelineFailed', status);

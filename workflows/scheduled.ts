@@ -6,16 +6,10 @@
  * run: every stage skipped with a note, the status written next to the run, and the audit trail
  * naming the run it matched.
  */
-import { allHandlersFinished, CancellationScope, condition, proxyActivities, upsertSearchAttributes, workflowInfo } from '@temporalio/workflow';
-import type * as activities from '../activities/index.js';
+import { workflowInfo } from '@temporalio/workflow';
 import type { AuditLog } from './audit-log.js';
-import { SEARCH_ATTRIBUTES } from './search-attributes.js';
+import { closeRun } from './finish.js';
 import type { PipelineInput, PipelineResult, PipelineStatus, PreparedRun } from './types.js';
-
-const { finishRun } = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
-  startToCloseTimeout: '5 minutes',
-  retry: { maximumAttempts: 5 },
-});
 
 /** The run id: the one given, else (scheduled runs) the workflow id. */
 export function runIdOf(input: PipelineInput): string {
@@ -39,15 +33,9 @@ export async function finishUnchanged(status: PipelineStatus, previousRunId: str
   status.unchangedSince = previousRunId;
   const note = `not run: inputs unchanged since run ${previousRunId}`;
   for (const s of status.stages) Object.assign(s, { state: 'skipped', note });
-  await CancellationScope.nonCancellable(async () => {
-    upsertSearchAttributes({ [SEARCH_ATTRIBUTES.state]: ['unchanged'] });
+  await closeRun(status, audit, storagePrefix, () => {
     audit.append('run-unchanged', { previousRunId, fingerprint: status.fingerprint ?? null });
     audit.append('run-finished', { state: status.state, error: null });
-    await audit.flush();
-    status.auditHead = audit.head;
-    if (audit.error) status.auditError = audit.error;
-    await finishRun({ runId: status.runId, status, storagePrefix });
   });
-  await condition(allHandlersFinished);
   return { status, artifacts: {} };
 }

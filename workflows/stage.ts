@@ -4,13 +4,9 @@
  */
 import { ActivityCancellationType, proxyActivities } from '@temporalio/workflow';
 import type * as activities from '../activities/index.js';
+import { control } from './activities.js';
 import type { StageOutcome, StageWorkflowInput } from './types.js';
 
-const control = proxyActivities<ReturnType<typeof activities.createControlActivities>>({
-  startToCloseTimeout: '10 minutes',
-  // Control work only needs the object store: ride out an outage of several minutes.
-  retry: { maximumAttempts: 30, maximumInterval: '30s', nonRetryableErrorTypes: ['InputError'] },
-});
 
 export async function stageWorkflow(input: StageWorkflowInput): Promise<StageOutcome> {
   const { stage } = input;
