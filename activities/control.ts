@@ -19,6 +19,7 @@ import { commitDirectory, readCommitted, type CommitOptions, type CommitProgress
 import { layout } from '../storage/layout.js';
 import { canonicalJson } from '../storage/canonical-json.js';
 import { isNotFound, type ObjectStore } from '../storage/object-store.js';
+import { RunManifest, runManifestKey } from '../storage/run-manifest.js';
 import type { ArtifactRef, LastSuccess, ModelInputs, PipelineStatus, PreparedDataset, PreparedRun, StageCacheDecision } from '../workflows/types.js';
 import { isDatasetPrefix, pickNewestObject, runFingerprint } from './scheduled-inputs.js';
 
@@ -172,7 +173,7 @@ export function createControlActivities(deps: ControlDeps) {
       });
       const lastSuccess = await store.getJson<LastSuccess>(layout.lastSuccess(prefix, plan.name));
 
-      await store.putJson(`${layout.run(prefix, input.runId)}/run.json`, {
+      const manifest: RunManifest = {
         runId: input.runId,
         pipeline: plan.name,
         requestedBy: input.requestedBy,
@@ -187,7 +188,10 @@ export function createControlActivities(deps: ControlDeps) {
         versions: { code: deps.codeVersion, jobs: deps.jobsVersion, node: process.version },
         controlHost: hostname(),
         plan,
-      });
+      };
+      // Checked against the schema its readers parse with; written as built (the plan's key order kept).
+      RunManifest.parse(manifest);
+      await store.putJson(runManifestKey(layout.run(prefix, input.runId)), manifest);
       return { baseModel, datasets, jobsVersion: deps.jobsVersion, fingerprint, ...(lastSuccess ? { lastSuccess } : {}) };
     },
 

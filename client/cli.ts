@@ -38,7 +38,7 @@ program
   .argument('<spec>', 'pipeline spec (YAML or JSON)')
   .option('--id <runId>', 'run id (default: <pipeline>-<timestamp>-<random>)')
   .option('-w, --watch', 'show live progress until the run ends; exit code reflects the outcome')
-  .option('--resume-from <runId>', 'continue a failed or cancelled run: reuse its committed outputs and checkpoints')
+  .option('--resume-from <runId>', 'record that this run continues RUN (audit trail); reuse itself comes from the cache: unchanged stages are reused, interrupted ones resume from their checkpoints')
   .option('--force-stage <stageId...>', 'run these stages again even if a committed output matches')
   .option('--by <who>', 'who starts the run (default: $REFINERY_USER or the OS user)')
   .option('--json', 'machine-readable output')
@@ -173,7 +173,7 @@ program
     const { startCodecServer, DEFAULT_UI_ORIGINS } = await import('./commands/codec-server.js');
     const { AesGcmPayloadCodec } = await import('../codec/payload-codec.js');
     const { payloadKeysFromEnv } = await import('../codec/payload-keys.js');
-    const { temporalSettings } = await import('../worker/config.js');
+    const { temporalSettings } = await import('../config/temporal.js');
     const port = Number(opts.port);
     if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port "${opts.port}": expected a port number`);
     const keys = payloadKeysFromEnv();

@@ -1,7 +1,7 @@
 /** The Temporal client for CLI commands, with one clear line when the server is not there. */
 import { Client, Connection } from '@temporalio/client';
 import { dataConverterFromEnv } from '../codec/data-converter.js';
-import { temporalSettings } from '../worker/config.js';
+import { temporalSettings } from '../config/temporal.js';
 import { CliError } from './errors.js';
 
 export async function connectClient(): Promise<{ client: Client; close: () => Promise<void> }> {

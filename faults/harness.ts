@@ -23,7 +23,7 @@ import {
   type Toolchain,
 } from '../infra/stack.js';
 import { ObjectStore } from '../storage/object-store.js';
-import { REPO_ROOT } from '../worker/config.js';
+import { REPO_ROOT } from '../config/paths.js';
 import { createWorkers } from '../worker/create-workers.js';
 
 export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));

@@ -141,7 +141,7 @@ export const PipelineSpec = z.strictObject({
   base_model: DataPath.describe('Hugging Face model directory: local path or s3:// prefix'),
   storage: z
     .strictObject({
-      bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/).optional(),
+      bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/).optional().describe("must be the deployment's bucket ($REFINERY_BUCKET): checked before the run starts"),
       prefix: z.string().regex(/^[a-z0-9][a-z0-9/_-]{0,200}$/).refine((p) => !p.includes('//')).optional(),
     })
     .optional()

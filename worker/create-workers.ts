@@ -8,7 +8,9 @@ import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worke
 import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
-import { CONTROL_TASK_QUEUE, llamaCppToolEnv, REPO_ROOT } from './config.js';
+import { REPO_ROOT } from '../config/paths.js';
+import { CONTROL_TASK_QUEUE } from '../config/temporal.js';
+import { llamaCppToolEnv } from '../config/worker.js';
 import { GpuAllocator } from './gpu-allocator.js';
 import { codeVersion, jobsVersion } from './jobs-version.js';
 

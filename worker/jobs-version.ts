@@ -7,7 +7,7 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { execa } from 'execa';
 import { JOB_CONTRACT_VERSION } from '../activities/job-contract.js';
-import { REPO_ROOT } from './config.js';
+import { REPO_ROOT } from '../config/paths.js';
 
 export async function jobsVersion(jobsDir = path.join(REPO_ROOT, 'jobs')): Promise<string> {
   const hash = createHash('sha256').update(`contract:${JOB_CONTRACT_VERSION}\n`);

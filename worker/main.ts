@@ -10,7 +10,9 @@ import { dataConverterFromEnv } from '../codec/data-converter.js';
 import { DEFAULT_TASK_QUEUE } from '../spec/plan.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
-import { jobsPython, stateDir, temporalSettings, workerGpus } from './config.js';
+import { stateDir } from '../config/paths.js';
+import { temporalSettings } from '../config/temporal.js';
+import { jobsPython, workerGpus } from '../config/worker.js';
 import { createWorkers } from './create-workers.js';
 
 export interface RunWorkerOptions {

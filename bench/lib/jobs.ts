@@ -11,7 +11,8 @@ import { execa } from 'execa';
 import { EVENTS_FD, JOB_CONTRACT_VERSION, type JobConfig, type JobEvent } from '../../activities/job-contract.js';
 import { jobEnvironment, withParentDeathSignal } from '../../activities/job-process.js';
 import type { PlannedStage } from '../../spec/plan-types.js';
-import { jobsPython, REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
+import { jobsPython } from '../../config/worker.js';
 
 export const JOBS_CWD = path.join(REPO_ROOT, 'jobs');
 

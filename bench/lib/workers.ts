@@ -6,7 +6,8 @@ import { Client, Connection } from '@temporalio/client';
 import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type Worker, type WorkflowBundle } from '@temporalio/worker';
 import type { StageKind } from '../../spec/schema.js';
 import { ObjectStore } from '../../storage/object-store.js';
-import { jobsPython, REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
+import { jobsPython } from '../../config/worker.js';
 import { createWorkers } from '../../worker/create-workers.js';
 import type { BenchStack } from './stack.js';
 

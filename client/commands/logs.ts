@@ -11,7 +11,7 @@ import { JobLogTail, listJobLogs } from '../../storage/job-logs.js';
 import { layout, segment } from '../../storage/layout.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { CliError } from '../errors.js';
-import { checkRunRef, storeCall, type RunManifest, type RunRef } from './audit.js';
+import { checkRunRef, readManifest, runClosedAt, storeCall, type RunManifest, type RunRef } from '../run-records.js';
 
 export interface LogsOptions extends RunRef {
   stage?: string;
@@ -83,7 +83,7 @@ export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
   const appearDeadline = Date.now() + (opts.appearTimeoutMs ?? 60_000);
   let manifest: RunManifest | undefined;
   for (;;) {
-    manifest = await storeCall(store, () => store.getJson<RunManifest>(`${runKey}/run.json`).catch(ignoreBadJson));
+    manifest = await storeCall(store, () => readManifest(store, runKey));
     if (manifest || (await store.list(`${runKey}/`, false)).length > 0) break;
     if (!opts.follow || Date.now() > appearDeadline || opts.signal?.aborted) {
       throw new CliError(`no run "${opts.runId}" under ${store.uri(`${prefix}/runs/`)}`, 'pass --prefix with the spec\'s storage.prefix (the demo uses "demo")', 2);
@@ -105,11 +105,11 @@ export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
   let closedSince: number | undefined;
   for (;;) {
     // Look for status.json before listing: a final listing after the run ends misses nothing.
-    const closed = await runClosedAt(store, `${runKey}/status.json`);
+    const closed = await runClosedAt(store, runKey);
     finished = closed !== undefined;
     if (finished) closedSince = Math.min(closedSince ?? Date.now(), closed ?? Infinity);
     // A run followed from its very start is prepared (run.json, with the stage order) a moment later.
-    if (order.length === 0) order = ((await store.getJson<RunManifest>(`${runKey}/run.json`).catch(ignoreBadJson))?.plan?.stages ?? []).map((s) => s.id);
+    if (order.length === 0) order = ((await readManifest(store, runKey))?.plan?.stages ?? []).map((s) => s.id);
     const refs = (await listJobLogs(store, runKey, { stage: opts.stage, kind }))
       .filter((r) => opts.attempt === undefined || r.attempt === opts.attempt)
       .sort((a, b) => rank(a.stage) - rank(b.stage) || a.stage.localeCompare(b.stage) || a.attempt - b.attempt);
@@ -136,28 +136,6 @@ export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
     await sleep(pollMs, opts.signal);
   }
   return { runId: opts.runId, files: [...files.values()], finished, exitCode: 0 };
-}
-
-/**
- * When the run closed (status.json's finishedAt; now when it has none); undefined while it
- * has no status.json. A status.json that is not JSON still means the run closed.
- */
-async function runClosedAt(store: ObjectStore, key: string): Promise<number | undefined> {
-  try {
-    const status = await store.getJson<{ finishedAt?: unknown }>(key);
-    if (status === undefined) return undefined;
-    const at = typeof status.finishedAt === 'string' ? Date.parse(status.finishedAt) : NaN;
-    return Number.isFinite(at) ? at : Date.now();
-  } catch (err) {
-    if (err instanceof SyntaxError) return Date.now();
-    throw err;
-  }
-}
-
-/** A run.json that is not JSON only costs the stage order; `audit verify` reports it. */
-function ignoreBadJson(err: unknown): undefined {
-  if (err instanceof SyntaxError) return undefined;
-  throw err;
 }
 
 function sleep(ms: number, signal?: AbortSignal): Promise<void> {

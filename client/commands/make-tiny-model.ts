@@ -1,7 +1,8 @@
 /** `refinery make-tiny-model`: runs the Python model maker (no model hub needed). */
 import path from 'node:path';
 import { execa } from 'execa';
-import { jobsPython, REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
+import { jobsPython } from '../../config/worker.js';
 import { CliError } from '../errors.js';
 
 export async function makeTinyModel(opts: { out: string; data: string[]; seed: string }): Promise<string> {

@@ -3,7 +3,7 @@
  * of the old one except S and the stages downstream of it, which run again.
  */
 import type { Client } from '@temporalio/client';
-import { CONTROL_TASK_QUEUE } from '../../worker/config.js';
+import { CONTROL_TASK_QUEUE } from '../../config/temporal.js';
 import { inputQuery } from '../../workflows/messages.js';
 import { pipelineWorkflow } from '../../workflows/pipeline.js';
 import type { PipelinePlan } from '../../spec/plan-types.js';

@@ -4,7 +4,7 @@
  */
 import { userInfo } from 'node:os';
 import { WorkflowExecutionAlreadyStartedError, type Client, type WorkflowHandle } from '@temporalio/client';
-import { CONTROL_TASK_QUEUE } from '../../worker/config.js';
+import { CONTROL_TASK_QUEUE } from '../../config/temporal.js';
 import { pipelineWorkflow, type PipelineResult } from '../../workflows/pipeline.js';
 import type { PipelineStatus } from '../../workflows/types.js';
 import { statusQuery } from '../../workflows/messages.js';

@@ -12,7 +12,7 @@ import path from 'node:path';
 import { ScheduleAlreadyRunning, ScheduleNotFoundError, ScheduleOverlapPolicy, type Client, type ScheduleHandle, type ScheduleSpec } from '@temporalio/client';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import { parseDuration } from '../../spec/duration.js';
-import { CONTROL_TASK_QUEUE } from '../../worker/config.js';
+import { CONTROL_TASK_QUEUE } from '../../config/temporal.js';
 import { pipelineWorkflow } from '../../workflows/pipeline.js';
 import { SEARCH_ATTRIBUTES } from '../../workflows/search-attributes.js';
 import type { PipelineInput } from '../../workflows/types.js';

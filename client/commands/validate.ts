@@ -10,7 +10,7 @@ export interface ValidateResult {
   datasets: { name: string; path: string; rows: number | null }[];
 }
 
-export async function validateSpec(file: string): Promise<ValidateResult> {
+export async function validateSpec(file: string, options: { bucket?: string } = {}): Promise<ValidateResult> {
   const loaded = await loadSpecFile(file);
   const plan = planPipeline({ ...loaded, file });
   const problems: InputProblem[] = [];
@@ -42,6 +42,12 @@ export async function validateSpec(file: string): Promise<ValidateResult> {
   }
   if (!plan.baseModel.startsWith('s3://') && !(await stat(plan.baseModel).then((s) => s.isDirectory()).catch(() => false))) {
     problems.push({ file, line: loaded.lineOf(['base_model']), field: 'base_model', message: `${plan.baseModel} is not a directory (the demo builds one with "npx refinery make-tiny-model")` });
+  }
+  // One deployment serves one bucket (its workers' REFINERY_BUCKET): a spec may name it, to be
+  // sure where its artifacts go, but not another one.
+  const bucket = options.bucket ?? process.env.REFINERY_BUCKET ?? 'refinery';
+  if (plan.storage.bucket !== undefined && plan.storage.bucket !== bucket) {
+    problems.push({ file, line: loaded.lineOf(['storage', 'bucket']), field: 'storage.bucket', message: `"${plan.storage.bucket}" is not this deployment's bucket "${bucket}" (REFINERY_BUCKET); one deployment writes to one bucket` });
   }
   if (problems.length > 0) throw new InputError(problems);
   return { plan, datasets };

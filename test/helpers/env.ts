@@ -11,7 +11,8 @@ import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type Work
 import { inject } from 'vitest';
 import { ObjectStore } from '../../storage/object-store.js';
 import type { StageKind } from '../../spec/schema.js';
-import { jobsPython, REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
+import { jobsPython } from '../../config/worker.js';
 import { createWorkers } from '../../worker/create-workers.js';
 
 // Workers log state changes at INFO; tests only need warnings and errors.

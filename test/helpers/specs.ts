@@ -3,7 +3,7 @@ import { cp, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 
 /** `into`: rewrite the spec of an earlier call's folder (same base model and data). */
 export async function writeTestSpec(spec: Record<string, unknown>, into?: string): Promise<{ dir: string; file: string }> {

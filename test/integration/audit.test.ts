@@ -9,12 +9,13 @@ import { execa } from 'execa';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import type { Client } from '@temporalio/client';
 import { startRun } from '../../client/commands/run.js';
-import { renderAudit, showAudit, verifyRun } from '../../client/commands/audit.js';
+import { renderAudit, showAudit } from '../../client/audit/show.js';
+import { verifyRun } from '../../client/audit/verify.js';
 import { streamLogs, type LogChunk } from '../../client/commands/logs.js';
 import { CliError } from '../../client/errors.js';
 import { auditKey, type AuditRecord } from '../../storage/audit-chain.js';
 import type { ObjectStore } from '../../storage/object-store.js';
-import { REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 import { stack, startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
@@ -170,6 +171,15 @@ describe('refinery audit verify', () => {
     expect(v.exitCode).toBe(1);
     expect(v.problems).toContain('event 1: content does not match its hash (modified)');
     expect(v.problems).toContainEqual(expect.stringMatching(/^run\.json spec sha256 0{64} differs from the one recorded at run start/));
+  });
+
+  it('fails when run.json is not a run manifest (storage/run-manifest.ts), as when it is missing', async () => {
+    const manifest = (await store.getJson<Record<string, unknown>>(`${runKey}/run.json`))!;
+    await tamper(`${runKey}/run.json`, JSON.stringify({ ...manifest, requestedBy: 42 }));
+    const v = await verify();
+    expect(v.exitCode).toBe(1);
+    expect(v.problems).toContainEqual(expect.stringMatching(new RegExp(`^${store.uri(`${runKey}/run.json`).replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}: not a run manifest: requestedBy: `)));
+    expect(v.problems).toContain('run.json is missing, though the trail records run-prepared');
   });
 
   it('fails when the S3 secret key appears in status.json or a job log', async () => {

@@ -25,7 +25,7 @@ import { CliError } from '../../client/errors.js';
 import { InputError, type InputProblem } from '../../spec/errors.js';
 import { MAX_LINE_BYTES } from '../../spec/datasets.js';
 import type { ObjectStore } from '../../storage/object-store.js';
-import { REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 import { startTestWorkers, testClient, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 
 const FIXTURES = fileURLToPath(new URL('../fixtures/bad-input/', import.meta.url));
@@ -132,6 +132,7 @@ const CASES: Case[] = [
   { spec: 'traversal-dataset-s3.yaml', line: 9, field: 'stages[0].dataset.path', message: /without "\.\." segments/ },
   { spec: 'traversal-base-model.yaml', line: 3, field: 'base_model', message: /without "\.\." segments/ },
   { spec: 'traversal-dataset-name.yaml', line: 6, field: 'datasets.../x', message: /key/ },
+  { spec: 'other-bucket.yaml', line: 6, field: 'storage.bucket', message: /not this deployment's bucket "refinery-test"/ },
 ];
 
 describe('the bad-input corpus is refused before anything runs', () => {

@@ -5,7 +5,7 @@
 import path from 'node:path';
 import { execa } from 'execa';
 import { describe, expect, it } from 'vitest';
-import { REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 import { testStackEnv } from '../helpers/env.js';
 
 const BIN = path.join(REPO_ROOT, 'bin', 'refinery');

@@ -21,7 +21,7 @@ import { startCodecServer } from '../../client/commands/codec-server.js';
 import { dataConverterFromEnv } from '../../codec/data-converter.js';
 import { AesGcmPayloadCodec, ENCRYPTED_ENCODING, KEY_ID_METADATA } from '../../codec/payload-codec.js';
 import { payloadKeysFromEnv } from '../../codec/payload-keys.js';
-import { REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 import { stack, startTestWorkers, testClient, testJobCommand, testStackEnv, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 

@@ -12,7 +12,8 @@ import type { Client } from '@temporalio/client';
 import { parse, stringify } from 'yaml';
 import { startRun } from '../../client/commands/run.js';
 import { readCommitted, verifyCommitted } from '../../storage/commit.js';
-import { jobsPython, REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
+import { jobsPython } from '../../config/worker.js';
 import { startTestWorkers, testClient, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 
 let workers: TestWorkers;

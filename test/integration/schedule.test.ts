@@ -17,7 +17,7 @@ import { runStatus } from '../../client/commands/manage.js';
 import { verifyRun } from '../../client/commands/audit.js';
 import type { AuditRecord } from '../../storage/audit-chain.js';
 import type { ObjectStore } from '../../storage/object-store.js';
-import { REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 import type { pipelineWorkflow } from '../../workflows/pipeline.js';
 import { SEARCH_ATTRIBUTES } from '../../workflows/search-attributes.js';
 import type { LastSuccess, PipelineStatus } from '../../workflows/types.js';

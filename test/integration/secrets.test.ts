@@ -15,7 +15,7 @@ import type { Client } from '@temporalio/client';
 import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRun } from '../../client/commands/run.js';
-import { REPO_ROOT } from '../../worker/config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 import { stack, startTestWorkers, testClient, testJobCommand, testStackEnv, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 

@@ -10,7 +10,7 @@ import type { Client } from '@temporalio/client';
 import { startRun } from '../../client/commands/run.js';
 import { runStatus } from '../../client/commands/manage.js';
 import { listCommittedSteps } from '../../storage/checkpoints.js';
-import { jobsPython } from '../../worker/config.js';
+import { jobsPython } from '../../config/worker.js';
 import { startTestWorkers, testClient, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { killSpawnedWorkers, spawnTrainingWorker, until } from '../helpers/processes.js';
 import { writeTestSpec } from '../helpers/specs.js';

@@ -20,7 +20,7 @@ import { parseSpec } from '../../spec/load.js';
 import { planPipeline } from '../../spec/plan.js';
 import type { StageJobResult } from '../../workflows/types.js';
 import { GpuAllocator } from '../../worker/gpu-allocator.js';
-import { jobsPython } from '../../worker/config.js';
+import { jobsPython } from '../../config/worker.js';
 import { startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 

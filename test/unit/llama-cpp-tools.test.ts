@@ -1,11 +1,11 @@
-// Which llama.cpp tools a gguf job is given (worker/config.ts llamaCppToolEnv): the worker's own
+// Which llama.cpp tools a gguf job is given (config/worker.ts llamaCppToolEnv): the worker's own
 // REFINERY_LLAMA_CPP_CONVERT / REFINERY_LLAMA_QUANTIZE first, else what infra/bootstrap.sh recorded
 // in toolchain.json; nothing else from either place.
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { llamaCppToolEnv } from '../../worker/config.js';
+import { llamaCppToolEnv } from '../../config/worker.js';
 
 describe('llamaCppToolEnv', () => {
   let state: string;

@@ -10,7 +10,7 @@ import { Client, Connection } from '@temporalio/client';
 import { SearchAttributeType, defineSearchAttributeKey } from '@temporalio/common';
 import { execa } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { REPO_ROOT } from '../../infra/stack-config.js';
+import { REPO_ROOT } from '../../config/paths.js';
 import {
   REFINERY_SEARCH_ATTRIBUTES,
   StackError,

@@ -1,33 +1,8 @@
 /**
- * Worker and client settings from the environment (defaults match `refinery stack start`).
- * Credentials stay in the environment; nothing here is ever sent to Temporal.
+ * What a worker runs its jobs with: the jobs' Python, llama.cpp's tools for the gguf job, and the
+ * GPUs it owns. From the environment, falling back to what infra/bootstrap.sh recorded.
  */
-import { existsSync, readFileSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-/** Workflows and control activities. */
-export const CONTROL_TASK_QUEUE = 'refinery-control';
-
-export interface TemporalSettings {
-  address: string;
-  namespace: string;
-}
-
-export function temporalSettings(env: NodeJS.ProcessEnv = process.env): TemporalSettings {
-  return { address: env.TEMPORAL_ADDRESS || '127.0.0.1:7233', namespace: env.TEMPORAL_NAMESPACE || 'refinery' };
-}
-
-export function stateDir(env: NodeJS.ProcessEnv = process.env): string {
-  return path.resolve(env.REFINERY_STATE_DIR || path.join(REPO_ROOT, '.refinery'));
-}
-
-/** What infra/bootstrap.sh installed (<state dir>/toolchain.json), or undefined before it has run. */
-function recordedToolchain(env: NodeJS.ProcessEnv): Record<string, unknown> | undefined {
-  const toolchain = path.join(stateDir(env), 'toolchain.json');
-  return existsSync(toolchain) ? (JSON.parse(readFileSync(toolchain, 'utf8')) as Record<string, unknown>) : undefined;
-}
+import { recordedToolchain } from './toolchain.js';
 
 /** The Python that runs the jobs: $REFINERY_PYTHON, else the one infra/bootstrap.sh installed. */
 export function jobsPython(env: NodeJS.ProcessEnv = process.env): string {

@@ -17,26 +17,10 @@
  *
  * The stack manager only runs services on this machine, so both hosts must be local addresses.
  */
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
-
-/** Repository root (the folder above infra/). */
-export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-
-/** Search attributes Refinery's workflows use; registered on the namespace at every start. */
-export const REFINERY_SEARCH_ATTRIBUTES = {
-  RefineryPipeline: 'Keyword',
-  RefineryState: 'Keyword',
-  RefineryStage: 'Keyword',
-} as const satisfies Record<string, SearchAttributeType>;
-
-export type SearchAttributeType = 'Text' | 'Keyword' | 'Int' | 'Double' | 'Bool' | 'Datetime' | 'KeywordList';
-
-/** Thrown for every expected failure: `message` is one line that says what to do about it. */
-export class StackError extends Error {
-  override readonly name = 'StackError';
-}
+import { StackError } from './errors.js';
+import { stateDir } from './paths.js';
+import { DEFAULT_TEMPORAL_ADDRESS, DEFAULT_TEMPORAL_NAMESPACE } from './temporal.js';
 
 export interface StackConfig {
   /** Absolute path of the state folder. */
@@ -72,12 +56,12 @@ const port = (name: string) =>
 
 const EnvSchema = z.object({
   REFINERY_STATE_DIR: z.string().min(1).optional(),
-  TEMPORAL_ADDRESS: z.string().default('127.0.0.1:7233'),
+  TEMPORAL_ADDRESS: z.string().default(DEFAULT_TEMPORAL_ADDRESS),
   TEMPORAL_UI_PORT: port('TEMPORAL_UI_PORT').default(8233),
   TEMPORAL_NAMESPACE: z
     .string()
     .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{1,253}$/, 'TEMPORAL_NAMESPACE must be 2+ letters, digits, ".", "_" or "-"')
-    .default('refinery'),
+    .default(DEFAULT_TEMPORAL_NAMESPACE),
   REFINERY_S3_ENDPOINT: z.string().default('http://127.0.0.1:9000'),
   REFINERY_S3_CONSOLE_PORT: port('REFINERY_S3_CONSOLE_PORT').default(9001),
   REFINERY_S3_ACCESS_KEY: z.string().min(3, 'REFINERY_S3_ACCESS_KEY must be at least 3 characters').default('minioadmin'),
@@ -135,7 +119,7 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
   const s3Port = url.port ? Number(url.port) : 80;
 
   return {
-    stateDir: path.resolve(e.REFINERY_STATE_DIR ?? path.join(REPO_ROOT, '.refinery')),
+    stateDir: stateDir({ REFINERY_STATE_DIR: e.REFINERY_STATE_DIR }),
     temporal: {
       host: temporal.host,
       port: temporal.port,

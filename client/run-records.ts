@@ -1,0 +1,275 @@
+/**
+ * The one reader of what a run left in object storage besides artifacts, shared by `audit`,
+ * `audit verify`, `report` and `logs` (no Temporal):
+ *
+ *   readRun           run.json (parsed with storage/run-manifest.ts), status.json and the audit
+ *                     trail, with the raw bytes of each and every object that could not be read
+ *   readManifest      run.json alone (`logs` takes the stage order from it)
+ *   runClosedAt       when status.json says the run closed
+ *   readAttempts      the attempt records (storage/attempt-records.ts) the trail anchors, and those it does not
+ *   readJobEvents     every attempt's contract events (storage/job-logs.ts), by stage and attempt
+ *
+ * Also what every such command checks first: the run id and prefix (`checkRunRef`), and "cannot
+ * reach the store" as one line (`storeCall`).
+ */
+import type { AuditRecord } from '../storage/audit-chain.js';
+import { readAttemptRecords } from '../storage/attempt-records.js';
+import { listJobLogs, readJobLog } from '../storage/job-logs.js';
+import { layout, segment } from '../storage/layout.js';
+import { ObjectStore } from '../storage/object-store.js';
+import { RunManifest, runManifestKey } from '../storage/run-manifest.js';
+import type { PipelineStatus } from '../workflows/types.js';
+import { CliError } from './errors.js';
+
+export { RunManifest } from '../storage/run-manifest.js';
+
+export const DEFAULT_PREFIX = 'refinery';
+
+/** `<prefix>/runs/<runId>/status.json`, written when the run ends. */
+export type FinalStatus = PipelineStatus & { finishedAt?: string };
+
+export interface RunRecords {
+  runId: string;
+  prefix: string;
+  /** `<prefix>/runs/<runId>` */
+  runKey: string;
+  manifest?: RunManifest;
+  status?: FinalStatus;
+  /** Audit records in key order (readable ones only; see `readProblems`). */
+  records: AuditRecord[];
+  /** Objects that exist but cannot be read: not JSON, or a run.json its schema rejects. */
+  readProblems: string[];
+  /** Raw bytes of run.json, status.json and every audit record, for the secret scan. */
+  raw: { key: string; bytes: Buffer }[];
+}
+
+export interface RunRef {
+  runId: string;
+  /** Storage prefix (the spec's `storage.prefix`); default "refinery". */
+  prefix?: string;
+  store?: ObjectStore;
+}
+
+const PREFIX_RE = /^[a-z0-9][a-z0-9/_-]{0,200}$/;
+const READ_CONCURRENCY = 16;
+
+/** Checks the run id and prefix given on the command line; returns the normalised prefix. */
+export function checkRunRef(runId: string, prefix: string = DEFAULT_PREFIX): string {
+  const p = prefix.replace(/\/+$/, '');
+  if (!PREFIX_RE.test(p) || p.includes('//')) {
+    throw new CliError(`--prefix "${prefix}" is not a storage prefix`, 'use the spec\'s storage.prefix, e.g. "refinery" or "demo"', 2);
+  }
+  try {
+    segment(runId);
+  } catch {
+    throw new CliError(`"${runId}" is not a run id`, 'run ids are letters, digits, ".", "_" and "-" (see "refinery list")', 2);
+  }
+  return p;
+}
+
+/**
+ * A parsed run.json checked against its schema: the object as stored (key order, and fields newer
+ * than this reader, kept for `audit --json`), or the problem that makes it unreadable.
+ */
+function checkManifest(value: unknown, uri: string): { manifest?: RunManifest; problem?: string } {
+  const parsed = RunManifest.safeParse(value);
+  if (parsed.success) return { manifest: value as RunManifest };
+  const issue = parsed.error.issues[0]!;
+  const more = parsed.error.issues.length > 1 ? ` (and ${parsed.error.issues.length - 1} more)` : '';
+  return { problem: `${uri}: not a run manifest: ${issue.path.length ? `${issue.path.join('.')}: ` : ''}${issue.message}${more}` };
+}
+
+/** Everything a run left in the bucket besides artifacts and logs. Throws a CliError when there is no such run. */
+export async function readRun(ref: RunRef): Promise<RunRecords> {
+  const prefix = checkRunRef(ref.runId, ref.prefix);
+  const store = ref.store ?? new ObjectStore();
+  const runKey = layout.run(prefix, ref.runId);
+  const readProblems: string[] = [];
+  const raw: RunRecords['raw'] = [];
+
+  const readJson = async <T>(key: string): Promise<T | undefined> => {
+    const bytes = await store.getBytes(key);
+    if (!bytes) return undefined;
+    raw.push({ key, bytes });
+    try {
+      return JSON.parse(bytes.toString('utf8')) as T;
+    } catch {
+      readProblems.push(`${store.uri(key)}: not valid JSON`);
+      return undefined;
+    }
+  };
+  const readManifestJson = async (key: string): Promise<RunManifest | undefined> => {
+    const value = await readJson<unknown>(key);
+    if (value === undefined) return undefined;
+    const { manifest, problem } = checkManifest(value, store.uri(key));
+    if (problem) readProblems.push(problem);
+    return manifest;
+  };
+
+  const [manifest, status, auditKeys] = await storeCall(store, () =>
+    Promise.all([readManifestJson(runManifestKey(runKey)), readJson<FinalStatus>(`${runKey}/status.json`), store.list(`${runKey}/audit/`)]),
+  );
+  const keys = auditKeys
+    .map((o) => o.key)
+    .filter((k) => /\/audit\/\d+\.json$/.test(k))
+    .sort();
+  const records: (AuditRecord | undefined)[] = new Array(keys.length);
+  for (let i = 0; i < keys.length; i += READ_CONCURRENCY) {
+    await Promise.all(keys.slice(i, i + READ_CONCURRENCY).map(async (k, j) => (records[i + j] = await readJson<AuditRecord>(k))));
+  }
+  if (!manifest && !status && keys.length === 0 && !raw.length) {
+    const elsewhere = await findRunElsewhere(store, ref.runId, prefix);
+    throw new CliError(
+      `no run "${ref.runId}" under ${store.uri(`${prefix}/runs/`)}`,
+      elsewhere.length > 0 ? `it is under prefix "${elsewhere[0]}": pass --prefix ${elsewhere[0]}` : 'pass --prefix with the spec\'s storage.prefix (the demo uses "demo"); see "refinery list"',
+      2,
+    );
+  }
+  raw.sort((a, b) => (a.key < b.key ? -1 : 1));
+  return { runId: ref.runId, prefix, runKey, manifest, status, records: records.filter((r): r is AuditRecord => r !== undefined), readProblems, raw };
+}
+
+/**
+ * run.json alone; undefined when it is missing or unreadable (not JSON, or not a run manifest:
+ * `audit verify` reports that). Store errors propagate.
+ */
+export async function readManifest(store: ObjectStore, runKey: string): Promise<RunManifest | undefined> {
+  const value = await store.getJson<unknown>(runManifestKey(runKey)).catch(ignoreBadJson);
+  return value === undefined ? undefined : checkManifest(value, '').manifest;
+}
+
+/**
+ * When the run closed (status.json's finishedAt; now when it has none); undefined while it
+ * has no status.json. A status.json that is not JSON still means the run closed.
+ */
+export async function runClosedAt(store: ObjectStore, runKey: string): Promise<number | undefined> {
+  try {
+    const status = await store.getJson<{ finishedAt?: unknown }>(`${runKey}/status.json`);
+    if (status === undefined) return undefined;
+    const at = typeof status.finishedAt === 'string' ? Date.parse(status.finishedAt) : NaN;
+    return Number.isFinite(at) ? at : Date.now();
+  } catch (err) {
+    if (err instanceof SyntaxError) return Date.now();
+    throw err;
+  }
+}
+
+function ignoreBadJson(err: unknown): undefined {
+  if (err instanceof SyntaxError) return undefined;
+  throw err;
+}
+
+/** Top-level prefixes that hold a run with this id (for a helpful hint only). */
+async function findRunElsewhere(store: ObjectStore, runId: string, except: string): Promise<string[]> {
+  try {
+    const tops = (await store.list('', false)).map((o) => o.key.replace(/\/$/, '')).filter((p) => p && p !== except);
+    const found: string[] = [];
+    for (const p of tops) if ((await store.list(`${p}/runs/${runId}/`, false)).length > 0) found.push(p);
+    return found;
+  } catch {
+    return [];
+  }
+}
+
+/** Turns "cannot reach the store" into one line with a hint. */
+export async function storeCall<T>(store: ObjectStore, fn: () => Promise<T>): Promise<T> {
+  try {
+    return await fn();
+  } catch (err) {
+    const code = (err as { code?: string }).code;
+    if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH') {
+      throw new CliError(`cannot reach object storage at ${store.config.endPoint}:${store.config.port}`, 'start the local stack with "refinery stack start" or set REFINERY_S3_ENDPOINT');
+    }
+    if (code === 'NoSuchBucket') throw new CliError(`bucket "${store.bucket}" does not exist`, 'set REFINERY_BUCKET to the bucket your runs use');
+    throw err;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attempt records
+
+/** One attempt's own records, at `<runKey>/attempts/<stage>/attempt-N/`. */
+export interface AttemptRecordSet {
+  stage: string;
+  attempt: number;
+  /** Key prefix of the records. */
+  prefix: string;
+  records: AuditRecord[];
+}
+
+/** The records of one attempt of a stage (empty when it has none). */
+export async function readAttempt(store: ObjectStore, run: Pick<RunRecords, 'prefix' | 'runId'>, stage: string, attempt: number): Promise<AttemptRecordSet> {
+  const prefix = layout.attemptRecords(run.prefix, run.runId, stage, attempt);
+  return { stage, attempt, prefix, records: await readAttemptRecords(store, prefix) };
+}
+
+/**
+ * Every attempt that stored records under the run, except those whose prefix is in `except`
+ * (e.g. the ones the trail anchors, read already), in key order.
+ */
+export async function readOtherAttempts(store: ObjectStore, runKey: string, except: ReadonlySet<string>): Promise<AttemptRecordSet[]> {
+  const seen = new Set(except);
+  const out: AttemptRecordSet[] = [];
+  for (const { key } of await store.list(`${runKey}/attempts/`, true)) {
+    const m = /^(.*\/(attempts\/([^/]+)\/attempt-(\d+)))\/\d{6}\.json$/.exec(key);
+    if (!m || seen.has(m[1]!)) continue;
+    seen.add(m[1]!);
+    out.push({ stage: m[3]!, attempt: Number(m[4]), prefix: m[1]!, records: await readAttemptRecords(store, m[1]!) });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Job logs
+
+/** One line of `logs/<stage>/attempt-N.events.jsonl`: a job contract event plus `at` and `attempt`. */
+export interface JobEventLine {
+  at: string;
+  attempt: number;
+  event: string;
+  step?: number;
+  total_steps?: number | null;
+  loss?: number | null;
+  metrics?: Record<string, number | null>;
+  resumed_from_step?: number | null;
+  message?: string;
+}
+
+/**
+ * Every `attempt-N.events.jsonl` of the run, by stage and attempt: the whole object, or for an
+ * attempt still running or killed, the parts its worker flushed (its curve up to the last flush).
+ */
+export async function readJobEvents(store: ObjectStore, runKey: string): Promise<Map<string, Map<number, JobEventLine[]>>> {
+  const out = new Map<string, Map<number, JobEventLine[]>>();
+  const refs = await listJobLogs(store, runKey, { kind: 'events' });
+  await Promise.all(
+    refs.map(async (ref) => {
+      const bytes = await readJobLog(store, ref.key);
+      if (!bytes) return;
+      const byAttempt = out.get(ref.stage) ?? new Map<number, JobEventLine[]>();
+      byAttempt.set(ref.attempt, parseJobEventLines(bytes.toString('utf8')));
+      out.set(ref.stage, byAttempt);
+    }),
+  );
+  return out;
+}
+
+/** The lines of an events file that are job events; a torn last line (a killed attempt) is skipped. */
+export function parseJobEventLines(text: string): JobEventLine[] {
+  const lines: JobEventLine[] = [];
+  for (const line of text.split('\n')) {
+    if (!line.trim()) continue;
+    try {
+      const ev = JSON.parse(line) as JobEventLine;
+      if (ev && typeof ev === 'object' && typeof ev.event === 'string') lines.push(ev);
+    } catch {
+      // a torn last line of a killed attempt: skip it
+    }
+  }
+  return lines;
+}
+
+/** Keys of every object under the run's `logs/` (job output, events and their flushed parts). */
+export async function listRunLogKeys(store: ObjectStore, runKey: string): Promise<string[]> {
+  return (await store.list(`${runKey}/logs/`)).map((o) => o.key);
+}

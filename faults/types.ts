@@ -1,0 +1,88 @@
+/** What the fault suite is asked to do and what it reports (faults/run.ts runs it). */
+
+export const FAULT_KINDS = ['worker-kill', 'temporal-restart', 'minio-outage', 'corrupt-checkpoint', 'scratch-full', 'job-hang', 'cancel'] as const;
+export type FaultKind = (typeof FAULT_KINDS)[number];
+
+export interface SuiteOptions {
+  /** Trials per fault kind (default 8; --short: 1). */
+  trials?: number;
+  seed?: number;
+  short?: boolean;
+  kinds?: readonly FaultKind[];
+  /** MinIO downtime (default 30 s; --short 5 s). */
+  minioOutageMs?: number;
+  /** Keep the private stack's state dir (logs, db, objects) for inspection. */
+  keep?: boolean;
+  log?: (line: string) => void;
+}
+
+export interface FaultRecord {
+  kind: FaultKind;
+  stage: string;
+  /** The step the fault was aimed at (seeded). */
+  aimedAt: number;
+  /** What was done, in words. */
+  detail: string;
+  /** Last progress step of the attempt hit, when the fault struck. */
+  stepAtFault: number | null;
+  /** The furthest step any attempt reached before the one that resumed (work done after the fault counts as lost too). */
+  furthestStep: number | null;
+  /** The attempt hit. */
+  attemptAtFault: number | null;
+  /** The committed checkpoint the next attempt resumed from (null: from scratch), when there was one. */
+  resumedFrom: number | null;
+  /** Whether the stage needed another attempt. */
+  retried: boolean;
+  stepsLost: number | null;
+  /** The most steps this fault may cost. */
+  bound: number;
+  notes: string[];
+}
+
+export interface RunReport {
+  trial: number;
+  kind: FaultKind;
+  runId: string;
+  prefix: string;
+  expected: 'completed' | 'cancelled';
+  state: string;
+  fault: FaultRecord;
+  /** Stage outputs + inputs re-hashed by `audit verify`, plus committed checkpoints re-hashed. */
+  artifactsChecked: number;
+  artifactsFailed: string[];
+  auditProblems: string[];
+  duplicates: number;
+  /** Job processes left behind (pids). */
+  orphans: number[];
+  /** Invariant violations of this run, one line each. */
+  problems: string[];
+  durationMs: number;
+}
+
+export interface KindSummary {
+  kind: FaultKind;
+  runs: number;
+  finishedAsExpected: number;
+  artifactsChecked: number;
+  artifactsVerified: number;
+  maxStepsLost: number | null;
+  bound: number;
+  duplicates: number;
+  orphans: number;
+  problems: number;
+}
+
+export interface SuiteResult {
+  ok: boolean;
+  seed: number;
+  trials: number;
+  short: boolean;
+  runs: RunReport[];
+  byKind: KindSummary[];
+  /** Every invariant violation, prefixed with its run. */
+  problems: string[];
+  /** Kinds that could not run here, with why. */
+  skipped: { kind: FaultKind; reason: string }[];
+  table: string;
+  durationMs: number;
+}

@@ -1,0 +1,173 @@
+/**
+ * The MinIO server (`minio server`): start it detached, probe /minio/health/live, and create the
+ * bucket.
+ */
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { Client as MinioClient } from 'minio';
+import { StackError } from '../../config/errors.js';
+import { readToolchain } from '../../config/toolchain.js';
+import {
+  DEFAULT_TIMEOUT_MS,
+  POLL_MS,
+  assertExecutable,
+  assertPortsFree,
+  errorText,
+  formatHostPort,
+  launch,
+  sleep,
+  type Probe,
+  type ServiceHandle,
+} from './processes.js';
+
+export interface MinioHandle extends ServiceHandle {
+  readonly service: 'minio';
+  /** S3 endpoint URL, e.g. http://127.0.0.1:9000. */
+  readonly endpoint: string;
+  readonly host: string;
+  readonly port: number;
+  readonly consoleUrl: string;
+  readonly accessKey: string;
+  readonly secretKey: string;
+  readonly bucket: string | null;
+}
+
+/** GET /minio/health/live. Never throws. */
+export async function probeMinio(endpoint: string, timeoutMs = 3_000): Promise<Probe> {
+  try {
+    const response = await fetch(new URL('/minio/health/live', endpoint), { signal: AbortSignal.timeout(timeoutMs) });
+    await response.body?.cancel();
+    return response.ok ? { ok: true } : { ok: false, reason: `HTTP ${response.status} from ${endpoint}/minio/health/live` };
+  } catch (err) {
+    const cause = (err as { cause?: { code?: string } }).cause?.code;
+    return { ok: false, reason: cause ?? errorText(err) };
+  }
+}
+
+export interface S3Credentials {
+  host: string;
+  port: number;
+  accessKey: string;
+  secretKey: string;
+}
+
+/** A minio client for a local http endpoint. */
+export function minioClient({ host, port, accessKey, secretKey }: S3Credentials): MinioClient {
+  return new MinioClient({ endPoint: host, port, useSSL: false, accessKey, secretKey, pathStyle: true });
+}
+
+/**
+ * Creates `bucket` if missing. Retries briefly: right after /health/live answers, MinIO may
+ * still refuse requests while it initializes.
+ * @returns true if it was created.
+ */
+export async function ensureBucket(credentials: S3Credentials, bucket: string, timeoutMs = 15_000): Promise<boolean> {
+  const client = minioClient(credentials);
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await client.bucketExists(bucket)) return false;
+      await client.makeBucket(bucket);
+      return true;
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'BucketAlreadyOwnedByYou') return false;
+      if (code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') {
+        throw new StackError(
+          `MinIO at ${formatHostPort(credentials.host, credentials.port)} rejected REFINERY_S3_ACCESS_KEY/REFINERY_S3_SECRET_KEY ` +
+            `(${code}); use the credentials it was first started with`,
+        );
+      }
+      if (Date.now() > deadline) throw new StackError(`could not create bucket ${bucket} on MinIO: ${errorText(err)}`);
+      await sleep(POLL_MS);
+    }
+  }
+}
+
+export interface StartMinioOptions {
+  /** State folder: log in logs/, pid in run/, data in minio/data unless `dataDir`. */
+  stateDir: string;
+  /** Default `<stateDir>/minio/data`. */
+  dataDir?: string;
+  /** Bind address. Default 127.0.0.1. */
+  host?: string;
+  /** S3 API port. */
+  port: number;
+  /** Console port. */
+  consolePort: number;
+  /** Root user/password, given to MinIO through its environment. Default minioadmin/minioadmin. */
+  accessKey?: string;
+  secretKey?: string;
+  /** Bucket to create if missing. */
+  bucket?: string;
+  /** Path of the `minio` binary; default from readToolchain(). */
+  binary?: string;
+  /** Health-check timeout; default 60 s. */
+  timeoutMs?: number;
+  /** SIGKILL the server when this Node process exits (for test setups). Default false. */
+  stopOnExit?: boolean;
+}
+
+/**
+ * Starts `minio server` detached, waits for /minio/health/live, and creates the bucket.
+ * @throws StackError on a taken port, a missing binary, an early exit or a health timeout.
+ */
+export async function startMinio(options: StartMinioOptions): Promise<MinioHandle> {
+  const host = options.host ?? '127.0.0.1';
+  const stateDir = path.resolve(options.stateDir);
+  const dataDir = path.resolve(options.dataDir ?? path.join(stateDir, 'minio', 'data'));
+  const accessKey = options.accessKey ?? 'minioadmin';
+  const secretKey = options.secretKey ?? 'minioadmin';
+  const endpoint = `http://${formatHostPort(host, options.port)}`;
+
+  const binary = options.binary ?? readToolchain().minio;
+  await assertExecutable(binary, 'MinIO');
+  await assertPortsFree([
+    { host, port: options.port, what: 'MinIO S3 API', fix: `set REFINERY_S3_ENDPOINT=http://${host}:<free port>` },
+    { host, port: options.consolePort, what: 'MinIO console', fix: 'set REFINERY_S3_CONSOLE_PORT=<free port>' },
+  ]);
+  await mkdir(dataDir, { recursive: true });
+
+  const timeoutMs = options.timeoutMs ?? DEFAULT_TIMEOUT_MS;
+  const started = await launch({
+    service: 'minio',
+    label: 'MinIO',
+    binary,
+    args: [
+      'server',
+      dataDir,
+      '--address',
+      formatHostPort(host, options.port),
+      '--console-address',
+      formatHostPort(host, options.consolePort),
+    ],
+    // Credentials through the environment only, never argv (visible in ps).
+    env: { MINIO_ROOT_USER: accessKey, MINIO_ROOT_PASSWORD: secretKey, MINIO_UPDATE: 'off' },
+    stateDir,
+    timeoutMs,
+    stopOnExit: options.stopOnExit ?? false,
+    probe: (ms) => probeMinio(endpoint, ms),
+  });
+  if (options.bucket) {
+    try {
+      await ensureBucket({ host, port: options.port, accessKey, secretKey }, options.bucket, Math.max(timeoutMs / 2, 15_000));
+    } catch (err) {
+      await started.stop();
+      throw err instanceof StackError ? err : new StackError(`MinIO bucket: ${errorText(err)}; see ${started.paths.logFile}`);
+    }
+  }
+  return {
+    service: 'minio',
+    pid: started.pid,
+    logFile: started.paths.logFile,
+    pidFile: started.paths.pidFile,
+    endpoint,
+    host,
+    port: options.port,
+    consoleUrl: `http://${formatHostPort(host, options.consolePort)}`,
+    accessKey,
+    secretKey,
+    bucket: options.bucket ?? null,
+    stop: started.stop,
+  };
+}
