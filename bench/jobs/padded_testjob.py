@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.getcwd())  # workers run jobs with cwd jobs/
 
-from refinery_jobs import common, testjob  # noqa: E402
+from refinery_jobs import contract as common, testjob  # noqa: E402
 
 PAD_BYTES = int(os.environ.get("BENCH_CKPT_BYTES", str(16 * 1024 * 1024)))
 _original_write_json_atomic = common.write_json_atomic

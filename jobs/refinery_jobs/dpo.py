@@ -20,8 +20,8 @@ Errors: config (2), data (3), unsupported (4): qlora without CUDA or bitsandbyte
 
 from __future__ import annotations
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, data, hf_trainer, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
     kinds=("dpo",),
@@ -36,24 +36,24 @@ SPEC = JobSpec(
 
 
 class DPORecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events = cfg, events
-        self.device = common.select_device()
-        common.check_finetuning_supported(cfg, self.device)
+        self.device = models.select_device()
+        models.check_finetuning_supported(cfg, self.device)
 
     def setup(self) -> None:
         cfg = self.cfg
-        _, train_rows = common.load_rows(cfg.train_path, "preference", ("preference",))
-        eval_rows = common.load_rows(cfg.eval_path, "preference", ("preference",))[1] if cfg.eval_path else None
-        common.log(f"dpo: {len(train_rows)} pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
+        _, train_rows = data.load_rows(cfg.train_path, "preference", ("preference",))
+        eval_rows = data.load_rows(cfg.eval_path, "preference", ("preference",))[1] if cfg.eval_path else None
+        contract.log(f"dpo: {len(train_rows)} pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
 
-        common.seed_everything(cfg.hyper.seed)
-        base, adapter = common.resolve_base(cfg)
-        self.tokenizer = common.load_tokenizer(adapter, base)
-        common.require_chat_template(self.tokenizer)
-        self.model = common.load_causal_lm(cfg, self.device)
-        ref_model = common.load_causal_lm(cfg, self.device, train=False) if cfg.finetuning == "full" else None
-        common.log(common.trainable_parameters(self.model))
+        models.seed_everything(cfg.hyper.seed)
+        base, adapter = models.resolve_base(cfg)
+        self.tokenizer = models.load_tokenizer(adapter, base)
+        models.require_chat_template(self.tokenizer)
+        self.model = models.load_causal_lm(cfg, self.device)
+        ref_model = models.load_causal_lm(cfg, self.device, train=False) if cfg.finetuning == "full" else None
+        contract.log(models.trainable_parameters(self.model))
 
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
@@ -63,12 +63,12 @@ class DPORecipe:
                                       for r in rows])
 
         args = DPOConfig(
-            **common.training_args_kwargs(cfg, self.device, has_eval=eval_rows is not None),
+            **hf_trainer.training_args_kwargs(cfg, self.device, has_eval=eval_rows is not None),
             max_length=cfg.hyper.max_length,
             beta=cfg.params["beta"],
             loss_type=[cfg.params["loss_type"]],
         )
-        self.callback = common.events_callback(self.events, cfg, self.device)
+        self.callback = hf_trainer.events_callback(self.events, cfg, self.device)
         self.trainer = DPOTrainer(model=self.model, ref_model=ref_model, args=args,
                                   train_dataset=columns(train_rows),
                                   eval_dataset=columns(eval_rows) if eval_rows else None,
@@ -78,12 +78,12 @@ class DPORecipe:
         self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
 
     def save(self) -> dict:
-        common.final_evaluate(self.trainer, self.callback)
-        common.save_trained_model(self.trainer, self.tokenizer, self.cfg.output_dir)
-        return common.final_metrics(self.callback)
+        hf_trainer.final_evaluate(self.trainer, self.callback)
+        hf_trainer.save_trained_model(self.trainer, self.tokenizer, self.cfg.output_dir)
+        return hf_trainer.final_metrics(self.callback)
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     recipe = DPORecipe(cfg, events)
     recipe.setup()
     recipe.train()
@@ -91,4 +91,4 @@ def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

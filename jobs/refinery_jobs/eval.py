@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import math
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, data, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
     kinds=("eval",),
     inputs=(),
     optional_inputs=("model", "base", "reward_model", "reward_model_base"),
-    formats=common.FORMATS,
+    formats=data.FORMATS,
     checkpoints=False,
     params={
         "max_rows": Param(int, None, min=1),
@@ -40,15 +40,15 @@ SPEC = JobSpec(
 
 
 class EvalRecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events, self.p = cfg, events, cfg.params
         if "model" not in cfg.inputs and "reward_model" not in cfg.inputs:
-            raise common.config_error("inputs", "give inputs.model, inputs.reward_model or both")
-        self.device = common.select_device()
+            raise contract.config_error("inputs", "give inputs.model, inputs.reward_model or both")
+        self.device = models.select_device()
 
     def run(self) -> dict:
         cfg = self.cfg
-        fmt, rows = common.load_rows(cfg.train_path, cfg.dataset_format, common.FORMATS)
+        fmt, rows = data.load_rows(cfg.train_path, cfg.dataset_format, data.FORMATS)
         rows = rows[:self.p["max_rows"]] if self.p["max_rows"] else rows
         has_model, has_rm = "model" in cfg.inputs, "reward_model" in cfg.inputs
         plan = []
@@ -61,10 +61,10 @@ class EvalRecipe:
         if fmt == "prompts" and has_model and has_rm:
             plan.append(self.answer_rewards)
         if not plan:
-            raise common.config_error("inputs", f"nothing to measure for {fmt} data with inputs "
-                                                f"{sorted(cfg.inputs)} (see the eval job's docstring)")
+            raise contract.config_error("inputs", f"nothing to measure for {fmt} data with inputs "
+                                                  f"{sorted(cfg.inputs)} (see the eval job's docstring)")
         self.events.started(total_steps=len(plan), resumed_from_step=None, device=self.device.description)
-        common.seed_everything(cfg.hyper.seed)
+        models.seed_everything(cfg.hyper.seed)
         metrics = {"rows": len(rows)}
         for step, measure in enumerate(plan, start=1):
             metrics.update(measure(rows))
@@ -74,16 +74,16 @@ class EvalRecipe:
 
     # ------------------------------------------------------------------------------------------
     def _policy(self):
-        base, adapter = common.resolve_base(self.cfg)
-        tokenizer = common.load_tokenizer(adapter, base)
-        model = common.load_causal_lm(self.cfg, self.device, train=False).to(self.device.torch_device)
+        base, adapter = models.resolve_base(self.cfg)
+        tokenizer = models.load_tokenizer(adapter, base)
+        model = models.load_causal_lm(self.cfg, self.device, train=False).to(self.device.torch_device)
         return model, tokenizer
 
     def _reward(self):
         path = self.cfg.inputs["reward_model"]
-        tokenizer = common.load_tokenizer(path)
-        model = common.load_sequence_classifier(path, self.device, base=self.cfg.inputs.get("reward_model_base"))
-        common.set_pad_token(model, tokenizer)
+        tokenizer = models.load_tokenizer(path)
+        model = models.load_sequence_classifier(path, self.device, base=self.cfg.inputs.get("reward_model_base"))
+        models.set_pad_token(model, tokenizer)
         return model.to(self.device.torch_device).eval(), tokenizer
 
     def loss(self, rows) -> dict:
@@ -96,7 +96,7 @@ class EvalRecipe:
                     ids = tok(row["text"] + (tok.eos_token or ""), add_special_tokens=False)["input_ids"]
                     mask = [1] * len(ids)
                 else:
-                    common.require_chat_template(tok)
+                    models.require_chat_template(tok)
                     out = tok.apply_chat_template(row["messages"], tokenize=True, return_dict=True,
                                                   return_assistant_tokens_mask=True)
                     ids, mask = out["input_ids"], out.get("assistant_masks") or []
@@ -114,14 +114,14 @@ class EvalRecipe:
 
     def conversation_rewards(self, rows) -> dict:
         model, tok = self._reward()
-        texts = common.render_conversations(tok, [r["messages"] for r in rows])
-        s = common.score_texts(model, tok, texts, batch_size=self.cfg.hyper.batch_size,
+        texts = models.render_conversations(tok, [r["messages"] for r in rows])
+        s = models.score_texts(model, tok, texts, batch_size=self.cfg.hyper.batch_size,
                                max_length=self.cfg.hyper.max_length)
         return {"reward_mean": float(s.mean()), "reward_std": float(s.std()) if len(s) > 1 else 0.0}
 
     def preference(self, rows) -> dict:
         model, tok = self._reward()
-        return common.preference_accuracy(model, tok, rows, batch_size=self.cfg.hyper.batch_size,
+        return models.preference_accuracy(model, tok, rows, batch_size=self.cfg.hyper.batch_size,
                                           max_length=self.cfg.hyper.max_length)
 
     def answer_rewards(self, rows) -> dict:
@@ -146,14 +146,14 @@ class EvalRecipe:
                 for p, t in zip(prompts, tok.batch_decode(resp, skip_special_tokens=True)):
                     answers.append(p + [{"role": "assistant", "content": t.strip()}])
         model, rtok = self._reward()
-        s = common.score_texts(model, rtok, common.render_conversations(rtok, answers), batch_size=bs,
+        s = models.score_texts(model, rtok, models.render_conversations(rtok, answers), batch_size=bs,
                                max_length=self.cfg.hyper.max_length)
         return {"reward_mean": float(s.mean()), "reward_std": float(s.std()) if len(s) > 1 else 0.0}
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     return EvalRecipe(cfg, events).run()
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

@@ -64,8 +64,8 @@ import sys
 import tempfile
 import threading
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")  # gguf-py
 # llama.cpp: what convert_hf_to_gguf.py writes itself, and what llama-quantize makes from f16 without an imatrix.
@@ -133,14 +133,14 @@ def gguf_tensors(state_dict: dict, config) -> list[tuple[str, "object"]]:
         elif m := re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name):
             layer, rest = m.groups()
             if rest not in LAYER_TENSORS:
-                raise common.unsupported(f"gguf export: unexpected tensor {name} (biases or another architecture?)")
+                raise contract.unsupported(f"gguf export: unexpected tensor {name} (biases or another architecture?)")
             if rest == "self_attn.q_proj.weight":
                 w = permute_rope(w, n_head)
             elif rest == "self_attn.k_proj.weight":
                 w = permute_rope(w, n_kv)
             out.append((f"blk.{layer}.{LAYER_TENSORS[rest]}", w))
         else:
-            raise common.unsupported(f"gguf export: unexpected tensor {name}")
+            raise contract.unsupported(f"gguf export: unexpected tensor {name}")
     return out
 
 
@@ -149,14 +149,14 @@ def llama_vocab(model_dir: str, tokenizer, vocab_size: int) -> dict:
     import gguf
     path = os.path.join(model_dir, "tokenizer.json")
     if not os.path.isfile(path):
-        raise common.unsupported(f"gguf export needs a tokenizer.json (fast tokenizer) in {model_dir}")
+        raise contract.unsupported(f"gguf export needs a tokenizer.json (fast tokenizer) in {model_dir}")
     with open(path, encoding="utf-8") as f:
         tj = json.load(f)
     model = tj["model"]
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
-        raise common.unsupported("gguf export supports SentencePiece-style BPE tokenizers with byte_fallback "
-                                 f"(llama.cpp's \"llama\" vocab); got {model.get('type')} "
-                                 f"byte_fallback={model.get('byte_fallback')}")
+        raise contract.unsupported("gguf export supports SentencePiece-style BPE tokenizers with byte_fallback "
+                                   f"(llama.cpp's \"llama\" vocab); got {model.get('type')} "
+                                   f"byte_fallback={model.get('byte_fallback')}")
     rank: dict[str, int] = {}
     for r, merge in enumerate(model.get("merges", [])):
         a, b = merge if isinstance(merge, list) else merge.split(" ", 1)
@@ -194,25 +194,25 @@ def tool_setting(var: str, what: str, *, executable: bool, default: str | None =
     how = ("set it in the worker's environment (`bash infra/bootstrap.sh` builds llama.cpp's tools and the worker "
            "passes them from .refinery/toolchain.json)")
     if not value:
-        raise common.JobError("config", f"{var} is not set: params.exporter \"llama.cpp\" needs {what}; {how}")
+        raise contract.JobError("config", f"{var} is not set: params.exporter \"llama.cpp\" needs {what}; {how}")
     path = os.path.abspath(value)
     if not os.path.isfile(path):
-        raise common.JobError("config", f"{var}={value}: no such file ({what} expected); {how}")
+        raise contract.JobError("config", f"{var}={value}: no such file ({what} expected); {how}")
     if executable and not os.access(path, os.X_OK):
-        raise common.JobError("config", f"{var}={value}: not executable ({what} expected)")
+        raise contract.JobError("config", f"{var}={value}: not executable ({what} expected)")
     return path
 
 
 def run_tool(name: str, argv: list[str], keepalive) -> None:
     """Run a tool (an argv, no shell), copy its output line by line to the job log, call `keepalive` every
     TOOL_KEEPALIVE_S seconds while it runs; a non-zero exit is a runtime error carrying its last lines."""
-    common.log(f"running {name}: {shlex.join(argv)}")
+    contract.log(f"running {name}: {shlex.join(argv)}")
     tail: collections.deque[str] = collections.deque(maxlen=TOOL_TAIL_LINES)
     try:
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                 text=True, errors="replace", bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     except OSError as e:
-        raise common.JobError("config", f"cannot start {name} ({argv[0]}): {e}") from None
+        raise contract.JobError("config", f"cannot start {name} ({argv[0]}): {e}") from None
     finished = threading.Event()
 
     def beat():
@@ -237,21 +237,21 @@ def run_tool(name: str, argv: list[str], keepalive) -> None:
     if rc != 0:
         how = f"was killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
         last = "\n".join(tail)[-4000:] or "(no output)"
-        raise common.JobError("runtime", f"{name} {how}: {shlex.join(argv)}\n{last}")
+        raise contract.JobError("runtime", f"{name} {how}: {shlex.join(argv)}\n{last}")
 
 
 class GGUFRecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events = cfg, events
         self.exporter = cfg.params["exporter"]
         allowed = EXPORTER_TYPES[self.exporter]
         types = cfg.params["types"]
         if not types:
-            raise common.config_error("params.types", "must name at least one type")
+            raise contract.config_error("params.types", "must name at least one type")
         for i, t in enumerate(types):
             if t not in allowed:
-                raise common.config_error(f"params.types[{i}]", f"expected one of {'|'.join(allowed)} with exporter "
-                                                                 f"{self.exporter}, got {json.dumps(t)}")
+                raise contract.config_error(f"params.types[{i}]", f"expected one of {'|'.join(allowed)} with exporter "
+                                                                   f"{self.exporter}, got {json.dumps(t)}")
         self.types = list(dict.fromkeys(types))
         self.steps = len(self.types) + 1  # model loaded (+ prepared), then one per file
         if self.exporter == "llama.cpp":
@@ -273,22 +273,22 @@ class GGUFRecipe:
 
     def setup(self) -> None:
         from transformers import AutoConfig
-        base, adapter = common.resolve_base(self.cfg)
+        base, adapter = models.resolve_base(self.cfg)
         config = AutoConfig.from_pretrained(base)
         rope = getattr(config, "rope_parameters", None) or {}
         if self.exporter == "gguf-py":
             if config.model_type not in SUPPORTED_MODEL_TYPES:
-                raise common.unsupported(f"gguf export with gguf-py supports {', '.join(SUPPORTED_MODEL_TYPES)} "
-                                         f"models, got model_type {config.model_type!r} (params.exporter "
-                                         f"\"llama.cpp\" converts what llama.cpp's convert script knows)")
+                raise contract.unsupported(f"gguf export with gguf-py supports {', '.join(SUPPORTED_MODEL_TYPES)} "
+                                           f"models, got model_type {config.model_type!r} (params.exporter "
+                                           f"\"llama.cpp\" converts what llama.cpp's convert script knows)")
             if rope.get("rope_type", "default") not in ("default", "linear"):
-                raise common.unsupported(f"gguf export with gguf-py: rope_type {rope.get('rope_type')!r} is not "
-                                         f"supported")
+                raise contract.unsupported(f"gguf export with gguf-py: rope_type {rope.get('rope_type')!r} is not "
+                                           f"supported")
         self.events.started(total_steps=self.steps, resumed_from_step=None, device="cpu")
 
-        self.device = common.Device("cpu", "cpu", False)
-        self.tokenizer = common.load_tokenizer(adapter, base)
-        self.model = common.load_causal_lm(self.cfg, self.device, train=False)
+        self.device = models.Device("cpu", "cpu", False)
+        self.tokenizer = models.load_tokenizer(adapter, base)
+        self.model = models.load_causal_lm(self.cfg, self.device, train=False)
         self.config = self.model.config
         self.rope = rope
         if self.exporter == "gguf-py":
@@ -380,7 +380,7 @@ class GGUFRecipe:
         """Rename <path>.partial to <path> (readers never see half a file) and report its size."""
         os.replace(path + ".partial", path)
         size = os.path.getsize(path)
-        common.log(f"wrote {path} ({size:,} bytes)")
+        contract.log(f"wrote {path} ({size:,} bytes)")
         self.progress({f"bytes_{qtype}": size})
         return {f"bytes_{qtype}": size}
 
@@ -412,7 +412,7 @@ class GGUFRecipe:
                                                    "--model-name", f"{self.cfg.run_id}/{self.cfg.stage_id}"],
                          keepalive)
                 if not os.path.isfile(path + ".partial"):
-                    raise common.JobError("runtime", f"convert_hf_to_gguf.py exited 0 but wrote no {path}.partial")
+                    raise contract.JobError("runtime", f"convert_hf_to_gguf.py exited 0 but wrote no {path}.partial")
                 if t in self.types:
                     metrics.update(self.finish_file(t, path))
                 else:
@@ -422,7 +422,7 @@ class GGUFRecipe:
                 path = self.output_path(t)
                 run_tool("llama-quantize", [self.quantize, f16, path + ".partial", t.upper()], keepalive)
                 if not os.path.isfile(path + ".partial"):
-                    raise common.JobError("runtime", f"llama-quantize exited 0 but wrote no {path}.partial")
+                    raise contract.JobError("runtime", f"llama-quantize exited 0 but wrote no {path}.partial")
                 metrics.update(self.finish_file(t, path))
         return metrics
 
@@ -438,15 +438,15 @@ class GGUFRecipe:
                 out = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                           max_new_tokens=n, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
             prompts.append({"text": str(text), "prompt_tokens": ids, "greedy_tokens": out[0, len(ids):].tolist()})
-        common.write_json_atomic(os.path.join(self.cfg.output_dir, "greedy_reference.json"),
-                                 {"max_new_tokens": n, "prompts": prompts})
+        contract.write_json_atomic(os.path.join(self.cfg.output_dir, "greedy_reference.json"),
+                                   {"max_new_tokens": n, "prompts": prompts})
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     recipe = GGUFRecipe(cfg, events)
     recipe.setup()
     return recipe.export()
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

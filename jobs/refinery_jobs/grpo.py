@@ -27,8 +27,8 @@ Errors: config (2) incl. a batch size that is not a multiple of num_generations,
 
 from __future__ import annotations
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, data, hf_trainer, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
     kinds=("grpo",),
@@ -47,44 +47,44 @@ SPEC = JobSpec(
 
 
 class GRPORecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events = cfg, events
-        self.device = common.select_device()
-        common.check_finetuning_supported(cfg, self.device)
+        self.device = models.select_device()
+        models.check_finetuning_supported(cfg, self.device)
         h, g = cfg.hyper, cfg.params["num_generations"]
         if (h.batch_size * h.gradient_accumulation) % g:
-            raise common.config_error("params.num_generations", f"hyper.batch_size * hyper.gradient_accumulation "
-                                                                f"({h.batch_size * h.gradient_accumulation}) must be "
-                                                                f"a multiple of num_generations ({g})")
+            raise contract.config_error("params.num_generations", f"hyper.batch_size * hyper.gradient_accumulation "
+                                                                  f"({h.batch_size * h.gradient_accumulation}) must be "
+                                                                  f"a multiple of num_generations ({g})")
         if cfg.eval_path and h.batch_size % g:
-            raise common.config_error("params.num_generations", f"evaluation needs hyper.batch_size "
-                                                                f"({h.batch_size}) to be a multiple of {g}")
+            raise contract.config_error("params.num_generations", f"evaluation needs hyper.batch_size "
+                                                                  f"({h.batch_size}) to be a multiple of {g}")
 
     def setup(self) -> None:
         cfg, p = self.cfg, self.cfg.params
-        _, train_rows = common.load_rows(cfg.train_path, "prompts", ("prompts",))
-        eval_rows = common.load_rows(cfg.eval_path, "prompts", ("prompts",))[1] if cfg.eval_path else None
-        common.log(f"grpo: {len(train_rows)} prompts")
+        _, train_rows = data.load_rows(cfg.train_path, "prompts", ("prompts",))
+        eval_rows = data.load_rows(cfg.eval_path, "prompts", ("prompts",))[1] if cfg.eval_path else None
+        contract.log(f"grpo: {len(train_rows)} prompts")
 
-        common.seed_everything(cfg.hyper.seed)
-        base, adapter = common.resolve_base(cfg)
-        self.tokenizer = common.load_tokenizer(adapter, base)
-        common.require_chat_template(self.tokenizer)
-        self.model = common.load_causal_lm(cfg, self.device)
-        common.log(common.trainable_parameters(self.model))
+        models.seed_everything(cfg.hyper.seed)
+        base, adapter = models.resolve_base(cfg)
+        self.tokenizer = models.load_tokenizer(adapter, base)
+        models.require_chat_template(self.tokenizer)
+        self.model = models.load_causal_lm(cfg, self.device)
+        contract.log(models.trainable_parameters(self.model))
         reward_dir = cfg.inputs["reward_model"]
-        reward_tokenizer = common.load_tokenizer(reward_dir, cfg.inputs.get("reward_model_base"))
+        reward_tokenizer = models.load_tokenizer(reward_dir, cfg.inputs.get("reward_model_base"))
         reward_funcs = reward_dir
-        if common.is_adapter_dir(reward_dir):  # merged in memory; TRL takes the model object
-            reward_funcs = common.load_sequence_classifier(reward_dir, self.device,
+        if models.is_adapter_dir(reward_dir):  # merged in memory; TRL takes the model object
+            reward_funcs = models.load_sequence_classifier(reward_dir, self.device,
                                                            base=cfg.inputs.get("reward_model_base"))
-            common.set_pad_token(reward_funcs, reward_tokenizer)
+            models.set_pad_token(reward_funcs, reward_tokenizer)
 
         from datasets import Dataset
         from trl import GRPOConfig, GRPOTrainer
 
         args = GRPOConfig(
-            **common.training_args_kwargs(cfg, self.device, has_eval=eval_rows is not None),
+            **hf_trainer.training_args_kwargs(cfg, self.device, has_eval=eval_rows is not None),
             num_generations=p["num_generations"],
             max_completion_length=p["max_completion_length"],
             temperature=p["temperature"],
@@ -92,7 +92,7 @@ class GRPORecipe:
             num_iterations=p["num_iterations"],
             epsilon=p["epsilon"],
         )
-        self.callback = common.events_callback(self.events, cfg, self.device)
+        self.callback = hf_trainer.events_callback(self.events, cfg, self.device)
         self.trainer = GRPOTrainer(
             model=self.model, reward_funcs=reward_funcs, args=args,
             train_dataset=Dataset.from_list([{"prompt": r["prompt"]} for r in train_rows]),
@@ -105,12 +105,12 @@ class GRPORecipe:
         self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
 
     def save(self) -> dict:
-        common.final_evaluate(self.trainer, self.callback)
-        common.save_trained_model(self.trainer, self.tokenizer, self.cfg.output_dir)
-        return common.final_metrics(self.callback)
+        hf_trainer.final_evaluate(self.trainer, self.callback)
+        hf_trainer.save_trained_model(self.trainer, self.tokenizer, self.cfg.output_dir)
+        return hf_trainer.final_metrics(self.callback)
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     recipe = GRPORecipe(cfg, events)
     recipe.setup()
     recipe.train()
@@ -118,4 +118,4 @@ def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

@@ -22,8 +22,8 @@ from __future__ import annotations
 import json
 import os
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
     kinds=("merge",),
@@ -36,7 +36,7 @@ SPEC = JobSpec(
 
 
 class MergeRecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events = cfg, events
 
     def merge(self) -> dict:
@@ -45,7 +45,7 @@ class MergeRecipe:
         from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
         cfg = self.cfg
-        base, adapter = common.resolve_base(cfg)
+        base, adapter = models.resolve_base(cfg)
         self.events.started(total_steps=2, resumed_from_step=None, device="cpu")
         dtype = "auto" if cfg.params["dtype"] == "auto" else getattr(torch, cfg.params["dtype"])
 
@@ -58,13 +58,13 @@ class MergeRecipe:
         else:
             model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype)
         if adapter:
-            common.log(f"merging adapter {adapter} into {base}")
+            contract.log(f"merging adapter {adapter} into {base}")
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         else:
-            common.log(f"{base} is a full model: saving it as is")
+            contract.log(f"{base} is a full model: saving it as is")
         self.events.progress(1, 2)
 
-        tokenizer = common.load_tokenizer(adapter, base)
+        tokenizer = models.load_tokenizer(adapter, base)
         if model.config.pad_token_id is None:
             model.config.pad_token_id = tokenizer.pad_token_id
         model.save_pretrained(cfg.output_dir)
@@ -79,9 +79,9 @@ class MergeRecipe:
         return any(a.endswith("ForSequenceClassification") for a in archs)
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     return MergeRecipe(cfg, events).merge()
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

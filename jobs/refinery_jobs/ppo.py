@@ -50,8 +50,8 @@ import math
 import os
 import random
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, data, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
     kinds=("ppo",),
@@ -153,54 +153,54 @@ def response_mask(responses, eos_id: int):
 
 
 class PPORecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events, self.p = cfg, events, cfg.params
-        self.device = common.select_device()
-        common.check_finetuning_supported(cfg, self.device, qlora_ok=False)
+        self.device = models.select_device()
+        models.check_finetuning_supported(cfg, self.device, qlora_ok=False)
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
         import torch
         cfg, h = self.cfg, self.cfg.hyper
-        _, rows = common.load_rows(cfg.train_path, "prompts", ("prompts",))
+        _, rows = data.load_rows(cfg.train_path, "prompts", ("prompts",))
         self.prompts = [r["prompt"] for r in rows]
-        self.eval_prompts = ([r["prompt"] for r in common.load_rows(cfg.eval_path, "prompts", ("prompts",))[1]]
+        self.eval_prompts = ([r["prompt"] for r in data.load_rows(cfg.eval_path, "prompts", ("prompts",))[1]]
                              if cfg.eval_path else None)
         self.batches_per_epoch = math.ceil(len(self.prompts) / h.batch_size)
         self.total_steps = h.max_steps or math.ceil(self.batches_per_epoch * (h.num_epochs or 1.0))
         if h.batch_size % self.p["num_mini_batches"]:
-            raise common.config_error("params.num_mini_batches", f"must divide hyper.batch_size ({h.batch_size})")
-        common.log(f"ppo: {len(self.prompts)} prompts, {self.total_steps} steps of {h.batch_size}")
+            raise contract.config_error("params.num_mini_batches", f"must divide hyper.batch_size ({h.batch_size})")
+        contract.log(f"ppo: {len(self.prompts)} prompts, {self.total_steps} steps of {h.batch_size}")
 
-        common.seed_everything(h.seed)
+        models.seed_everything(h.seed)
         dev = self.device.torch_device
-        base, adapter = common.resolve_base(cfg)
-        self.tokenizer = common.load_tokenizer(adapter, base)
-        common.require_chat_template(self.tokenizer)
+        base, adapter = models.resolve_base(cfg)
+        self.tokenizer = models.load_tokenizer(adapter, base)
+        models.require_chat_template(self.tokenizer)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id == self.tokenizer.eos_token_id:
-            raise common.unsupported("ppo needs a pad token different from eos (the tokenizer uses one for both)")
-        self.reward_tokenizer = common.load_tokenizer(cfg.inputs["reward_model"],
+            raise contract.unsupported("ppo needs a pad token different from eos (the tokenizer uses one for both)")
+        self.reward_tokenizer = models.load_tokenizer(cfg.inputs["reward_model"],
                                                       cfg.inputs.get("reward_model_base"))
         if self.reward_tokenizer.get_vocab() != self.tokenizer.get_vocab():
-            raise common.unsupported("ppo initialises the value model from the reward model, so both must share "
-                                     "the policy's tokenizer; inputs.reward_model has another vocabulary")
+            raise contract.unsupported("ppo initialises the value model from the reward model, so both must share "
+                                       "the policy's tokenizer; inputs.reward_model has another vocabulary")
         ckpt = cfg.resume_from
 
         # policy (from the checkpoint when resuming) and reference
         self.policy = self._load_policy(ckpt).to(dev)
         self.shared_reference = cfg.finetuning == "lora" and adapter is None
-        self.reference = None if self.shared_reference else common.load_causal_lm(cfg, self.device, train=False).to(dev)
+        self.reference = None if self.shared_reference else models.load_causal_lm(cfg, self.device, train=False).to(dev)
         # frozen reward model, and the value model initialised from it
-        reward_dtype = common.model_dtype(self.device, "frozen")
-        self.reward_model = common.load_sequence_classifier(cfg.inputs["reward_model"], self.device,
+        reward_dtype = models.model_dtype(self.device, "frozen")
+        self.reward_model = models.load_sequence_classifier(cfg.inputs["reward_model"], self.device,
                                                             base=cfg.inputs.get("reward_model_base"),
                                                             dtype=reward_dtype).to(dev).eval().requires_grad_(False)
-        common.set_pad_token(self.reward_model, self.reward_tokenizer)
+        models.set_pad_token(self.reward_model, self.reward_tokenizer)
         self.value = self._load_value(ckpt).to(dev)
-        common.set_pad_token(self.value, self.tokenizer)
-        common.log(f"policy: {common.trainable_parameters(self.policy)}; value: "
-                   f"{common.trainable_parameters(self.value)}")
+        models.set_pad_token(self.value, self.tokenizer)
+        contract.log(f"policy: {models.trainable_parameters(self.policy)}; value: "
+                     f"{models.trainable_parameters(self.value)}")
 
         # one optimizer, two parameter groups
         value_lr = self.p["value_learning_rate"] or h.learning_rate
@@ -227,28 +227,28 @@ class PPORecipe:
         from transformers import AutoModelForCausalLM
         cfg = self.cfg
         if ckpt is None:
-            return common.load_causal_lm(cfg, self.device)
+            return models.load_causal_lm(cfg, self.device)
         path = os.path.join(ckpt, "policy")
-        if common.is_adapter_dir(path):
-            base, adapter = common.resolve_base(cfg)
-            model = AutoModelForCausalLM.from_pretrained(base, dtype=common.model_dtype(self.device, cfg.finetuning))
+        if models.is_adapter_dir(path):
+            base, adapter = models.resolve_base(cfg)
+            model = AutoModelForCausalLM.from_pretrained(base, dtype=models.model_dtype(self.device, cfg.finetuning))
             if adapter is not None and self.cfg.finetuning == "full":
-                raise common.config_error("resume_from", "checkpoint holds an adapter but finetuning.type is full")
+                raise contract.config_error("resume_from", "checkpoint holds an adapter but finetuning.type is full")
             return PeftModel.from_pretrained(model, path, is_trainable=True)
-        return AutoModelForCausalLM.from_pretrained(path, dtype=common.model_dtype(self.device, cfg.finetuning))
+        return AutoModelForCausalLM.from_pretrained(path, dtype=models.model_dtype(self.device, cfg.finetuning))
 
     def _load_value(self, ckpt: str | None):
         from peft import PeftModel, get_peft_model
-        dtype = common.model_dtype(self.device, self.cfg.finetuning)
+        dtype = models.model_dtype(self.device, self.cfg.finetuning)
         path = os.path.join(ckpt, "value") if ckpt else None
-        if path and not common.is_adapter_dir(path):
-            return common.load_sequence_classifier(path, self.device, dtype=dtype)
-        model = common.load_sequence_classifier(self.cfg.inputs["reward_model"], self.device,
+        if path and not models.is_adapter_dir(path):
+            return models.load_sequence_classifier(path, self.device, dtype=dtype)
+        model = models.load_sequence_classifier(self.cfg.inputs["reward_model"], self.device,
                                                 base=self.cfg.inputs.get("reward_model_base"), dtype=dtype)
         if path:
             return PeftModel.from_pretrained(model, path, is_trainable=True)
         if self.cfg.finetuning == "lora":
-            return get_peft_model(model, common.lora_config(self.cfg, "SEQ_CLS"))
+            return get_peft_model(model, models.lora_config(self.cfg, "SEQ_CLS"))
         return model
 
     # ---------------------------------------------------------------- data order
@@ -282,8 +282,8 @@ class PPORecipe:
         import torch
         texts = self.tokenizer.batch_decode(responses, skip_special_tokens=True)
         conversations = [p + [{"role": "assistant", "content": t.strip()}] for p, t in zip(prompts, texts)]
-        rendered = common.render_conversations(self.reward_tokenizer, conversations)
-        s = common.score_texts(self.reward_model, self.reward_tokenizer, rendered, batch_size=len(rendered),
+        rendered = models.render_conversations(self.reward_tokenizer, conversations)
+        s = models.score_texts(self.reward_model, self.reward_tokenizer, rendered, batch_size=len(rendered),
                                max_length=self.cfg.hyper.max_length).to(responses.device)
         if self.p["missing_eos_penalty"] is not None:
             s = s - self.p["missing_eos_penalty"] * (~has_eos).float()
@@ -400,10 +400,10 @@ class PPORecipe:
                     "generator": self.generator.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                    os.path.join(path, "rng_state.pth"))
-        common.write_json_atomic(os.path.join(path, common.TRAINER_STATE), {
-            "global_step": self.step, "max_steps": self.total_steps, "kind": "ppo",
-            "reward_mean_first": self.first_reward,
-            "log_history": self.history[-self.cfg.hyper.save_steps:],
+        contract.write_json_atomic(os.path.join(path, contract.TRAINER_STATE), {
+              "global_step": self.step, "max_steps": self.total_steps, "kind": "ppo",
+              "reward_mean_first": self.first_reward,
+              "log_history": self.history[-self.cfg.hyper.save_steps:],
         })
         self.events.checkpoint(self.step, path)
 
@@ -419,10 +419,10 @@ class PPORecipe:
         self.generator.set_state(rng["generator"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        self.step = common.checkpoint_step(ckpt)
-        with open(os.path.join(ckpt, common.TRAINER_STATE), encoding="utf-8") as f:
+        self.step = contract.checkpoint_step(ckpt)
+        with open(os.path.join(ckpt, contract.TRAINER_STATE), encoding="utf-8") as f:
             self.first_reward = json.load(f).get("reward_mean_first")
-        common.log(f"resumed from {ckpt} at step {self.step}")
+        contract.log(f"resumed from {ckpt} at step {self.step}")
 
     # ---------------------------------------------------------------- loop
     def train(self) -> None:
@@ -445,8 +445,8 @@ class PPORecipe:
                 self.first_reward = metrics["reward_mean"]
             self.history.append({"step": step, "loss": stats["loss"], **metrics})
             self.events.progress(step, self.total_steps, loss=stats["loss"], metrics=metrics)
-            common.log(f"step {step}: reward {metrics['reward_mean']:.3f} kl {metrics['kl']:.3f} "
-                       f"| {r['texts'][0]!r}")
+            contract.log(f"step {step}: reward {metrics['reward_mean']:.3f} kl {metrics['kl']:.3f} "
+                         f"| {r['texts'][0]!r}")
             save_steps = self.cfg.hyper.save_steps
             if save_steps and (step % save_steps == 0 or step == self.total_steps):
                 self.save_checkpoint()
@@ -477,7 +477,7 @@ class PPORecipe:
         return metrics
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     recipe = PPORecipe(cfg, events)
     recipe.setup()
     recipe.train()
@@ -485,4 +485,4 @@ def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

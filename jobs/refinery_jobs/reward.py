@@ -20,8 +20,8 @@ Errors: config (2), data (3), unsupported (4): qlora (not supported for reward m
 
 from __future__ import annotations
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, data, hf_trainer, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
     kinds=("reward",),
@@ -33,30 +33,30 @@ SPEC = JobSpec(
 
 
 class RewardRecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events = cfg, events
-        self.device = common.select_device()
-        common.check_finetuning_supported(cfg, self.device, qlora_ok=False)
+        self.device = models.select_device()
+        models.check_finetuning_supported(cfg, self.device, qlora_ok=False)
 
     def setup(self) -> None:
         cfg = self.cfg
-        _, self.train_rows = common.load_rows(cfg.train_path, "preference", ("preference",))
-        self.eval_rows = common.load_rows(cfg.eval_path, "preference", ("preference",))[1] if cfg.eval_path else None
-        common.log(f"reward: {len(self.train_rows)} pairs" +
-                   (f", {len(self.eval_rows)} eval pairs" if self.eval_rows else ""))
+        _, self.train_rows = data.load_rows(cfg.train_path, "preference", ("preference",))
+        self.eval_rows = data.load_rows(cfg.eval_path, "preference", ("preference",))[1] if cfg.eval_path else None
+        contract.log(f"reward: {len(self.train_rows)} pairs" +
+                     (f", {len(self.eval_rows)} eval pairs" if self.eval_rows else ""))
 
-        common.seed_everything(cfg.hyper.seed)  # the score head is initialised at random
-        base, adapter = common.resolve_base(cfg)
-        self.tokenizer = common.load_tokenizer(adapter, base)
-        common.require_chat_template(self.tokenizer)
-        model = common.load_sequence_classifier(cfg.inputs["model"], self.device, base=base if adapter else None,
-                                                dtype=common.model_dtype(self.device, cfg.finetuning))
-        common.set_pad_token(model, self.tokenizer)
+        models.seed_everything(cfg.hyper.seed)  # the score head is initialised at random
+        base, adapter = models.resolve_base(cfg)
+        self.tokenizer = models.load_tokenizer(adapter, base)
+        models.require_chat_template(self.tokenizer)
+        model = models.load_sequence_classifier(cfg.inputs["model"], self.device, base=base if adapter else None,
+                                                dtype=models.model_dtype(self.device, cfg.finetuning))
+        models.set_pad_token(model, self.tokenizer)
         if cfg.finetuning == "lora":
             from peft import get_peft_model
-            model = get_peft_model(model, common.lora_config(cfg, "SEQ_CLS"))
+            model = get_peft_model(model, models.lora_config(cfg, "SEQ_CLS"))
         self.model = model
-        common.log(common.trainable_parameters(model))
+        contract.log(models.trainable_parameters(model))
 
         from datasets import Dataset
         from trl import RewardConfig, RewardTrainer
@@ -66,11 +66,11 @@ class RewardRecipe:
                                       for r in rows])
 
         args = RewardConfig(
-            **common.training_args_kwargs(cfg, self.device, has_eval=self.eval_rows is not None),
+            **hf_trainer.training_args_kwargs(cfg, self.device, has_eval=self.eval_rows is not None),
             max_length=cfg.hyper.max_length,
             center_rewards_coefficient=cfg.params["center_rewards_coefficient"],
         )
-        self.callback = common.events_callback(self.events, cfg, self.device)
+        self.callback = hf_trainer.events_callback(self.events, cfg, self.device)
         self.trainer = RewardTrainer(model=model, args=args, train_dataset=columns(self.train_rows),
                                      eval_dataset=columns(self.eval_rows) if self.eval_rows else None,
                                      processing_class=self.tokenizer, callbacks=[self.callback])
@@ -79,13 +79,13 @@ class RewardRecipe:
         self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
 
     def save(self) -> dict:
-        common.final_evaluate(self.trainer, self.callback)
+        hf_trainer.final_evaluate(self.trainer, self.callback)
         rows = self.eval_rows or self.train_rows
-        accuracy = common.preference_accuracy(self.trainer.model, self.tokenizer, rows,
+        accuracy = models.preference_accuracy(self.trainer.model, self.tokenizer, rows,
                                               batch_size=self.cfg.hyper.batch_size * 2,
                                               max_length=self.cfg.hyper.max_length)
         if not self.eval_rows:
-            common.log("no datasets.eval: accuracy is measured on the training pairs")
+            contract.log("no datasets.eval: accuracy is measured on the training pairs")
         self.events.metrics(accuracy, step=self.trainer.state.global_step)
 
         model = self.trainer.accelerator.unwrap_model(self.trainer.model)
@@ -94,10 +94,10 @@ class RewardRecipe:
         model.config.pad_token_id = self.tokenizer.pad_token_id
         model.save_pretrained(self.cfg.output_dir)
         self.tokenizer.save_pretrained(self.cfg.output_dir)
-        return common.final_metrics(self.callback, accuracy)
+        return hf_trainer.final_metrics(self.callback, accuracy)
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     recipe = RewardRecipe(cfg, events)
     recipe.setup()
     recipe.train()
@@ -105,4 +105,4 @@ def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

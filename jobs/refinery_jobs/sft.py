@@ -22,8 +22,8 @@ data (3) bad dataset line; unsupported (4) qlora without CUDA or bitsandbytes.
 
 from __future__ import annotations
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobSpec, Param
+from refinery_jobs import contract, data, hf_trainer, models
+from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
     kinds=("sft", "cpt"),
@@ -44,28 +44,28 @@ def split_last_turn(messages: list[dict]) -> dict:
 
 
 class SFTRecipe:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events = cfg, events
-        self.device = common.select_device()
-        common.check_finetuning_supported(cfg, self.device)
+        self.device = models.select_device()
+        models.check_finetuning_supported(cfg, self.device)
         if cfg.kind == "cpt" and cfg.dataset_format not in (None, "text"):
-            raise common.config_error("dataset_format", f"cpt trains on raw text, got {cfg.dataset_format!r}")
+            raise contract.config_error("dataset_format", f"cpt trains on raw text, got {cfg.dataset_format!r}")
 
     def setup(self) -> None:
         cfg = self.cfg
         accepted = ("text",) if cfg.kind == "cpt" else SPEC.formats
-        self.fmt, train_rows = common.load_rows(cfg.train_path, cfg.dataset_format, accepted)
-        eval_rows = common.load_rows(cfg.eval_path, self.fmt, (self.fmt,))[1] if cfg.eval_path else None
-        common.log(f"{cfg.kind}: {len(train_rows)} {self.fmt} rows"
-                   + (f", {len(eval_rows)} eval rows" if eval_rows else ""))
+        self.fmt, train_rows = data.load_rows(cfg.train_path, cfg.dataset_format, accepted)
+        eval_rows = data.load_rows(cfg.eval_path, self.fmt, (self.fmt,))[1] if cfg.eval_path else None
+        contract.log(f"{cfg.kind}: {len(train_rows)} {self.fmt} rows"
+                     + (f", {len(eval_rows)} eval rows" if eval_rows else ""))
 
-        common.seed_everything(cfg.hyper.seed)
-        base, adapter = common.resolve_base(cfg)
-        self.tokenizer = common.load_tokenizer(adapter, base)
+        models.seed_everything(cfg.hyper.seed)
+        base, adapter = models.resolve_base(cfg)
+        self.tokenizer = models.load_tokenizer(adapter, base)
         if self.fmt != "text":
-            common.require_chat_template(self.tokenizer)
-        self.model = common.load_causal_lm(cfg, self.device)
-        common.log(common.trainable_parameters(self.model))
+            models.require_chat_template(self.tokenizer)
+        self.model = models.load_causal_lm(cfg, self.device)
+        contract.log(models.trainable_parameters(self.model))
 
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
@@ -75,13 +75,13 @@ class SFTRecipe:
         eval_ds = Dataset.from_list(self._columns(eval_rows, assistant_only)) if eval_rows else None
 
         args = SFTConfig(
-            **common.training_args_kwargs(cfg, self.device, has_eval=eval_ds is not None),
+            **hf_trainer.training_args_kwargs(cfg, self.device, has_eval=eval_ds is not None),
             max_length=cfg.hyper.max_length,
             packing=cfg.params["packing"],
             assistant_only_loss=assistant_only == "markers",
             dataset_num_proc=None,
         )
-        self.callback = common.events_callback(self.events, cfg, self.device)
+        self.callback = hf_trainer.events_callback(self.events, cfg, self.device)
         self.trainer = SFTTrainer(model=self.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=self.tokenizer, callbacks=[self.callback])
 
@@ -96,7 +96,7 @@ class SFTRecipe:
             if get_training_chat_template(self.tokenizer) is not None:
                 return "markers"  # TRL swaps in its training template for this model family
         except (ValueError, NotImplementedError) as e:
-            common.log(f"no assistant-token mask for this chat template ({e}); loss on the last assistant turn")
+            contract.log(f"no assistant-token mask for this chat template ({e}); loss on the last assistant turn")
         return "last_turn"
 
     def _columns(self, rows: list[dict], assistant_only: str) -> list[dict]:
@@ -110,13 +110,13 @@ class SFTRecipe:
         self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
 
     def save(self) -> dict:
-        common.final_evaluate(self.trainer, self.callback)
+        hf_trainer.final_evaluate(self.trainer, self.callback)
         self.trainer.save_model(self.cfg.output_dir)
         self.tokenizer.save_pretrained(self.cfg.output_dir)
-        return common.final_metrics(self.callback)
+        return hf_trainer.final_metrics(self.callback)
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     recipe = SFTRecipe(cfg, events)
     recipe.setup()
     recipe.train()
@@ -124,4 +124,4 @@ def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

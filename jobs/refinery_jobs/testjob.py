@@ -35,15 +35,16 @@ import subprocess
 import sys
 import time
 
-from refinery_jobs import common
-from refinery_jobs.common import JobConfig, JobError, JobSpec, Param
+from refinery_jobs import contract, data
+from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.contract import JobError
 
 SPEC = JobSpec(
     kinds=(),
     any_kind=True,
     inputs=(),
     optional_inputs=("model", "base", "reward_model", "reward_model_base"),
-    formats=common.FORMATS,
+    formats=data.FORMATS,
     needs_train=False,
     params={
         "step_seconds": Param(float, 0.05, min=0.0),
@@ -63,7 +64,7 @@ CATEGORY_BY_CODE = {2: "config", 3: "data", 4: "unsupported"}
 
 
 class TestJob:
-    def __init__(self, cfg: JobConfig, events: common.Events):
+    def __init__(self, cfg: JobConfig, events: contract.Events):
         self.cfg, self.events, self.p = cfg, events, cfg.params
         self.total = cfg.hyper.max_steps or 20
         self.save_steps = cfg.hyper.save_steps
@@ -75,7 +76,7 @@ class TestJob:
         if p["exit_code"] is not None and p["fail_at_step"] is None:
             code = p["exit_code"]
             if code == 0:
-                common.log("exit_code 0 requested: exiting without a done event")
+                contract.log("exit_code 0 requested: exiting without a done event")
                 sys.stdout.flush()
                 os._exit(0)
             category = CATEGORY_BY_CODE.get(code, "runtime")
@@ -96,7 +97,7 @@ class TestJob:
     def save_checkpoint(self, step: int) -> None:
         path = os.path.join(self.cfg.checkpoint_dir, f"checkpoint-{step}")
         os.makedirs(path, exist_ok=True)
-        common.write_json_atomic(os.path.join(path, "state.json"), {"step": step, "loss": self.loss(step)})
+        contract.write_json_atomic(os.path.join(path, "state.json"), {"step": step, "loss": self.loss(step)})
         remaining = self.p["checkpoint_bytes"]
         if remaining:
             with open(os.path.join(path, "weights.bin"), "wb") as f:
@@ -106,8 +107,8 @@ class TestJob:
                     remaining -= len(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-        common.write_json_atomic(os.path.join(path, common.TRAINER_STATE),
-                                 {"global_step": step, "max_steps": self.total, "run_id": self.cfg.run_id})
+        contract.write_json_atomic(os.path.join(path, contract.TRAINER_STATE),
+                                   {"global_step": step, "max_steps": self.total, "run_id": self.cfg.run_id})
         self.events.checkpoint(step, path)
 
     def train(self) -> None:
@@ -115,7 +116,7 @@ class TestJob:
         for step in range(self.start_step + 1, self.total + 1):
             time.sleep(p["step_seconds"])
             if self.fresh and p["hang_at_step"] == step:
-                common.log(f"hanging at step {step}")
+                contract.log(f"hanging at step {step}")
                 while True:
                     time.sleep(3600)
             if self.fresh and p["fail_at_step"] == step:
@@ -133,13 +134,13 @@ class TestJob:
     def save(self) -> dict:
         result = {"steps": self.total, "final_loss": self.loss(self.total), "resumed_from_step":
                   self.cfg.resumed_from_step, "run_id": self.cfg.run_id, "stage_id": self.cfg.stage_id}
-        common.write_json_atomic(os.path.join(self.cfg.output_dir, "result.json"), result)
+        contract.write_json_atomic(os.path.join(self.cfg.output_dir, "result.json"), result)
         if self.p["dump_env"]:
-            common.write_json_atomic(os.path.join(self.cfg.output_dir, "env.json"), dict(os.environ))
+            contract.write_json_atomic(os.path.join(self.cfg.output_dir, "env.json"), dict(os.environ))
         return {"steps": self.total, "final_loss": self.loss(self.total)}
 
 
-def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
+def recipe_main(cfg: JobConfig, events: contract.Events) -> dict:
     job = TestJob(cfg, events)
     job.setup()
     job.train()
@@ -147,4 +148,4 @@ def recipe_main(cfg: JobConfig, events: common.Events) -> dict:
 
 
 if __name__ == "__main__":
-    common.main(SPEC, recipe_main)
+    contract.main(SPEC, recipe_main)

@@ -12,7 +12,7 @@ from contextlib import redirect_stderr
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from refinery_jobs import common  # noqa: E402
+from refinery_jobs import config, contract, data  # noqa: E402
 from tests import helpers  # noqa: E402
 
 
@@ -30,8 +30,8 @@ CHAT_OK = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant",
 class DatasetValidationTest(unittest.TestCase):
     def assertDataError(self, lines, fmt, accepted, line, field, fragment):
         path = write_jsonl(lines)
-        with self.assertRaises(common.JobError) as ctx:
-            common.load_rows(path, fmt, accepted)
+        with self.assertRaises(contract.JobError) as ctx:
+            data.load_rows(path, fmt, accepted)
         err = ctx.exception
         self.assertEqual(err.category, "data")
         self.assertEqual(err.exit_code, 3)
@@ -64,9 +64,9 @@ class DatasetValidationTest(unittest.TestCase):
     def test_over_long_line(self):
         path = write_jsonl([{"text": "short"}])
         with open(path, "a", encoding="utf-8") as f:
-            f.write('{"text": "' + "x" * (common.MAX_LINE_BYTES + 10) + '"}\n')
-        with self.assertRaises(common.JobError) as ctx:
-            common.load_rows(path, "text", ("text",))
+            f.write('{"text": "' + "x" * (data.MAX_LINE_BYTES + 10) + '"}\n')
+        with self.assertRaises(contract.JobError) as ctx:
+            data.load_rows(path, "text", ("text",))
         self.assertEqual((ctx.exception.line, ctx.exception.category), (2, "data"))
         self.assertIn("longer than 10 MB", ctx.exception.message)
 
@@ -91,13 +91,13 @@ class DatasetValidationTest(unittest.TestCase):
             "prompts": {"messages": [{"role": "user", "content": "q"}]},
         }
         for fmt, row in cases.items():
-            detected, rows = common.load_rows(write_jsonl([row, "", row]), None, common.FORMATS)
+            detected, rows = data.load_rows(write_jsonl([row, "", row]), None, data.FORMATS)
             self.assertEqual(detected, fmt)
             self.assertEqual(len(rows), 2)
-        _, rows = common.load_rows(write_jsonl([cases["alpaca"]]), "alpaca", ("alpaca",))
+        _, rows = data.load_rows(write_jsonl([cases["alpaca"]]), "alpaca", ("alpaca",))
         self.assertEqual([m["role"] for m in rows[0]["messages"]], ["user", "assistant", "user", "assistant"])
         self.assertEqual(rows[0]["messages"][2]["content"], "Add\n\n1 and 2")
-        _, rows = common.load_rows(write_jsonl([cases["preference"]]), "preference", ("preference",))
+        _, rows = data.load_rows(write_jsonl([cases["preference"]]), "preference", ("preference",))
         self.assertEqual(rows[0]["chosen"], [{"role": "assistant", "content": "good"}])
 
     def test_demo_data_is_valid(self):
@@ -106,15 +106,15 @@ class DatasetValidationTest(unittest.TestCase):
                     "sharegpt.jsonl": "sharegpt", "text.jsonl": "text"}
         total = 0
         for name, fmt in expected.items():
-            detected, rows = common.load_rows(helpers.demo(name), None, common.FORMATS)
+            detected, rows = data.load_rows(helpers.demo(name), None, data.FORMATS)
             self.assertEqual(detected, fmt, name)
             total += os.path.getsize(helpers.demo(name))
         self.assertLess(total, 1024 * 1024)
 
 
 class ConfigTest(unittest.TestCase):
-    SPEC = common.JobSpec(kinds=("sft",), inputs=("model",), formats=("chat",),
-                          params={"packing": common.Param(bool, False)})
+    SPEC = config.JobSpec(kinds=("sft",), inputs=("model",), formats=("chat",),
+                          params={"packing": config.Param(bool, False)})
 
     def load(self, **overrides):
         work = tempfile.mkdtemp()
@@ -123,10 +123,10 @@ class ConfigTest(unittest.TestCase):
         path = os.path.join(work, "c.json")
         with open(path, "w") as f:
             json.dump(cfg, f)
-        return common.load_config(path, self.SPEC)
+        return config.load_config(path, self.SPEC)
 
     def assertConfigError(self, field, **overrides):
-        with self.assertRaises(common.JobError) as ctx:
+        with self.assertRaises(contract.JobError) as ctx:
             self.load(**overrides)
         self.assertEqual((ctx.exception.category, ctx.exception.field, ctx.exception.exit_code), ("config", field, 2))
         return ctx.exception
@@ -157,7 +157,7 @@ class ConfigTest(unittest.TestCase):
 class EventsTest(unittest.TestCase):
     def test_events_are_json_lines_on_the_fd(self):
         read_fd, write_fd = os.pipe()
-        events = common.Events(write_fd)
+        events = contract.Events(write_fd)
         events.progress(3, 10, loss=float("nan"), metrics={"kl": 0.5, "bad": float("inf"), "text": "x"})
         events.checkpoint(3, "/tmp/x/checkpoint-3")
         os.close(write_fd)
@@ -172,7 +172,7 @@ class EventsTest(unittest.TestCase):
         try:
             buf = io.StringIO()
             with redirect_stderr(buf):
-                events = common.Events()
+                events = contract.Events()
             self.assertEqual(events.fd, 2)
         finally:
             del os.environ["REFINERY_EVENTS_FD"]

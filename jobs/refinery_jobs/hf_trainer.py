@@ -1,0 +1,131 @@
+"""transformers Trainer glue shared by the Trainer-based jobs (sft, dpo, reward, grpo).
+
+  * training_args_kwargs            TrainingArguments from `hyper` (TRL configs accept all of them)
+  * events_callback                 a TrainerCallback that emits started/progress/metrics/checkpoint events
+  * final_evaluate, final_metrics   the last evaluation and the `done` metrics
+  * save_trained_model              the final adapter or full model in output_dir
+
+Resuming is the Trainer's own (`trainer.train(resume_from_checkpoint=cfg.resume_from)`); the checkpoint rules
+(TRAINER_STATE, checkpoint_step) live in refinery_jobs.contract. transformers and peft are imported inside
+the functions that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from refinery_jobs.config import JobConfig
+from refinery_jobs.contract import TRAINER_STATE, Events, log, numbers
+from refinery_jobs.models import Device
+
+
+def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> dict[str, Any]:
+    """TrainingArguments shared by every Trainer-based job (TRL configs accept all of them)."""
+    h = cfg.hyper
+    kwargs: dict[str, Any] = dict(
+        output_dir=cfg.checkpoint_dir,
+        learning_rate=h.learning_rate,
+        max_steps=h.max_steps if h.max_steps is not None else -1,
+        num_train_epochs=h.num_epochs if h.num_epochs is not None else 1.0,
+        per_device_train_batch_size=h.batch_size,
+        per_device_eval_batch_size=h.batch_size,
+        gradient_accumulation_steps=h.gradient_accumulation,
+        lr_scheduler_type=h.scheduler,
+        warmup_steps=min(h.warmup_ratio, 0.9999),  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=h.weight_decay,
+        seed=h.seed,
+        data_seed=h.seed,
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps" if h.save_steps else "no",
+        save_steps=h.save_steps or 500,
+        save_total_limit=None,  # the worker prunes checkpoints once they are committed
+        eval_strategy="steps" if has_eval and h.save_steps else "no",
+        eval_steps=h.save_steps if has_eval and h.save_steps else None,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        use_cpu=device.type == "cpu",
+        bf16=device.bf16,
+        fp16=False,
+        gradient_checkpointing=device.type == "cuda",
+        gradient_checkpointing_kwargs={"use_reentrant": False} if device.type == "cuda" else None,
+    )
+    return kwargs
+
+
+def events_callback(events: Events, cfg: JobConfig, device: Device):
+    """A TrainerCallback that turns Trainer hooks into contract events.
+
+    started (on_train_begin), progress (every training log), metrics (evaluation logs), checkpoint (on_save,
+    which transformers calls after _save_checkpoint has written trainer_state.json, its last file).
+    The final training summary (train_runtime, train_loss, ...) is kept in `summary` for `done`.
+    """
+    from transformers import TrainerCallback
+
+    resumed_from_step = cfg.resumed_from_step
+
+    class EventsCallback(TrainerCallback):
+        def __init__(self):
+            self.summary: dict[str, float] = {}
+            self.last_eval: dict[str, float] = {}
+            self.last_eval_step: int | None = None
+            self._started = False
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if not self._started:
+                self._started = True
+                events.started(total_steps=state.max_steps, resumed_from_step=resumed_from_step,
+                               device=device.description)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            logs = dict(logs or {})
+            if "train_runtime" in logs:
+                self.summary = numbers(logs)
+                return
+            if any(k.startswith("eval_") for k in logs):
+                self.last_eval = numbers(logs)
+                self.last_eval_step = state.global_step
+                events.metrics(logs, step=state.global_step)
+                return
+            loss = logs.pop("loss", None)
+            logs.pop("epoch", None)
+            events.progress(state.global_step, state.max_steps, loss=loss, metrics=logs)
+
+        def on_save(self, args, state, control, **kwargs):
+            path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            if os.path.isfile(os.path.join(path, TRAINER_STATE)):
+                events.checkpoint(state.global_step, path)
+            else:
+                log(f"checkpoint {path} has no {TRAINER_STATE}; not reporting it")
+
+    return EventsCallback()
+
+
+def final_evaluate(trainer, callback) -> None:
+    """Evaluate once more at the end unless the Trainer just did (the callback emits the `metrics` event)."""
+    if trainer.eval_dataset is not None and callback.last_eval_step != trainer.state.global_step:
+        trainer.evaluate()
+
+
+def final_metrics(callback, extra: dict | None = None) -> dict[str, float]:
+    """`done` metrics: train_loss and runtime from the Trainer summary, last eval, plus job-specific ones."""
+    out = {}
+    for key in ("train_loss", "train_runtime", "train_samples_per_second"):
+        if key in callback.summary:
+            out[key] = callback.summary[key]
+    out.update(callback.last_eval)
+    out.update(numbers(extra))
+    return out
+
+
+def save_trained_model(trainer, tokenizer, out_dir: str) -> None:
+    """Final output: the trained adapter ("default" only; TRL may add a frozen "ref" copy) or the full model."""
+    from peft import PeftModel
+    model = trainer.accelerator.unwrap_model(trainer.model) if hasattr(trainer, "accelerator") else trainer.model
+    if isinstance(model, PeftModel):
+        model.save_pretrained(out_dir, selected_adapters=["default"])
+    else:
+        trainer.save_model(out_dir)
+    tokenizer.save_pretrained(out_dir)
