@@ -110,7 +110,11 @@ export function createTrainingActivities(deps: TrainingDeps) {
         const already = await readCommitted(store, outputPrefix);
         if (already) {
           log.info('output already committed; not running the job again', { stage: stage.id, uri: already.uri });
-          return reuse(already);
+          const result = reuse(already);
+          // Still an attempt: it is in the trail like any other (nothing ran, nothing is dropped).
+          await records.record('attempt-started', { host, pid: process.pid });
+          await records.record('attempt-ended', { outcome: 'reused', reason: `output already committed by run ${result.reusedFrom ?? input.runId}`, artifact: already.manifestSha256 });
+          return result;
         }
         // One attempt at a time trains a cache key, across runs: wait while another run trains it.
         const acquired = await acquireOrWait(store, input.artifactPrefix, localHolder(input.runId, stage.id, info.attempt), {

@@ -31,7 +31,7 @@ import { procCpu, timedCommand } from './lib/proc.js';
 import { ensureS5cmd, S5CMD_VERSION } from './lib/s5cmd.js';
 import { startBenchStack } from './lib/stack.js';
 
-const args = parseArgs();
+const args = parseArgs({ values: ['size', 'reps', 'job-threads'], flags: ['keep', 'only-interference', 'skip-interference'] });
 const quick = args.quick;
 const totalSize = parseSize(args.get('size') ?? (quick ? '256M' : '2G'));
 const reps = Number(args.get('reps') ?? 2);

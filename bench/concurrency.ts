@@ -33,7 +33,7 @@ import { machineCpu, procCpu, rssSampler } from './lib/proc.js';
 import { startBenchStack } from './lib/stack.js';
 import { benchClient, quietTemporalRuntime, startWorkers } from './lib/workers.js';
 
-const args = parseArgs();
+const args = parseArgs({ values: ['n', 'slots', 'box'] });
 const quick = args.quick;
 const sizes = (args.get('n') ?? (quick ? '10,50' : '10,100,500')).split(',').map(Number);
 const slots = Number(args.get('slots') ?? 8);

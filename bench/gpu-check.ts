@@ -27,7 +27,7 @@ import { jobConfigFor, pythonJobArgv, runPlainJob } from './lib/jobs.js';
 import { startBenchStack } from './lib/stack.js';
 import { benchClient, quietTemporalRuntime, startWorkers } from './lib/workers.js';
 
-const args = parseArgs();
+const args = parseArgs({ values: ['model', 'data', 'steps', 'batch', 'max-length'], flags: ['cpu-smoke'] });
 const smoke = args.has('cpu-smoke');
 const modelDir = path.resolve(args.get('model') ?? '');
 const dataDir = path.resolve(args.get('data') ?? '');

@@ -32,7 +32,7 @@ import { JOBS_CWD, pythonJobArgv, runPlainJob, testJobArgv } from './lib/jobs.js
 import { startBenchStack } from './lib/stack.js';
 import { benchClient, quietTemporalRuntime, startWorkers } from './lib/workers.js';
 
-const args = parseArgs();
+const args = parseArgs({ values: ['reps'] });
 const quick = args.quick;
 const reps = Number(args.get('reps') ?? (quick ? 3 : 2));
 const STEP_SECONDS = 0.02;

@@ -26,8 +26,9 @@ import { existsSync, statSync } from 'node:fs';
 import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { createInterface } from 'node:readline';
-import { execa, type ResultPromise } from 'execa';
+import { Rng } from '../infra/harness/rng.js';
+import { WorkerProcess } from '../infra/harness/processes.js';
+import { until as harnessUntil } from '../infra/harness/wait.js';
 import { stringify } from 'yaml';
 import { startRun } from '../client/commands/run.js';
 import { listCommittedSteps } from '../storage/checkpoints.js';
@@ -38,7 +39,7 @@ import { fmtBytes, fx, log, machineNote, median, parseArgs, parseSize, percentil
 import { startBenchStack, type BenchStack } from './lib/stack.js';
 import { benchClient, quietTemporalRuntime, startWorkers } from './lib/workers.js';
 
-const args = parseArgs();
+const args = parseArgs({ values: ['trials', 'heartbeat', 'ckpt', 'seed'] });
 const quick = args.quick;
 const trials = Number(args.get('trials') ?? (quick ? 3 : 8));
 const heartbeat = args.get('heartbeat') ?? '5s';
@@ -50,46 +51,23 @@ const QUEUE = 'bench-resume';
 
 // A small deterministic PRNG (mulberry32), so a run can be repeated with --seed.
 const seedUsed = Number(args.get('seed') ?? Date.now() % 1_000_000);
-let state = seedUsed >>> 0;
-const random = () => {
-  state = (state + 0x6d2b79f5) >>> 0;
-  let t = state;
-  t = Math.imul(t ^ (t >>> 15), t | 1);
-  t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-  return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-};
+const rng = new Rng(seedUsed);
+const random = () => rng.next();
 
-interface TrainingWorker {
-  proc: ResultPromise;
-  scratch: string;
-}
-
-async function spawnWorker(stack: BenchStack): Promise<TrainingWorker> {
-  const scratch = await mkdtemp(path.join(tmpdir(), 'refinery-bench-resume-worker-'));
-  const proc = execa(path.join(REPO_ROOT, 'bin', 'refinery'), ['worker', '--no-control', '--queue', QUEUE, '--scratch', scratch], {
-    env: {
-      ...stack.env,
-      REFINERY_JOB_COMMAND: JSON.stringify([jobsPython(), path.join(REPO_ROOT, 'bench', 'jobs', 'padded_testjob.py')]),
-      BENCH_CKPT_BYTES: String(ckptBytes),
-    },
-    reject: false,
-    stdout: 'pipe',
-    stderr: 'ignore',
-    buffer: false,
-  });
-  // Ready once it says how many workers it runs.
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('training worker did not start within 120 s')), 120_000);
-    const rl = createInterface({ input: proc.stdout! });
-    rl.on('line', (line) => {
-      if (line.startsWith('[worker]')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    proc.then(() => reject(new Error('training worker exited before it was ready')), reject);
-  });
-  return { proc, scratch };
+/** A training worker process running the padded contract job; ready once it says how many workers it runs. */
+function spawnWorker(stack: BenchStack): Promise<WorkerProcess> {
+  return mkdtemp(path.join(tmpdir(), 'refinery-bench-resume-worker-')).then((scratch) =>
+    WorkerProcess.spawn({
+      name: path.basename(scratch),
+      queue: QUEUE,
+      scratch,
+      stackEnv: stack.env,
+      jobCommand: [jobsPython(), path.join(REPO_ROOT, 'bench', 'jobs', 'padded_testjob.py')],
+      env: { BENCH_CKPT_BYTES: String(ckptBytes) },
+      waitReady: true,
+      readyTimeoutMs: 120_000,
+    }),
+  );
 }
 
 interface JobEventLine {
@@ -122,15 +100,8 @@ async function attemptEvents(scratch: string, attempt: number): Promise<JobEvent
   return undefined;
 }
 
-async function until<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 180_000, everyMs = 50): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    const v = await fn().catch(() => undefined);
-    if (v) return v;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await sleep(everyMs);
-  }
-}
+/** The harness's `until` with this benchmark's defaults (3 min, every 50 ms). */
+const until = <T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 180_000, everyMs = 50): Promise<T> => harnessUntil(what, fn, timeoutMs, everyMs);
 
 /** When a file or folder came to be: birth time where the filesystem records it, else mtime. */
 function fileTime(p: string): number {
@@ -159,7 +130,7 @@ async function main(): Promise<void> {
   const control = await startWorkers(stack, { control: true, trainingQueues: [] });
   const { client, close } = await benchClient(stack);
   const work = await mkdtemp(path.join(tmpdir(), 'refinery-bench-resume-'));
-  const pool: TrainingWorker[] = [];
+  const pool: WorkerProcess[] = [];
   const results: Trial[] = [];
   try {
     pool.push(...(await Promise.all([spawnWorker(stack), spawnWorker(stack)])));
@@ -201,8 +172,7 @@ async function main(): Promise<void> {
       const killAfterS = KILL_WINDOW_S[0] + random() * (KILL_WINDOW_S[1] - KILL_WINDOW_S[0]);
       await sleep(Math.max(0, Date.parse(first.at) + killAfterS * 1000 - Date.now()));
       const tKill = Date.now();
-      victim.proc.kill('SIGKILL');
-      await victim.proc;
+      await victim.kill9();
       pool.splice(pool.indexOf(victim), 1);
       const before = (await attemptEvents(victim.scratch, 1)) ?? [];
       const stepAtKill = Math.max(0, ...before.filter((e) => e.event === 'progress').map((e) => e.step ?? 0));
@@ -251,8 +221,7 @@ async function main(): Promise<void> {
       pool.push(await spawnWorker(stack));
     }
   } finally {
-    for (const w of pool) w.proc.kill('SIGKILL');
-    await Promise.all(pool.map((w) => w.proc));
+    await Promise.all(pool.map((w) => w.kill9()));
     for (const w of pool) await rm(w.scratch, { recursive: true, force: true });
     await close();
     await control.shutdown();

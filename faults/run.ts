@@ -22,28 +22,25 @@
  * job process left. Prints a table; exits 1 if any invariant failed.
  *
  * This file: the suite and its command line. One trial (run + fault + invariants) is in
- * faults/trial.ts, the summary and table in faults/summary.ts, the shared types in faults/types.ts,
- * the private stack and process helpers in faults/harness.ts.
+ * faults/trial.ts; what each fault kind sets up, injects and checks in faults/kinds/<kind>.ts; what
+ * the trials share in faults/context.ts; the summary and table in faults/summary.ts; the shared
+ * types in faults/types.ts; the suite's own helpers in faults/harness.ts, over the shared harness
+ * in infra/harness/ (private stack, workers, worker processes, polling).
  */
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
+import { parseArgs as parseArgv } from 'node:util';
 import { readToolchain } from '../config/toolchain.js';
 import { jobsPython } from '../config/worker.js';
-import {
-  connectClient,
-  PrivateStack,
-  Rng,
-  smallFilesystem,
-  startControlWorker,
-  WorkerProcess,
-  type ControlWorker,
-  type SmallFs,
-} from './harness.js';
+import type { WorkerProcess } from '../infra/harness/processes.js';
+import { Rng } from '../infra/harness/rng.js';
+import { smallFilesystem, spawnFaultWorker, startControlWorker, startFaultStack, type ControlWorker, type SmallFs } from './harness.js';
 import { summarize } from './summary.js';
-import { runTrial, type Ctx } from './trial.js';
+import type { Ctx } from './context.js';
+import { runTrial } from './trial.js';
 import { FAULT_KINDS, type FaultKind, type RunReport, type SuiteOptions, type SuiteResult } from './types.js';
 
 export { renderTable } from './summary.js';
@@ -63,16 +60,15 @@ export async function runFaultSuite(options: SuiteOptions = {}): Promise<SuiteRe
   const rng = new Rng(seed);
 
   log(`seed ${seed}, ${trials} trial(s) of ${kinds.length} fault kind(s)${short ? ' (short form)' : ''}; starting a private stack`);
-  const stack = await PrivateStack.start(toolchain);
+  const stack = await startFaultStack(toolchain);
   const workDir = await mkdtemp(path.join(tmpdir(), 'refinery-faults-work-'));
-  const logDir = path.join(stack.info.stateDir, 'logs');
   const cleanups: (() => Promise<unknown>)[] = [];
   const skipped: SuiteResult['skipped'] = [];
   const runs: RunReport[] = [];
   try {
-    const { client, close } = await connectClient(stack);
+    const { client, close } = await stack.client();
     cleanups.push(close);
-    const spawnWorker = (name: string, queue: string, scratch: string) => WorkerProcess.spawn({ name, queue, scratch, logDir, env: stack.env(), python });
+    const spawnWorker = (name: string, queue: string, scratch: string) => spawnFaultWorker(stack, python, { name, queue, scratch });
     let smallFs: SmallFs | undefined;
     if (kinds.includes('scratch-full')) {
       const fs = await smallFilesystem(workDir, 48);
@@ -173,28 +169,42 @@ async function keepWorkersUp(ctx: Ctx, spawnWorker: (name: string, queue: string
 // ------------------------------------------------------------------------------------------------
 // CLI
 
+const FLAGS = {
+  short: { type: 'boolean' },
+  keep: { type: 'boolean' },
+  trials: { type: 'string' },
+  seed: { type: 'string' },
+  'minio-outage': { type: 'string' },
+  kinds: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+/** The command line (node:util parseArgs), checked token by token in order, so the first bad one is the error. */
 export function parseArgs(argv: string[]): SuiteOptions {
   const opts: SuiteOptions = {};
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
+  const { tokens } = parseArgv({ args: argv, options: FLAGS, strict: false, allowPositionals: true, tokens: true });
+  for (const t of tokens) {
+    if (t.kind === 'positional') throw new Error(`unknown argument "${t.value}"`);
+    if (t.kind === 'option-terminator') throw new Error('unknown argument "--"');
+    const a = t.rawName;
+    if (!Object.hasOwn(FLAGS, t.name)) throw new Error(`unknown argument "${a}"`);
     const value = () => {
-      const v = argv[++i];
-      if (v === undefined) throw new Error(`${a} needs a value`);
-      return v;
+      if (t.value === undefined) throw new Error(`${a} needs a value`);
+      return t.value;
     };
-    if (a === '--short') opts.short = true;
-    else if (a === '--keep') opts.keep = true;
-    else if (a === '--trials') opts.trials = positiveInt(a, value());
-    else if (a === '--seed') opts.seed = positiveInt(a, value(), 0);
-    else if (a === '--minio-outage') opts.minioOutageMs = positiveInt(a, value()) * 1000;
-    else if (a === '--kinds') {
+    if (t.name === 'short') opts.short = true;
+    else if (t.name === 'keep') opts.keep = true;
+    else if (t.name === 'trials') opts.trials = positiveInt(a, value());
+    else if (t.name === 'seed') opts.seed = positiveInt(a, value(), 0);
+    else if (t.name === 'minio-outage') opts.minioOutageMs = positiveInt(a, value()) * 1000;
+    else if (t.name === 'kinds') {
       const kinds = value().split(',');
       for (const k of kinds) if (!(FAULT_KINDS as readonly string[]).includes(k)) throw new Error(`unknown fault kind "${k}" (one of ${FAULT_KINDS.join(', ')})`);
       opts.kinds = kinds as FaultKind[];
-    } else if (a === '--help' || a === '-h') {
+    } else {
       console.log('usage: npx tsx faults/run.ts [--trials N] [--seed S] [--short] [--kinds k1,k2] [--minio-outage SECONDS] [--keep]');
       process.exit(0);
-    } else throw new Error(`unknown argument "${a}"`);
+    }
   }
   return opts;
 }

@@ -1,10 +1,9 @@
 /**
  * One run of the fault suite: a pipeline on the private stack with one fault injected at a seeded
- * random point, then every invariant of that run checked (faults/run.ts says which).
+ * random point, then every invariant of that run checked (faults/run.ts says which). The kind's
+ * own part (target stage setup, the injection, its extra checks) is its module in faults/kinds/.
  */
 import { readFile } from 'node:fs/promises';
-import path from 'node:path';
-import type { Client } from '@temporalio/client';
 import { readRun, verifyRun } from '../client/commands/audit.js';
 import { startRun } from '../client/commands/run.js';
 import { runStatus } from '../client/commands/manage.js';
@@ -14,51 +13,15 @@ import { layout } from '../storage/layout.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import type { AuditRecord } from '../storage/audit-chain.js';
 import type { PipelineStatus } from '../workflows/types.js';
-import { writeTestSpec } from '../test/helpers/specs.js';
-import {
-  aliveAll,
-  jobAttempts,
-  jobPids,
-  jobProgress,
-  killJobGroup,
-  killPids,
-  objectOnDisk,
-  objectsOnDisk,
-  PrivateStack,
-  Rng,
-  sleep,
-  waitFor,
-  WorkerProcess,
-  type ControlWorker,
-  type JobProgress,
-  type SmallFs,
-} from './harness.js';
-import type { FaultKind, FaultRecord, RunReport, SuiteOptions } from './types.js';
+import { writeTestSpec } from '../infra/harness/specs.js';
+import type { WorkerProcess } from '../infra/harness/processes.js';
+import { sleep, waitFor } from '../infra/harness/wait.js';
+import { SAVE_STEPS, type Ctx } from './context.js';
+import { aliveAll, jobAttempts, jobPids, jobProgress, killPids, type JobProgress } from './harness.js';
+import { FAULTS, type Trial, type TrialPlan } from './kinds/index.js';
+import type { FaultKind, FaultRecord, RunReport } from './types.js';
 
-const SAVE_STEPS = 5;
-
-/** What every trial of one suite shares. */
-export interface Ctx {
-  opts: Required<Pick<SuiteOptions, 'short' | 'minioOutageMs'>> & { seed: number };
-  rng: Rng;
-  log: (line: string) => void;
-  stack: PrivateStack;
-  store: ObjectStore;
-  client: Client;
-  control: ControlWorker;
-  controlFailed?: string;
-  python: string;
-  workDir: string;
-  main: WorkerProcess;
-  small?: { fs: SmallFs; worker: WorkerProcess };
-  workerSeq: number;
-  /** Every worker ever started (for the orphan scan over their scratch dirs). */
-  workers: WorkerProcess[];
-  /** Checkpoints damaged on purpose: `${artifactPrefix}@${step}`. */
-  corrupted: Set<string>;
-  /** Set when the stack itself could not be brought back: the suite stops. */
-  fatal?: string;
-}
+export type { Ctx } from './context.js';
 
 export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promise<RunReport> {
   const t0 = Date.now();
@@ -67,37 +30,22 @@ export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promis
   const target = rng.pick(['sft', 'dpo']);
   const total = opts.short ? 24 : 30;
   const aimedAt = rng.int(SAVE_STEPS + 1, total - 3);
-  const worker = kind === 'scratch-full' ? ctx.small!.worker : ctx.main;
+  const mod = FAULTS[kind];
+  const worker = mod.worker ? mod.worker(ctx) : ctx.main;
   const runId = `faults-${opts.seed}-${trial}-${kind}`;
   const prefix = `f${opts.seed}/${trial}-${kind}`;
-  const expected = kind === 'cancel' ? 'cancelled' : 'completed';
-
-  const targetParams: Record<string, unknown> = { step_seconds: 0.1 };
-  const targetTimeouts: Record<string, string> = {};
-  let childPidFile: string | undefined;
-  if (kind === 'minio-outage') targetParams.checkpoint_bytes = (opts.short ? 16 : 24) << 20;
-  if (kind === 'scratch-full') targetParams.checkpoint_bytes = 2 << 20;
-  if (kind === 'corrupt-checkpoint') targetParams.checkpoint_bytes = rng.pick([0, 64 << 10]);
-  if (kind === 'job-hang') {
-    targetParams.hang_at_step = aimedAt;
-    targetTimeouts.stall = '2s';
-  }
-  if (kind === 'cancel') {
-    childPidFile = path.join(ctx.workDir, `${runId}.child.pid`);
-    targetParams.child_pid_file = childPidFile;
-    // Every other trial of the long form, SIGTERM is ignored: the worker must escalate to SIGKILL.
-    targetParams.ignore_sigterm = !opts.short && trial % 2 === 1;
-  }
-  // Survive the server restart without a heartbeat timeout (a timeout would only cost a retry).
-  if (kind === 'temporal-restart') targetTimeouts.heartbeat = '20s';
+  const expected = mod.expected ?? 'completed';
+  const plan: TrialPlan = { ctx, kind, trial, runId, prefix, target, total, aimedAt, worker };
+  const setup = mod.setup?.(plan) ?? {};
+  const targetParams: Record<string, unknown> = { step_seconds: 0.1, ...setup.params };
+  const targetTimeouts: Record<string, string> = { ...setup.timeouts };
 
   const stages = stageIds.map((id, i) => {
     const isTarget = id === target;
     const base: Record<string, unknown> = {
       id,
       kind: id,
-      // A cancelled job must still be training when the kill grace ends (SIGTERM ignored: SIGKILL).
-      hyper: { max_steps: isTarget ? (kind === 'cancel' ? 1000 : total) : 6, save_steps: SAVE_STEPS },
+      hyper: { max_steps: isTarget ? (setup.maxSteps ?? total) : 6, save_steps: SAVE_STEPS },
       params: isTarget ? targetParams : { step_seconds: 0.05 },
       ...(isTarget && Object.keys(targetTimeouts).length ? { timeouts: targetTimeouts } : {}),
     };
@@ -141,162 +89,10 @@ export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promis
       return p && p.step >= step ? p : undefined;
     }, timeoutMs, 25);
 
-  const inject = async (): Promise<void> => {
-    switch (kind) {
-      case 'worker-kill': {
-        const p = await reach(worker, aimedAt);
-        if (!p) throw new Error(`the job never reached step ${aimedAt}`);
-        const pids = await jobPids(worker.scratch);
-        const now = (await jobProgress(worker.scratch, runId, target)) ?? p;
-        await worker.kill9();
-        Object.assign(fault, { stepAtFault: now.step, attemptAtFault: now.attempt, detail: `kill -9 worker ${worker.name} at step ${now.step} (attempt ${now.attempt})` });
-        // The job dies with its worker (parent-death signal), before anyone takes over.
-        const left = await waitFor(() => aliveAll(pids).length === 0, 10_000, 50);
-        if (!left) problems.push(`the killed worker's job (pids ${aliveAll(pids).join(', ')}) outlived it`);
-        const takeover = await WorkerProcess.spawn({
-          name: `worker-${++ctx.workerSeq}`,
-          queue: worker.queue,
-          scratch: path.join(ctx.workDir, `scratch-${ctx.workerSeq}`),
-          logDir: path.join(ctx.stack.info.stateDir, 'logs'),
-          env: ctx.stack.env(),
-          python: ctx.python,
-        });
-        ctx.workers.push(takeover);
-        ctx.main = takeover;
-        const resumed = await reach(takeover, 0, 60_000);
-        fault.notes.push(resumed ? `${takeover.name} took over at attempt ${resumed.attempt}` : `${takeover.name} did not pick the stage up within 60 s`);
-        return;
-      }
-      case 'temporal-restart': {
-        const p = await reach(worker, aimedAt);
-        if (!p) throw new Error(`the job never reached step ${aimedAt}`);
-        await ctx.stack.killTemporal();
-        const down = rng.int(0, opts.short ? 1500 : 5000);
-        Object.assign(fault, { stepAtFault: p.step, attemptAtFault: p.attempt });
-        await sleep(down);
-        const r0 = Date.now();
-        await ctx.stack.restartTemporal().catch((err: unknown) => {
-          ctx.fatal = `could not restart Temporal: ${(err as Error).message}`;
-          throw err;
-        });
-        fault.detail = `kill -9 Temporal at step ${p.step}; restarted after ${down} ms (+${Date.now() - r0} ms to come up) on the same db file and port`;
-        return;
-      }
-      case 'minio-outage': {
-        // Strike right after the worker got a checkpoint event: its upload is (most likely) under way.
-        const p = await waitFor(async () => {
-          const q = await jobProgress(worker.scratch, runId, target);
-          return q && q.checkpoints.some((s) => s >= aimedAt) ? q : undefined;
-        }, 90_000, 10);
-        if (!p) throw new Error(`the job never checkpointed at or after step ${aimedAt}`);
-        await sleep(rng.int(0, 60));
-        await ctx.stack.killMinio();
-        const now = (await jobProgress(worker.scratch, runId, target)) ?? p;
-        const ckpt = p.checkpoints.filter((s) => s >= aimedAt)[0]!;
-        const ckptPrefix = layout.checkpoint(`${prefix}/artifacts/${target}-${p.cacheKey}`, ckpt);
-        const marker = objectOnDisk(ctx.stack.minioDataDir(), ctx.stack.info.bucket, `${ckptPrefix}/_COMMITTED`);
-        const objects = await objectsOnDisk(ctx.stack.minioDataDir(), ctx.stack.info.bucket, ckptPrefix);
-        Object.assign(fault, { stepAtFault: now.step, attemptAtFault: now.attempt });
-        fault.notes.push(marker ? `checkpoint ${ckpt} was already committed when MinIO died` : `checkpoint ${ckpt} cut mid-upload (${objects} object(s) on disk, no commit marker)`);
-        await sleep(opts.minioOutageMs);
-        await ctx.stack.restartMinio().catch((err: unknown) => {
-          ctx.fatal = `could not restart MinIO: ${(err as Error).message}`;
-          throw err;
-        });
-        fault.detail = `kill -9 MinIO at step ${now.step} during the upload of checkpoint ${ckpt}; down ${opts.minioOutageMs / 1000} s`;
-        return;
-      }
-      case 'corrupt-checkpoint': {
-        fault.bound = 2 * SAVE_STEPS + 1; // the damaged checkpoint's interval is lost too
-        // Right after a checkpoint at or past the aim is committed: damage it, then kill the job
-        // before the next one is committed, so that the retry has to skip it.
-        const base = await reach(worker, 1);
-        if (!base) throw new Error('the job never started');
-        const artifact = `${prefix}/artifacts/${target}-${base.cacheKey}`;
-        const steps = await waitFor(async () => {
-          const s = await committedSteps(ctx.store, artifact);
-          return s.length >= 2 && s[0]! >= aimedAt ? s : undefined;
-        }, 90_000, 20);
-        if (!steps) throw new Error(`no two committed checkpoints by step ${aimedAt}`);
-        const newest = steps[0]!;
-        const files = (await ctx.store.list(`${layout.checkpoint(artifact, newest)}/files/`)).map((o) => o.key);
-        const how = rng.pick(['flip a bit in', 'delete', 'flip a bit in the manifest of'] as const);
-        const victim = how === 'flip a bit in the manifest of' ? `${layout.checkpoint(artifact, newest)}/_manifest.json` : rng.pick(files);
-        if (how === 'delete') await ctx.store.remove([victim]);
-        else {
-          const bytes = (await ctx.store.getBytes(victim))!;
-          const at = rng.int(0, bytes.length - 1);
-          bytes[at] = bytes[at]! ^ (1 << rng.int(0, 7));
-          await ctx.store.putBytes(victim, bytes);
-        }
-        ctx.corrupted.add(`${artifact}@${newest}`);
-        const now = (await jobProgress(worker.scratch, runId, target))!;
-        for (const pid of await jobPids(worker.scratch)) killJobGroup(pid);
-        Object.assign(fault, { stepAtFault: now.step, attemptAtFault: now.attempt });
-        fault.detail = `${how} ${victim.slice(artifact.length + 1)} of committed checkpoint ${newest}, then kill -9 the job at step ${now.step}`;
-        fault.notes.push(`expect resume from ${steps[1]}`);
-        (fault as FaultRecord & { expectResume?: number }).expectResume = steps[1]!;
-        return;
-      }
-      case 'scratch-full': {
-        const small = ctx.small!;
-        const p = await reach(worker, aimedAt);
-        if (!p) throw new Error(`the job never reached step ${aimedAt}`);
-        const pids = await jobPids(worker.scratch);
-        let filled = await small.fs.fill();
-        Object.assign(fault, { stepAtFault: p.step, attemptAtFault: p.attempt });
-        // Keep it full (the worker frees space when it prunes a committed checkpoint) until the
-        // attempt has failed: the job exited, or the worker gave up.
-        const failed = await waitFor(async () => {
-          filled += await small.fs.fill();
-          return aliveAll(pids).length === 0 || !worker.alive;
-        }, 30_000, 20);
-        await small.fs.unfill();
-        // The job got as far as its next checkpoint, which it could not write.
-        fault.furthestStep = Math.min(total, Math.ceil((p.step + 1) / SAVE_STEPS) * SAVE_STEPS);
-        fault.detail = `filled the scratch ${small.fs.how} (${(filled / 2 ** 20).toFixed(1)} MB) at step ${p.step}`;
-        if (!failed) problems.push('the job kept running for 30 s on a full scratch disk');
-        if (!worker.alive) {
-          const exit = await worker.exited;
-          problems.push(`the worker process died on a full scratch disk (${exit.signal ?? `exit ${exit.code}`}): ${lastErrorLine(worker.logTail(40))}`);
-          // Serve on, so that the run can still finish (its attempt is retried once the heartbeat times out).
-          worker.killedByUs = true;
-          small.worker = await WorkerProcess.spawn({
-            name: `worker-small-${++ctx.workerSeq}`,
-            queue: worker.queue,
-            scratch: small.fs.dir,
-            logDir: path.join(ctx.stack.info.stateDir, 'logs'),
-            env: ctx.stack.env(),
-            python: ctx.python,
-          });
-          ctx.workers.push(small.worker);
-        }
-        return;
-      }
-      case 'job-hang': {
-        const p = await reach(worker, aimedAt - 1);
-        if (!p) throw new Error(`the job never reached step ${aimedAt - 1}`);
-        const pids = await jobPids(worker.scratch);
-        Object.assign(fault, { stepAtFault: p.step, attemptAtFault: p.attempt });
-        const killed = await waitFor(() => aliveAll(pids).length === 0, 30_000, 50);
-        fault.detail = `the job hung at step ${aimedAt}${killed ? '' : ' and was NOT killed within 30 s'}`;
-        if (!killed) problems.push('a hung job was not killed within 30 s (stall timeout 2 s)');
-        return;
-      }
-      case 'cancel': {
-        const p = await reach(worker, aimedAt);
-        if (!p) throw new Error(`the job never reached step ${aimedAt}`);
-        Object.assign(fault, { stepAtFault: p.step, attemptAtFault: p.attempt });
-        await handle.cancel();
-        fault.detail = `cancel at step ${p.step}${targetParams.ignore_sigterm ? ' (the job ignores SIGTERM)' : ''}`;
-        fault.bound = 0;
-        return;
-      }
-    }
-  };
+  const t: Trial = { ...plan, setup, params: targetParams, handle, fault, problems, reach };
 
   try {
-    await inject();
+    await mod.inject(t);
   } catch (err) {
     problems.push(`fault not injected: ${(err as Error).message}`);
     fault.detail ||= `not injected (${(err as Error).message})`;
@@ -365,7 +161,7 @@ export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promis
 
   // Steps lost: the furthest step reached before the next attempt (at least the step at fault
   // time) minus the checkpoint that attempt resumed from.
-  if (fault.attemptAtFault !== null && fault.stepAtFault !== null && kind !== 'cancel') {
+  if (fault.attemptAtFault !== null && fault.stepAtFault !== null && (mod.measuresStepsLost ?? true)) {
     const attempts = await attemptLogs(ctx.store, prefix, runId, target, events);
     for (const [a, info] of attempts) if (info.maxStep !== null) furthest.set(a, Math.max(furthest.get(a) ?? 0, info.maxStep));
     const next = [...attempts.entries()].filter(([a, info]) => a > fault.attemptAtFault! && info.started).sort((x, y) => x[0] - y[0])[0];
@@ -385,35 +181,16 @@ export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promis
       );
     }
   }
-  const expectResume = (fault as FaultRecord & { expectResume?: number }).expectResume;
-  if (kind === 'corrupt-checkpoint' && expectResume !== undefined && fault.retried && fault.resumedFrom !== expectResume) {
-    problems.push(`resumed from ${fault.resumedFrom ?? 'scratch'}, expected ${expectResume} (the newest checkpoint that verifies)`);
-  }
   // Failed attempts: `attempt` events (outcome failed) since the history-v2 patch, `attempt-failed` before.
   const failures = events
     .filter((e) => e.stage === target && (e.type === 'attempt-failed' || (e.type === 'attempt' && e.outcome === 'failed')))
     .map((e) => String(e.reason));
-  if (kind === 'scratch-full') {
-    const clear = failures.find((r) => /No space left|ENOSPC/i.test(r));
-    if (clear) fault.notes.push(`failure recorded: ${clear.split('\n')[0]!.slice(0, 160)}`);
-    else problems.push(`no attempt failure names the full disk (ENOSPC) in the audit trail${failures.length ? `; recorded: ${failures.map((f) => f.slice(0, 120)).join(' | ')}` : ''}`);
-    if (!fault.retried) problems.push('the stage was not retried after the disk filled');
-  }
-  if (kind === 'job-hang') {
-    if (!failures.some((r) => /stalled/.test(r))) problems.push(`no attempt failure says "stalled" in the audit trail${failures.length ? `; recorded: ${failures.join(' | ')}` : ''}`);
-    if (!fault.retried) problems.push('the hung job was not retried');
-  }
-  if (kind === 'worker-kill' && !fault.retried) problems.push('the stage was not retried on another worker');
-  if (kind === 'cancel') {
-    if (!events.some((e) => e.type === 'stage-cancelled' && e.stage === target)) problems.push(`the audit trail has no stage-cancelled event for ${target}`);
-    const finished = events.find((e) => e.type === 'run-finished');
-    if (finished?.state !== 'cancelled') problems.push(`the audit trail's run-finished says ${String(finished?.state)}, expected cancelled`);
-  }
+  mod.check?.(t, { events, failures });
 
   // Orphans: no job process of any worker may be left once the run has ended.
   const extra: number[] = [];
-  if (childPidFile) {
-    const pid = Number(await readFile(childPidFile, 'utf8').catch(() => ''));
+  if (setup.childPidFile) {
+    const pid = Number(await readFile(setup.childPidFile, 'utf8').catch(() => ''));
     if (pid > 0) extra.push(pid);
   }
   const leftovers = async () => [...(await Promise.all(ctx.workers.map((w) => jobPids(w.scratch)))).flat(), ...aliveAll(extra)];
@@ -439,15 +216,6 @@ export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promis
     problems,
     durationMs: Date.now() - t0,
   };
-}
-
-async function committedSteps(store: ObjectStore, artifactPrefix: string): Promise<number[]> {
-  const keys = await store.list(`${layout.checkpoints(artifactPrefix)}/`, true);
-  return keys
-    .map((o) => /\/step-(\d+)\/_COMMITTED$/.exec(o.key))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => Number(m[1]))
-    .sort((a, b) => b - a);
 }
 
 /**
@@ -491,9 +259,4 @@ async function finalStatus(ctx: Ctx, runId: string, prefix: string): Promise<Pip
   const fromQuery = await waitFor(() => runStatus(ctx.client, runId), 15_000, 250);
   if (fromQuery && fromQuery.state !== 'running') return fromQuery;
   return (await ctx.store.getJson<PipelineStatus>(`${layout.run(prefix, runId)}/status.json`).catch(() => undefined)) ?? fromQuery;
-}
-
-function lastErrorLine(text: string): string {
-  const lines = text.split('\n').filter((l) => /error|ENOSPC|space/i.test(l));
-  return (lines.at(-1) ?? text.split('\n').filter(Boolean).at(-1) ?? '').trim().slice(0, 240);
 }

@@ -1,32 +1,37 @@
 /**
- * Shared helpers for the benchmarks: argument parsing, statistics, tables, timing.
+ * Shared helpers for the benchmarks: the command line (node:util parseArgs), statistics, tables, timing.
  * Every benchmark measures Refinery and its peer in the same run (interleaved repetitions,
  * median) and reports ratios: on a small shared machine absolute times are context only.
  */
 import { randomFill } from 'node:crypto';
 import { open } from 'node:fs/promises';
 import { cpus, loadavg } from 'node:os';
+import { parseArgs as parseArgv } from 'node:util';
 
 export interface BenchArgs {
   quick: boolean;
   /** --name value / --name=value */
   get(name: string): string | undefined;
-  /** --name (no value) */
+  /** --name (no value), or a --name with one */
   has(name: string): boolean;
 }
 
-export function parseArgs(argv: string[] = process.argv.slice(2)): BenchArgs {
-  const values = new Map<string, string>();
-  const flags = new Set<string>();
-  for (let i = 0; i < argv.length; i++) {
-    const a = argv[i]!;
-    if (!a.startsWith('--')) throw new Error(`unexpected argument ${a}`);
-    const eq = a.indexOf('=');
-    if (eq > 0) values.set(a.slice(2, eq), a.slice(eq + 1));
-    else if (i + 1 < argv.length && !argv[i + 1]!.startsWith('--')) values.set(a.slice(2), argv[++i]!);
-    else flags.add(a.slice(2));
-  }
-  return { quick: flags.has('quick'), get: (n) => values.get(n), has: (n) => flags.has(n) || values.has(n) };
+/**
+ * A benchmark's command line (node:util parseArgs): `--quick` and the options it names, `values`
+ * taking a value (--name value / --name=value) and `flags` not; anything else is an error.
+ */
+export function parseArgs(options: { values?: string[]; flags?: string[] } = {}, argv: string[] = process.argv.slice(2)): BenchArgs {
+  const config: Record<string, { type: 'string' | 'boolean' }> = { quick: { type: 'boolean' } };
+  for (const name of options.values ?? []) config[name] = { type: 'string' };
+  for (const name of options.flags ?? []) config[name] = { type: 'boolean' };
+  const { values, positionals } = parseArgv({ args: argv, options: config, strict: true, allowPositionals: true });
+  if (positionals.length > 0) throw new Error(`unexpected argument ${positionals[0]}`);
+  const given = values as Record<string, string | boolean | undefined>;
+  return {
+    quick: given.quick === true,
+    get: (n) => (typeof given[n] === 'string' ? given[n] : undefined),
+    has: (n) => given[n] !== undefined,
+  };
 }
 
 /** "2G", "512M", "64k", "1000" → bytes. */

@@ -119,7 +119,7 @@ describe('a worker killed with SIGKILL', () => {
     const first = await spawnTrainingWorker(queue);
     const { runId, handle } = await startRun(client, file, { id: `hist-kill-${Date.now()}` });
     await until('two committed checkpoints', async () => ((await runStatus(client, runId)).stages[0]!.lastCommittedStep ?? 0) >= 8, 60_000);
-    first.proc.kill('SIGKILL');
+    first.signal('SIGKILL');
     await spawnTrainingWorker(queue);
     const result: PipelineResult = await handle.result();
     expect(result.status.state).toBe('completed');

@@ -42,7 +42,7 @@ function spec(name: string, queue: string, params: Record<string, unknown>) {
     name,
     storage: { prefix: `it-same-${name}` },
     stages: [
-      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 20, save_steps: 4 }, params, resources: { task_queue: queue }, timeouts: { heartbeat: '4s' }, retry: { maximum_attempts: 4, initial_interval: '1s' } },
+      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 20, save_steps: 4 }, params, resources: { task_queue: queue }, timeouts: { heartbeat: '8s' }, retry: { maximum_attempts: 4, initial_interval: '1s' } },
       { id: 'merge', kind: 'merge', from: 'sft', resources: { task_queue: queue } },
     ],
   });
@@ -85,9 +85,9 @@ describe('identical runs at once', () => {
     expect(lease.record.holder.runId).toBe(trainer.trainer.runId);
     const killedStep = (await listCommittedSteps(testStore(), prefix))[0]!;
     // SIGKILL the trainer's worker (the lease names its pid); no new worker until the waiter has taken over.
-    const victim = workers.find((w) => w.proc.pid === lease.record.holder.pid)!;
+    const victim = workers.find((w) => w.pid === lease.record.holder.pid)!;
     expect(victim).toBeDefined();
-    victim.proc.kill('SIGKILL');
+    victim.signal('SIGKILL');
     await until('the waiting run to take over and train', async () => {
       const s = await stageOf(trainer.waiter.runId);
       return s.phase === 'training' && s.resumedFromStep !== null;

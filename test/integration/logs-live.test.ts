@@ -71,7 +71,8 @@ describe('live job logs', () => {
         },
       ],
     });
-    const { proc: a, scratch } = await spawnTrainingWorker(queue);
+    const a = await spawnTrainingWorker(queue);
+    const { scratch } = a;
     const { runId, handle } = await startRun(client, file, { id: `logs-live-${Date.now()}` });
     const eventsKey = layout.jobEvents(prefix, runId, 'sft', 1);
 
@@ -108,8 +109,8 @@ describe('live job logs', () => {
 
     // SIGKILL: no finish(), no whole object; the flushed parts are all that is left of attempt 1.
     const killedAt = Date.now();
-    a.kill('SIGKILL');
-    await a;
+    a.signal('SIGKILL');
+    await a.exited;
     const afterKill = (await readJobLog(store, eventsKey))!;
     expect(afterKill).toBeDefined();
     const local = await readFile(localEvents, 'utf8');

@@ -75,8 +75,8 @@ describe('stage runtime', () => {
     const { runId, handle } = await startRun(client, file, { id: `kill-${Date.now()}` });
     await until('a committed checkpoint at step >= 15', async () => (await runStatus(client, runId)).stages[0]!.lastCommittedStep! >= 15);
     const jobsOfA = await jobPids(a.scratch);
-    a.proc.kill('SIGKILL');
-    await a.proc;
+    a.signal('SIGKILL');
+    await a.exited;
     const stepAtKill = (await runStatus(client, runId)).stages[0]!.step;
     // The job dies with its worker (parent-death signal): no orphan keeps training.
     await until('the dead worker\'s job to exit', async () => jobsOfA.every((pid) => !alive(pid)), 10_000);

@@ -1,0 +1,33 @@
+/** What every trial of one fault suite shares (faults/run.ts builds it, faults/trial.ts and faults/kinds/ use it). */
+import type { Client } from '@temporalio/client';
+import type { ObjectStore } from '../storage/object-store.js';
+import type { PrivateStack } from '../infra/harness/stack.js';
+import type { WorkerProcess } from '../infra/harness/processes.js';
+import type { Rng } from '../infra/harness/rng.js';
+import type { ControlWorker, SmallFs } from './harness.js';
+import type { SuiteOptions } from './types.js';
+
+/** Checkpoint interval of every stage of a trial's pipeline. */
+export const SAVE_STEPS = 5;
+
+export interface Ctx {
+  opts: Required<Pick<SuiteOptions, 'short' | 'minioOutageMs'>> & { seed: number };
+  rng: Rng;
+  log: (line: string) => void;
+  stack: PrivateStack;
+  store: ObjectStore;
+  client: Client;
+  control: ControlWorker;
+  controlFailed?: string;
+  python: string;
+  workDir: string;
+  main: WorkerProcess;
+  small?: { fs: SmallFs; worker: WorkerProcess };
+  workerSeq: number;
+  /** Every worker ever started (for the orphan scan over their scratch dirs). */
+  workers: WorkerProcess[];
+  /** Checkpoints damaged on purpose: `${artifactPrefix}@${step}`. */
+  corrupted: Set<string>;
+  /** Set when the stack itself could not be brought back: the suite stops. */
+  fatal?: string;
+}

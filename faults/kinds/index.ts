@@ -1,0 +1,22 @@
+/** Every fault kind's module, by name (faults/types.ts lists the names, docs/reliability.md what each exercises). */
+import type { FaultKind } from '../types.js';
+import { cancel } from './cancel.js';
+import { corruptCheckpoint } from './corrupt-checkpoint.js';
+import { jobHang } from './job-hang.js';
+import type { FaultKindModule } from './kind.js';
+import { minioOutage } from './minio-outage.js';
+import { scratchFull } from './scratch-full.js';
+import { temporalRestart } from './temporal-restart.js';
+import { workerKill } from './worker-kill.js';
+
+export type { FaultKindModule, Outcome, TargetSetup, Trial, TrialPlan } from './kind.js';
+
+export const FAULTS: Record<FaultKind, FaultKindModule> = {
+  'worker-kill': workerKill,
+  'temporal-restart': temporalRestart,
+  'minio-outage': minioOutage,
+  'corrupt-checkpoint': corruptCheckpoint,
+  'scratch-full': scratchFull,
+  'job-hang': jobHang,
+  cancel,
+};

@@ -1,0 +1,128 @@
+/**
+ * In-process Refinery workers (worker/create-workers.ts) against a private stack, with a job
+ * command of the caller's choosing, and the workflow bundle they share (built once per process).
+ */
+import { mkdtemp } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import type { DataConverter } from '@temporalio/common';
+import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type Worker, type WorkflowBundle } from '@temporalio/worker';
+import type { StageKind } from '../../spec/schema.js';
+import type { ObjectStore } from '../../storage/object-store.js';
+import { REPO_ROOT } from '../../config/paths.js';
+import { jobsPython } from '../../config/worker.js';
+import { createWorkers } from '../../worker/create-workers.js';
+import type { StackInfo } from './stack.js';
+
+export type JobCommand = (kind: StageKind) => [string, ...string[]];
+
+/** The purpose-built contract job (jobs/refinery_jobs/testjob.py) for every stage kind. */
+export function testJobCommand(python: string = jobsPython()): JobCommand {
+  return () => [python, '-m', 'refinery_jobs.testjob'];
+}
+
+/**
+ * Installs the Temporal runtime with its logs at `level` (TS side; with `core`, Rust core too);
+ * a no-op where a runtime is already installed in this process.
+ */
+export function installQuietRuntime(level: 'WARN' | 'ERROR', core = false): void {
+  try {
+    Runtime.install(core ? { logger: new DefaultLogger(level), telemetryOptions: { logging: { filter: { core: level, other: level }, forward: {} } } } : { logger: new DefaultLogger(level) });
+  } catch {
+    // a runtime is already installed in this process: keep it
+  }
+}
+
+/** Bundler logs: warnings (with `warn`) and errors only. */
+function bundleLogger(warn: boolean) {
+  return {
+    log: () => undefined,
+    trace: () => undefined,
+    debug: () => undefined,
+    info: () => undefined,
+    warn: warn ? (m: string) => console.warn(m) : () => undefined,
+    error: (m: string) => console.error(m),
+  };
+}
+
+/** One bundle per failure converter: the workflow sandbox gets it at bundle time, not from Worker.create. */
+const bundles = new Map<string, Promise<WorkflowBundle>>();
+export function workflowBundle(options: { failureConverterPath?: string; warnings?: boolean } = {}): Promise<WorkflowBundle> {
+  const key = `${options.failureConverterPath ?? ''}\0${options.warnings ? 'warn' : ''}`;
+  if (!bundles.has(key)) {
+    bundles.set(
+      key,
+      bundleWorkflowCode({ workflowsPath: path.join(REPO_ROOT, 'workflows', 'index.ts'), failureConverterPath: options.failureConverterPath, logger: bundleLogger(options.warnings ?? false) }),
+    );
+  }
+  return bundles.get(key)!;
+}
+
+export interface InProcessWorkers {
+  workers: Worker[];
+  connection: NativeConnection;
+  scratchDir: string;
+  /** Rejects if a worker fails (e.g. it could not survive a server restart). */
+  run: Promise<void>;
+  shutdown: () => Promise<void>;
+}
+
+export interface InProcessWorkerOptions {
+  store: ObjectStore;
+  control?: boolean;
+  trainingQueues?: string[];
+  /** Job slots of the training worker: one per "GPU" (a CPU-only worker runs one job at a time). */
+  gpus?: number[];
+  jobCommand?: JobCommand;
+  /** Default: a new temp dir named `<scratchPrefix>XXXXXX`. */
+  scratchDir?: string;
+  scratchPrefix?: string;
+  python?: string;
+  dataConverter?: DataConverter;
+  shutdownGraceTime?: string;
+  killGraceMs?: number;
+  /** Bundler warnings on the console. */
+  bundleWarnings?: boolean;
+  /** shutdown() swallows a failed worker's or connection's error. */
+  lenientShutdown?: boolean;
+}
+
+export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddress' | 'namespace'>, options: InProcessWorkerOptions): Promise<InProcessWorkers> {
+  const [connection, bundle] = await Promise.all([
+    NativeConnection.connect({ address: stack.temporalAddress }),
+    workflowBundle({ failureConverterPath: options.dataConverter?.failureConverterPath, warnings: options.bundleWarnings }),
+  ]);
+  const scratchDir = options.scratchDir ?? (await mkdtemp(path.join(tmpdir(), options.scratchPrefix ?? 'refinery-test-worker-')));
+  const workers = await createWorkers({
+    connection,
+    namespace: stack.namespace,
+    store: options.store,
+    control: options.control ?? true,
+    trainingQueues: options.trainingQueues ?? ['refinery-gpu'],
+    gpus: options.gpus ?? [],
+    scratchDir,
+    python: options.python ?? jobsPython(),
+    jobCommand: options.jobCommand,
+    dataConverter: options.dataConverter,
+    workflowBundle: bundle,
+    shutdownGraceTime: options.shutdownGraceTime ?? '5s',
+    killGraceMs: options.killGraceMs,
+  });
+  const run = Promise.all(workers.map((w) => w.run())).then(() => undefined);
+  return {
+    workers,
+    connection,
+    scratchDir,
+    run,
+    shutdown: async () => {
+      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+      if (options.lenientShutdown) {
+        await run.catch(() => undefined);
+        await connection.close().catch(() => undefined);
+      } else {
+        await run;
+        await connection.close();
+      }
+    },
+  };
+}
