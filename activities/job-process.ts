@@ -51,13 +51,34 @@ export function jobEnvironment(base: NodeJS.ProcessEnv, extra: Record<string, st
 }
 
 /**
- * If the worker itself dies (kill -9, OOM killer), the job must not train on as an orphan: on
- * Linux `setpriv --pdeathsig SIGKILL` makes the kernel kill it with its parent, for any trainer.
+ * If the worker itself dies (kill -9, OOM killer), neither the job nor anything it started (data
+ * loader workers, a tool it runs) may train on as an orphan. The kernel's parent-death signal
+ * (`setpriv --pdeathsig`) reaches only the worker's direct child, so that child is this small,
+ * fixed supervisor, the leader of the job's process group: on SIGHUP (its parent died) it kills
+ * the whole group. It ignores the TERM of a cancel, which reaches the job itself through the group
+ * (its grace period stays the job's), waits for the job, and ends the way the job ended (its exit
+ * code, or the same signal). The job's argv is passed as arguments ("$@"): no shell ever parses
+ * anything but this constant.
  */
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+const SH = ['/bin/sh', '/usr/bin/sh'].find((p) => existsSync(p));
+export const JOB_SUPERVISOR = [
+  "trap 'kill -KILL 0' HUP",
+  "trap ':' TERM INT",
+  '"$@" &',
+  'job=$!',
+  'while :; do',
+  '  wait "$job"; code=$?',
+  '  if ! kill -0 "$job" 2>/dev/null; then',
+  '    if [ "$code" -gt 128 ]; then trap - HUP TERM INT; kill -s "$(kill -l "$code")" "$$"; fi',
+  '    exit "$code"',
+  '  fi',
+  'done',
+].join('\n');
 
 export function withParentDeathSignal(argv: readonly [string, ...string[]]): [string, ...string[]] {
-  return SETPRIV && process.platform === 'linux' ? [SETPRIV, '--pdeathsig', 'SIGKILL', '--', ...argv] : [...argv];
+  if (!SETPRIV || !SH || process.platform !== 'linux') return [...argv];
+  return [SETPRIV, '--pdeathsig', 'SIGHUP', '--', SH, '-c', JOB_SUPERVISOR, 'refinery-job', ...argv];
 }
 
 export async function runJobProcess(options: JobProcessOptions): Promise<JobProcessResult> {

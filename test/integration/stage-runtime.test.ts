@@ -40,6 +40,28 @@ function alive(pid: number): boolean {
   }
 }
 
+/** pid's process group and state from /proc (undefined when it is gone). */
+async function procStat(pid: number): Promise<{ pgrp: number; state: string } | undefined> {
+  const { readFile } = await import('node:fs/promises');
+  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  if (!text) return undefined;
+  // "pid (comm) state ppid pgrp …": comm may hold spaces and parentheses.
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return { state: fields[0]!, pgrp: Number(fields[2]) };
+}
+
+/** Live (not zombie) processes of a process group. */
+async function groupMembers(pgrp: number): Promise<number[]> {
+  const { readdir } = await import('node:fs/promises');
+  const out: number[] = [];
+  for (const entry of await readdir('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    const st = await procStat(Number(entry));
+    if (st && st.pgrp === pgrp && st.state !== 'Z') out.push(Number(entry));
+  }
+  return out;
+}
+
 async function jobPids(scratch: string): Promise<number[]> {
   // Job argv carries its config path under <scratch>/stages/ (the worker's own argv does not).
   const r = await execa('pgrep', ['-f', path.join(scratch, 'stages')], { reject: false });
@@ -117,6 +139,29 @@ describe('stage runtime', () => {
     // The job ignored SIGTERM: the worker escalated to SIGKILL on the whole process group.
     await until('no job process left', async () => [...pids, childPid].every((pid) => !alive(pid)), 20_000);
     expect(await jobPids(w.scratch)).toEqual([]);
+  });
+
+  it('a worker killed with SIGKILL leaves no process of its job behind, the job\'s own children included', async () => {
+    const queue = `gpu-orphans-${Date.now()}`;
+    const w = await spawnTrainingWorker(queue);
+    const childPidFile = path.join(w.scratch, 'child.pid');
+    const { file } = await writeTestSpec({
+      name: 'orphan-test',
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 1000 }, params: { step_seconds: 0.1, child_pid_file: childPidFile }, resources: { task_queue: queue }, timeouts: { heartbeat: '3s' }, retry: { maximum_attempts: 1 } }],
+    });
+    const { runId, handle } = await startRun(client, file, { id: `orphans-${Date.now()}` });
+    await until('the job to make progress', async () => (await runStatus(client, runId)).stages[0]!.step >= 3);
+    const { readFile } = await import('node:fs/promises');
+    const childPid = Number(await readFile(childPidFile, 'utf8'));
+    // Found by process group, not by command line: the job's child is in the job's group.
+    const group = (await procStat(childPid))!.pgrp;
+    const members = await groupMembers(group);
+    expect(members).toContain(childPid);
+    expect(members.length).toBeGreaterThanOrEqual(2); // the job and its child (and the supervisor)
+    w.signal('SIGKILL');
+    await until('no live process in the job\'s process group', async () => (await groupMembers(group)).length === 0, 15_000);
+    await handle.cancel();
+    await handle.result().catch(() => undefined);
   });
 
   it('kills a stalled job and retries it, saying so', async () => {
