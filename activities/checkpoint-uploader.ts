@@ -22,6 +22,10 @@ export interface CheckpointUploaderOptions {
   retry: StorageRetry;
   /** Throws when this attempt may no longer commit (its lease was taken over). */
   assertMayCommit: () => Promise<void>;
+  /** The attempt's lease epoch: commits are fenced by it (storage/commit.ts). */
+  epoch: number;
+  /** Aborted when the lease is lost: no further file of a checkpoint goes up. */
+  signal: AbortSignal;
   records: AttemptRecorder;
   onCommitted: (step: number) => void;
 }
@@ -54,8 +58,8 @@ export class CheckpointUploader {
     const { store, artifactPrefix, retry } = this.o;
     // Object storage may be away for a while (restart, network): keep trying, the job trains on.
     // Fenced: the marker is written only while this attempt holds the stage lease.
-    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit }));
-    await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256 });
+    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit, epoch: this.o.epoch, signal: this.o.signal }));
+    await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256, epoch: this.o.epoch });
     this.o.onCommitted(step);
     // Fenced too: an attempt that lost its lease must not prune the new holder's checkpoints.
     await this.o.assertMayCommit();

@@ -19,7 +19,7 @@ import { activityInfo, cancellationSignal, log } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { AttemptRecorder } from '../storage/attempt-records.js';
 import { restoreNewestCheckpoint } from '../storage/checkpoints.js';
-import { commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
+import { CommitConflict, commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import { acquireOrWait, LeaseLostError, localHolder, type StageLease } from '../storage/stage-lease.js';
@@ -188,7 +188,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
       }
       const resumeStep = restore.restored?.step ?? null;
       const skippedCheckpoints = restore.skipped.map((s) => s.step);
-      await records.record('attempt-started', { host: ctx.host, pid: process.pid, resumedFromStep: resumeStep, skippedCheckpoints });
+      await records.record('attempt-started', { host: ctx.host, pid: process.pid, epoch: lease.epoch, resumedFromStep: resumeStep, skippedCheckpoints });
       progress.update({ phase: 'training', step: resumeStep ?? 0, lastCommittedStep: resumeStep, resumedFromStep: resumeStep, skippedCheckpoints });
 
       const config: JobConfig = {
@@ -225,6 +225,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
         resumedFromDir: restore.restored?.dir,
         retry,
         assertMayCommit: () => lease.assertHeld(),
+        epoch: lease.epoch,
+        signal: lease.signal,
         records,
         onCommitted: (step) => progress.update({ lastCommittedStep: step }),
       });
@@ -306,10 +308,15 @@ export function createTrainingActivities(deps: TrainingDeps) {
           dirs.output,
           layout.output(input.artifactPrefix),
           { stage: stage.id, kind: stage.kind, cacheKey: input.cacheKey, metrics: finalMetrics, runId: input.runId },
-          // Fenced: the marker is written only while this attempt holds the stage lease.
-          { beforeCommit: () => lease.assertHeld() },
+          // Fenced: the marker is written only while this attempt holds the stage lease, never
+          // over an output already committed, and the files are this epoch's own.
+          { beforeCommit: () => lease.assertHeld(), fence: { epoch: lease.epoch, marker: 'first' }, signal: lease.signal },
         ),
-      );
+      ).catch((err: unknown) => {
+        // Another attempt's output got there first: the retry finds it committed and reuses it.
+        if (err instanceof CommitConflict) throw ApplicationFailure.retryable(err.message, 'OutputCommitConflict');
+        throw err;
+      });
       const p = progress.progress;
       return {
         artifact: { prefix: artifact.prefix, uri: artifact.uri, manifestSha256: artifact.manifestSha256 },

@@ -144,7 +144,7 @@ async function main(): Promise<void> {
         for (const tool of downOrder) {
           const dest = await freshDir(`down-${tool}`);
           if (tool === 'refinery') down.refinery.push(await measure(async () => void (await downloadCommitted(store, (await readCommitted(store, committed))!, dest))));
-          if (tool === 's5cmd') down.s5cmd.push(await measure(async () => (await s5('cp', `s3://${bucket}/${artifact.prefix}/files/*`, `${dest}/`)).cpu));
+          if (tool === 's5cmd') down.s5cmd.push(await measure(async () => (await s5('cp', `s3://${bucket}/${artifact.filesPrefix}/*`, `${dest}/`)).cpu));
           if (tool === 's5cmd-verified') {
             // s5cmd's own CPU is not counted here (it is a child process): client CPU is Node's hashing only.
             down['s5cmd-verified'].push(await measure(async () => void (await s5cmdDownloadVerified(s5cmd, s5env, store, (await readCommitted(store, committed))!, dest))));

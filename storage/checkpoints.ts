@@ -15,8 +15,23 @@ export interface CheckpointRestore {
   skipped: { step: number; reason: string }[];
 }
 
-export async function commitCheckpoint(store: ObjectStore, artifactPrefix: string, step: number, localDir: string, options: Pick<CommitOptions, 'beforeCommit'> = {}): Promise<CommittedArtifact> {
-  return commitDirectory(store, localDir, layout.checkpoint(artifactPrefix, step), { step }, options);
+/**
+ * Commits checkpoint `step`. With `epoch` (the committing attempt's lease epoch) the commit is
+ * fenced: its files are its own, and its marker replaces only one of a smaller epoch — a newer
+ * attempt that reaches the same step again wins, a stale one never does.
+ */
+export async function commitCheckpoint(
+  store: ObjectStore,
+  artifactPrefix: string,
+  step: number,
+  localDir: string,
+  options: Pick<CommitOptions, 'beforeCommit' | 'signal'> & { epoch?: number } = {},
+): Promise<CommittedArtifact> {
+  const { epoch, ...rest } = options;
+  return commitDirectory(store, localDir, layout.checkpoint(artifactPrefix, step), { step, ...(epoch !== undefined ? { epoch } : {}) }, {
+    ...rest,
+    ...(epoch !== undefined ? { fence: { epoch, marker: 'newer-epoch' as const } } : {}),
+  });
 }
 
 /** Steps that have a commit marker, newest first. */

@@ -5,6 +5,15 @@
  *   3. `<prefix>/_COMMITTED` — written last — holds the manifest's sha256.
  * A prefix without a marker, or whose manifest does not match its marker, does not exist as far
  * as readers are concerned. Downloads re-hash every file and refuse any mismatch.
+ *
+ * Fenced commits (stage outputs and checkpoints, written by an attempt holding the stage lease)
+ * carry the lease's epoch and keep their files and manifest apart per epoch —
+ * `<prefix>/files.e<N>/…` and `<prefix>/_manifest.e<N>.json` — so that an attempt that lost its
+ * lease but does not know it yet (a partitioned or frozen worker) can never overwrite a byte of a
+ * newer attempt's commit. The marker then names the epoch, and is written conditionally: an output
+ * marker only if none exists (the first committed output stays the output), a checkpoint marker
+ * only over a marker of a smaller epoch — both checked by the storage itself (If-None-Match /
+ * If-Match), not by a read before the write.
  */
 import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
@@ -33,6 +42,12 @@ export interface CommittedArtifact {
   /** sha256 of the manifest: identifies the artifact's exact content. */
   manifestSha256: string;
   manifest: Manifest;
+  /** Where its files are: `<prefix>/files`, or `<prefix>/files.e<epoch>` for a fenced commit. */
+  filesPrefix: string;
+  /** Its manifest's key: `<prefix>/_manifest.json`, or `<prefix>/_manifest.e<epoch>.json`. */
+  manifestKey: string;
+  /** The lease epoch of a fenced commit. */
+  epoch?: number;
 }
 
 /** Where a commit stands: totals over the directory, and how much of it is already in the bucket. */
@@ -73,6 +88,13 @@ export interface CommitOptions {
    * check (the stage lease) that may throw to leave the commit unmade.
    */
   beforeCommit?: () => Promise<void>;
+  /**
+   * Fences the commit by the writer's lease epoch (see the module comment): files and manifest
+   * under epoch-scoped keys; 'first' — the marker is written only if there is none (a stage
+   * output); 'newer-epoch' — only over a marker of a smaller epoch (a checkpoint a newer attempt
+   * may write again). A refused marker throws CommitConflict.
+   */
+  fence?: { epoch: number; marker: 'first' | 'newer-epoch' };
   /** Files in flight (default 8). */
   concurrency?: number;
   /** Stops taking new files and parts; the commit then throws the signal's reason. */
@@ -88,6 +110,34 @@ export class IntegrityError extends Error {
   override name = 'IntegrityError';
 }
 
+/** A fenced commit whose marker was refused: somebody else's commit is (or stays) there. */
+export class CommitConflict extends Error {
+  override name = 'CommitConflict';
+  constructor(
+    readonly prefix: string,
+    /** The marker that is there: its epoch (0 for an unfenced one) and manifest. */
+    readonly existing: { epoch: number; manifestSha256: string },
+    ours: { epoch: number },
+  ) {
+    super(
+      existing.epoch > ours.epoch
+        ? `${prefix}: a newer attempt (lease epoch ${existing.epoch}) has committed here; this attempt (epoch ${ours.epoch}) may not replace it`
+        : `${prefix}: already committed (lease epoch ${existing.epoch}, manifest ${existing.manifestSha256.slice(0, 12)}…); not replaced`,
+    );
+  }
+}
+
+/** The JSON in `_COMMITTED`. `epoch` only in fenced commits (their files and manifest are epoch-scoped). */
+interface Marker {
+  manifestSha256: string;
+  epoch?: number;
+}
+
+/** Where a commit's files and manifest are: epoch-scoped for a fenced commit. */
+function commitKeys(prefix: string, epoch: number | undefined): { files: string; manifest: string } {
+  return epoch === undefined ? { files: `${prefix}/files`, manifest: `${prefix}/${MANIFEST}` } : { files: `${prefix}/files.e${epoch}`, manifest: `${prefix}/_manifest.e${epoch}.json` };
+}
+
 /**
  * Uploads a local directory and commits it. Returns the committed artifact. With `resume`, files
  * already in the bucket with the same size and sha256 are not uploaded again; with `deterministic`,
@@ -100,7 +150,8 @@ export async function commitDirectory(
   meta?: Record<string, unknown>,
   options: CommitOptions = {},
 ): Promise<CommittedArtifact> {
-  const { onProgress, resume = false, deterministic = false, knownSha256, signal } = options;
+  const { onProgress, resume = false, deterministic = false, knownSha256, signal, fence } = options;
+  const keys = commitKeys(prefix, fence?.epoch);
   const rel = await listFiles(localDir);
   const sizes = await Promise.all(rel.map(async (r) => (await stat(path.join(localDir, r))).size));
   const progress: CommitProgress = { files: rel.length, filesDone: 0, bytes: sizes.reduce((a, b) => a + b, 0), bytesDone: 0, skippedFiles: 0 };
@@ -108,14 +159,14 @@ export async function commitDirectory(
   report();
   // One LIST tells which files may already be there; only those of the same size cost a HEAD.
   const remoteSizes = new Map<string, number>();
-  if (resume) for (const o of await store.list(`${prefix}/files/`, true)) remoteSizes.set(o.key, o.size);
+  if (resume) for (const o of await store.list(`${keys.files}/`, true)) remoteSizes.set(o.key, o.size);
 
   const files: ManifestFile[] = new Array(rel.length);
   await forEachLimit(
     rel,
     options.concurrency ?? FILE_CONCURRENCY,
     async (relPath, i) => {
-      const key = `${prefix}/files/${relPath}`;
+      const key = `${keys.files}/${relPath}`;
       const local = path.join(localDir, relPath);
       const size = sizes[i]!;
       let sha256 = knownSha256?.get(relPath);
@@ -161,10 +212,45 @@ export async function commitDirectory(
     : { version: 1, files, createdAt: new Date().toISOString(), ...(meta ? { meta } : {}) };
   const manifestBytes = Buffer.from(JSON.stringify(manifest, null, 2) + '\n');
   const manifestSha256 = sha256(manifestBytes);
-  await store.putBytes(`${prefix}/${MANIFEST}`, manifestBytes, 'application/json');
+  await store.putBytes(keys.manifest, manifestBytes, 'application/json');
   await options.beforeCommit?.();
-  await store.putJson(`${prefix}/${MARKER}`, { manifestSha256 });
-  return { prefix, uri: store.uri(prefix), manifestSha256, manifest };
+  if (fence) await writeFencedMarker(store, prefix, { manifestSha256, epoch: fence.epoch }, fence.marker);
+  else await store.putJson(`${prefix}/${MARKER}`, { manifestSha256 } satisfies Marker);
+  return { prefix, uri: store.uri(prefix), manifestSha256, manifest, filesPrefix: keys.files, manifestKey: keys.manifest, ...(fence ? { epoch: fence.epoch } : {}) };
+}
+
+/**
+ * Writes a fenced commit marker with conditional PUTs only, so the storage decides between racing
+ * writers: 'first' never replaces a marker; 'newer-epoch' replaces one of a smaller epoch (the
+ * If-Match on its ETag fails if it changed since it was read). Our own marker already there (a
+ * retried commit whose PUT landed unheard) is success.
+ */
+async function writeFencedMarker(store: ObjectStore, prefix: string, ours: Required<Marker>, mode: 'first' | 'newer-epoch'): Promise<void> {
+  const key = `${prefix}/${MARKER}`;
+  const body = JSON.stringify(ours);
+  for (let tries = 0; tries < 5; tries++) {
+    const cur = await store.getWithEtag(key);
+    if (!cur) {
+      if ((await store.putIfAbsent(key, body)) !== 'exists') return;
+      continue;
+    }
+    const existing = parseMarker(cur.body);
+    const theirs = { epoch: existing?.epoch ?? 0, manifestSha256: existing?.manifestSha256 ?? '' };
+    if (theirs.epoch === ours.epoch && theirs.manifestSha256 === ours.manifestSha256) return;
+    if (mode === 'first' || theirs.epoch > ours.epoch) throw new CommitConflict(store.uri(prefix), theirs, ours);
+    if ((await store.putIfMatch(key, body, cur.etag)) !== 'changed') return;
+  }
+  throw new Error(`${store.uri(prefix)}: the commit marker kept changing under this commit; giving up`);
+}
+
+function parseMarker(body: Buffer): Marker | undefined {
+  try {
+    const m = JSON.parse(body.toString('utf8')) as Partial<Marker> | null;
+    if (!m || typeof m.manifestSha256 !== 'string') return undefined;
+    return m.epoch === undefined || typeof m.epoch === 'number' ? (m as Marker) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /**
@@ -172,12 +258,28 @@ export async function commitDirectory(
  * manifest is missing or does not hash to the recorded value is an IntegrityError.
  */
 export async function readCommitted(store: ObjectStore, prefix: string): Promise<CommittedArtifact | undefined> {
-  const marker = await store.getJson<{ manifestSha256: string }>(`${prefix}/${MARKER}`);
-  if (!marker) return undefined;
-  const bytes = await store.getBytes(`${prefix}/${MANIFEST}`);
+  const raw = await store.getBytes(`${prefix}/${MARKER}`);
+  if (!raw) return undefined;
+  const marker = parseMarker(raw);
+  if (!marker) throw new IntegrityError(`${store.uri(prefix)}: commit marker unreadable`);
+  const keys = commitKeys(prefix, marker.epoch);
+  const bytes = await store.getBytes(keys.manifest);
   if (!bytes) throw new IntegrityError(`${store.uri(prefix)}: commit marker present but manifest missing`);
   if (sha256(bytes) !== marker.manifestSha256) throw new IntegrityError(`${store.uri(prefix)}: manifest does not match its commit marker`);
-  return { prefix, uri: store.uri(prefix), manifestSha256: marker.manifestSha256, manifest: JSON.parse(bytes.toString('utf8')) as Manifest };
+  return {
+    prefix,
+    uri: store.uri(prefix),
+    manifestSha256: marker.manifestSha256,
+    manifest: JSON.parse(bytes.toString('utf8')) as Manifest,
+    filesPrefix: keys.files,
+    manifestKey: keys.manifest,
+    ...(marker.epoch !== undefined ? { epoch: marker.epoch } : {}),
+  };
+}
+
+/** The key of file `relPath` of a committed artifact. */
+export function committedFileKey(artifact: Pick<CommittedArtifact, 'filesPrefix'>, relPath: string): string {
+  return `${artifact.filesPrefix}/${relPath}`;
 }
 
 /**
@@ -194,7 +296,7 @@ export async function downloadCommitted(store: ObjectStore, artifact: CommittedA
       reused++;
       return;
     }
-    await store.getFile(`${artifact.prefix}/files/${f.path}`, target, { expectSha256: f.sha256 }).catch((err: unknown) => {
+    await store.getFile(committedFileKey(artifact, f.path), target, { expectSha256: f.sha256 }).catch((err: unknown) => {
       if (err instanceof ChecksumMismatch) throw new IntegrityError(`${artifact.uri}: ${f.path}: sha256 ${err.actual} does not match the manifest (${f.sha256})`);
       throw new IntegrityError(`${artifact.uri}: ${f.path}: cannot download (${(err as Error).message})`);
     });
@@ -214,9 +316,10 @@ export async function verifyCommitted(store: ObjectStore, prefix: string): Promi
   if (!artifact) return [`${store.uri(prefix)}: not committed`];
   const problems: string[] = [];
   for (const f of artifact.manifest.files) {
-    const bytes = await store.getBytes(`${prefix}/files/${f.path}`);
-    if (!bytes) problems.push(`${artifact.uri}/files/${f.path}: missing`);
-    else if (sha256(bytes) !== f.sha256) problems.push(`${artifact.uri}/files/${f.path}: sha256 mismatch`);
+    const key = committedFileKey(artifact, f.path);
+    const bytes = await store.getBytes(key);
+    if (!bytes) problems.push(`${store.uri(key)}: missing`);
+    else if (sha256(bytes) !== f.sha256) problems.push(`${store.uri(key)}: sha256 mismatch`);
   }
   return problems;
 }

@@ -56,6 +56,13 @@ export interface LeaseRecord {
   ttlMs: number;
   /** Renewals so far: makes every write's bytes, hence its ETag, differ. */
   seq: number;
+  /**
+   * The fencing token: one more than the record this acquisition replaced (1 for the first), so
+   * every holder of a cache key has a larger epoch than all before it. Commits carry it and a
+   * commit marker of a larger epoch is never replaced by a smaller one (storage/commit.ts).
+   * Absent in records written before epochs existed (read as 0).
+   */
+  epoch?: number;
   /** Set by release(): the lease is free (a tombstone that records its last holder). */
   releasedAt?: string;
 }
@@ -200,7 +207,8 @@ export async function acquireOrWait(store: LeaseStore, artifactPrefix: string, h
     if (take) {
       if (await options.isDone()) return { kind: 'done' };
       const now = new Date().toISOString();
-      const record: LeaseRecord = { version: 1, holder, token, acquiredAt: now, renewedAt: now, ttlMs, seq: 0 };
+      const epoch = (cur ? (parseRecord(cur.body)?.epoch ?? 0) : 0) + 1;
+      const record: LeaseRecord = { version: 1, holder, token, acquiredAt: now, renewedAt: now, ttlMs, seq: 0, epoch };
       const body = serialize(record);
       const sentAt = (lastSentAt = performance.now());
       let won: { etag: string } | undefined;
@@ -293,6 +301,10 @@ export class StageLease {
   }
   get ttlMs(): number {
     return this.record.ttlMs;
+  }
+  /** This acquisition's fencing token (LeaseRecord.epoch). */
+  get epoch(): number {
+    return this.record.epoch ?? 0;
   }
   get etag(): string {
     return this.currentEtag;

@@ -31,7 +31,7 @@ export async function s5cmdDownloadVerified(
   const { createInterface } = await import('node:readline');
   const { sha256File } = await import('../../storage/object-store.js');
   const expected = new Map(artifact.manifest.files.map((f) => [path.join(localDir, safeRelative(f.path)), f]));
-  const proc = execa(s5cmd, ['--json', '--endpoint-url', `${store.config.useSSL ? 'https' : 'http'}://${store.config.endPoint}:${store.config.port}`, 'cp', `s3://${store.bucket}/${artifact.prefix}/files/*`, `${localDir}/`], {
+  const proc = execa(s5cmd, ['--json', '--endpoint-url', `${store.config.useSSL ? 'https' : 'http'}://${store.config.endPoint}:${store.config.port}`, 'cp', `s3://${store.bucket}/${artifact.filesPrefix}/*`, `${localDir}/`], {
     env: { ...process.env, ...env },
     reject: false,
     stdout: 'pipe',

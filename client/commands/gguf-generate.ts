@@ -6,7 +6,7 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { llamaThreadsFor } from '../../activities/gguf-check.js';
-import { downloadCommitted, readCommitted } from '../../storage/commit.js';
+import { committedFileKey, downloadCommitted, readCommitted } from '../../storage/commit.js';
 import { layout } from '../../storage/layout.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import type { PipelineStatus } from '../../workflows/types.js';
@@ -33,5 +33,5 @@ export async function ggufGenerate(opts: { run: string; stage: string; prompt: s
   const text = await session.prompt(opts.prompt, { temperature: 0, maxTokens: opts.maxTokens });
   await context.dispose();
   await model.dispose();
-  return { file: name, uri: `${stage.artifact.uri}/files/${name}`, text };
+  return { file: name, uri: store.uri(committedFileKey(artifact, name)), text };
 }

@@ -1,4 +1,5 @@
 /** corrupt-checkpoint: flip a bit in / delete an object of the newest committed checkpoint, kill the job. */
+import { readCommitted } from '../../storage/commit.js';
 import { layout } from '../../storage/layout.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { waitFor } from '../../infra/harness/wait.js';
@@ -25,9 +26,11 @@ export const corruptCheckpoint: FaultKindModule = {
     }, 90_000, 20);
     if (!steps) throw new Error(`no two committed checkpoints by step ${aimedAt}`);
     const newest = steps[0]!;
-    const files = (await ctx.store.list(`${layout.checkpoint(artifact, newest)}/files/`)).map((o) => o.key);
+    const committed = await readCommitted(ctx.store, layout.checkpoint(artifact, newest));
+    if (!committed) throw new Error(`checkpoint ${newest} vanished before it could be damaged`);
+    const files = (await ctx.store.list(`${committed.filesPrefix}/`)).map((o) => o.key);
     const how = rng.pick(['flip a bit in', 'delete', 'flip a bit in the manifest of'] as const);
-    const victim = how === 'flip a bit in the manifest of' ? `${layout.checkpoint(artifact, newest)}/_manifest.json` : rng.pick(files);
+    const victim = how === 'flip a bit in the manifest of' ? committed.manifestKey : rng.pick(files);
     if (how === 'delete') await ctx.store.remove([victim]);
     else {
       const bytes = (await ctx.store.getBytes(victim))!;

@@ -14,6 +14,7 @@ import { verifyRun } from '../../client/audit/verify.js';
 import { streamLogs, type LogChunk } from '../../client/commands/logs.js';
 import { CliError } from '../../client/errors.js';
 import { auditKey, type AuditRecord } from '../../storage/audit-chain.js';
+import { committedFileKey, readCommitted } from '../../storage/commit.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { REPO_ROOT } from '../../config/paths.js';
 import { stack, startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
@@ -114,7 +115,7 @@ describe('refinery audit verify', () => {
 
   it('fails when an artifact object has been modified, naming the file', async () => {
     const sft = records.find((r) => r.event.type === 'stage-completed' && r.event.stage === 'sft')!.event.artifact as { prefix: string };
-    const key = `${sft.prefix}/files/result.json`;
+    const key = committedFileKey((await readCommitted(store, sft.prefix))!, 'result.json');
     const original = (await store.getBytes(key))!;
     await tamper(key, Buffer.concat([original, Buffer.from(' ')]));
     const v = await verify();
@@ -125,13 +126,14 @@ describe('refinery audit verify', () => {
 
   it('fails when an artifact object or a stored dataset is missing', async () => {
     const merge = records.find((r) => r.event.type === 'stage-completed' && r.event.stage === 'merge')!.event.artifact as { prefix: string };
-    await tamper(`${merge.prefix}/files/result.json`, null);
+    const mergeFile = committedFileKey((await readCommitted(store, merge.prefix))!, 'result.json');
+    await tamper(mergeFile, null);
     const prepared = records.find((r) => r.event.type === 'run-prepared')!.event.datasets as Record<string, { uri: string }>;
     const dataKey = `${prepared.chats!.uri.replace(/^s3:\/\/[^/]+\//, '')}/files/data.jsonl`;
     await tamper(dataKey, null);
     const v = await verify();
     expect(v.exitCode).toBe(1);
-    expect(v.problems).toContain(`stage merge artifact: ${store.uri(`${merge.prefix}/files/result.json`)}: missing`);
+    expect(v.problems).toContain(`stage merge artifact: ${store.uri(mergeFile)}: missing`);
     expect(v.problems).toContain(`dataset chats: ${store.uri(dataKey)}: missing`);
   });
 

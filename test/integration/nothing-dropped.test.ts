@@ -10,6 +10,7 @@ import { readRun, verifyRun } from '../../client/commands/audit.js';
 import { runStatus } from '../../client/commands/manage.js';
 import { startRun } from '../../client/commands/run.js';
 import { listCommittedSteps } from '../../storage/checkpoints.js';
+import { committedFileKey, readCommitted } from '../../storage/commit.js';
 import { layout } from '../../storage/layout.js';
 import type { PipelineResult } from '../../workflows/types.js';
 import { startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
@@ -46,7 +47,7 @@ describe('nothing dropped', () => {
     // Attempt 1 commits checkpoints 2 and 4, then fails at step 5; corrupt checkpoint 4 before the retry.
     const prefix = await until('the artifact prefix', () => artifactPrefixOf('it-dropped'));
     await until('checkpoint 4 committed', async () => (await listCommittedSteps(testStore(), prefix)).includes(4), 30_000, 100);
-    await testStore().putBytes(`${layout.checkpoint(prefix, 4)}/files/state.json`, '{"corrupted": true}');
+    await testStore().putBytes(committedFileKey((await readCommitted(testStore(), layout.checkpoint(prefix, 4)))!, 'state.json'), '{"corrupted": true}');
 
     const result: PipelineResult = await handle.result();
     expect(result.status.state).toBe('completed');

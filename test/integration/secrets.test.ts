@@ -16,6 +16,7 @@ import { execa, type ResultPromise } from 'execa';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startRun } from '../../client/commands/run.js';
 import { REPO_ROOT } from '../../config/paths.js';
+import { committedFileKey, readCommitted } from '../../storage/commit.js';
 import { stack, startTestWorkers, testClient, testJobCommand, testStackEnv, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
@@ -153,7 +154,7 @@ describe('secrets', () => {
 
     // 4. What a job sees: no credentials in its environment.
     for (const stage of ['sft', 'dpo']) {
-      const env = await store.getJson<Record<string, string>>(`${result.artifacts[stage]!.prefix}/files/env.json`);
+      const env = await store.getJson<Record<string, string>>(committedFileKey((await readCommitted(store, result.artifacts[stage]!.prefix))!, 'env.json'));
       expect(env, `${stage} dumped its environment`).toBeDefined();
       expect(env!.REFINERY_EVENTS_FD).toBe('3'); // it is the job's environment
       expect(Object.keys(env!).filter((k) => /^(REFINERY_S3_|AWS_|MINIO_)/.test(k))).toEqual([]);
