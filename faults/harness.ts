@@ -56,12 +56,6 @@ export function spawnFaultWorker(stack: PrivateStack, python: string, w: { name:
 // ------------------------------------------------------------------------------------------------
 // Job processes and their progress, seen from the worker's scratch dir
 
-/** Pids of job processes launched by the worker owning `scratch` (their argv names a config under it). */
-export async function jobPids(scratch: string): Promise<number[]> {
-  const r = await execa('pgrep', ['-f', `${path.join(scratch, 'stages')}/`], { reject: false });
-  return r.stdout.split('\n').filter(Boolean).map(Number).filter((pid) => pid !== process.pid);
-}
-
 export interface JobProgress {
   /** <scratch>/stages/<cacheKey> */
   dir: string;

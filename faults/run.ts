@@ -2,7 +2,7 @@
  * The fault-injection suite: real pipelines (the contract test job, two or three stages) on a
  * private stack, with faults injected at seeded random points, then every invariant checked.
  *
- *   npx tsx faults/run.ts [--trials N] [--seed S] [--short] [--kinds a,b] [--keep]
+ *   npx tsx faults/run.ts [--trials N] [--seed S] [--short] [--kinds a,b] [--allow-skip a,b] [--keep]
  *
  * It starts its OWN Temporal dev server and MinIO (free ports, temp state dir; never the user's
  * stack), a control worker in this process and training workers as separate processes
@@ -10,6 +10,7 @@
  *
  *   worker-kill         kill -9 the training worker mid-stage; a new worker (own scratch) takes over
  *   temporal-restart    kill -9 the Temporal dev server mid-run, restart it on the same db file and port
+ *   temporal-outage     the same, down longer than the heartbeat timeout: the stage is retried while its attempt lives
  *   minio-outage        kill -9 MinIO right after a checkpoint upload starts; down 30 s (--short 5 s)
  *   corrupt-checkpoint  flip a bit in / delete an object of the newest committed checkpoint, kill the job
  *   scratch-full        fill the worker's (size-limited) scratch filesystem mid-stage
@@ -17,9 +18,12 @@
  *   cancel              cancel the run mid-stage
  *
  * Per run it checks: completed (cancelled for `cancel`), the audit trail and every artifact verify
- * (`audit verify`) and every remaining committed checkpoint verifies, steps lost per fault
- * (step at fault time − step resumed from) within the bound, no duplicate stage completions, no
- * job process left. Prints a table; exits 1 if any invariant failed.
+ * (`audit verify`) and every remaining committed checkpoint verifies, steps lost per fault (from
+ * the job's events, at every hand-over between attempts) within the bound, every checkpoint the
+ * final attempt announced committed, no two attempts of a stage training at once beyond the bound
+ * and no process of any job session left (faults/process-sampler.ts), no duplicate stage
+ * completions, no kind skipped unless --allow-skip names it. Prints a table; exits 1 if any
+ * invariant failed.
  *
  * This file: the suite and its command line. One trial (run + fault + invariants) is in
  * faults/trial.ts; what each fault kind sets up, injects and checks in faults/kinds/<kind>.ts; what
@@ -38,6 +42,7 @@ import { jobsPython } from '../config/worker.js';
 import type { WorkerProcess } from '../infra/harness/processes.js';
 import { Rng } from '../infra/harness/rng.js';
 import { smallFilesystem, spawnFaultWorker, startControlWorker, startFaultStack, type ControlWorker, type SmallFs } from './harness.js';
+import { ProcessSampler } from './process-sampler.js';
 import { summarize } from './summary.js';
 import type { Ctx } from './context.js';
 import { runTrial } from './trial.js';
@@ -107,7 +112,10 @@ export async function runFaultSuite(options: SuiteOptions = {}): Promise<SuiteRe
       workerSeq: 1,
       workers: [main, ...(smallWorker ? [smallWorker] : [])],
       corrupted: new Set(),
+      sampler: new ProcessSampler(() => ctx.workers.filter((w) => w.alive).map((w) => w.pid)),
     };
+    ctx.sampler.start();
+    cleanups.unshift(() => ctx.sampler.stop());
     control.run.catch((err: unknown) => (ctx.controlFailed = String(err)));
     // Workers first, then the control worker's connection, so nothing polls a stopped server.
     cleanups.unshift(async () => {
@@ -142,7 +150,9 @@ export async function runFaultSuite(options: SuiteOptions = {}): Promise<SuiteRe
     if (!options.keep) await rm(workDir, { recursive: true, force: true });
     else log(`kept ${stack.info.stateDir} and ${workDir}`);
   }
-  return summarize({ seed, trials, short, runs, skipped, durationMs: Date.now() - t0 });
+  // No silent skips: a kind that could not run here fails the suite unless the caller allowed it.
+  const notAllowed = skipped.filter((s) => !(options.allowSkip ?? []).includes(s.kind));
+  return summarize({ seed, trials, short, runs, skipped, notAllowed, durationMs: Date.now() - t0 });
 }
 
 /** A worker that died without being killed by a fault is a problem; either way, serve on. */
@@ -176,6 +186,7 @@ const FLAGS = {
   seed: { type: 'string' },
   'minio-outage': { type: 'string' },
   kinds: { type: 'string' },
+  'allow-skip': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -197,16 +208,20 @@ export function parseArgs(argv: string[]): SuiteOptions {
     else if (t.name === 'trials') opts.trials = positiveInt(a, value());
     else if (t.name === 'seed') opts.seed = positiveInt(a, value(), 0);
     else if (t.name === 'minio-outage') opts.minioOutageMs = positiveInt(a, value()) * 1000;
-    else if (t.name === 'kinds') {
-      const kinds = value().split(',');
-      for (const k of kinds) if (!(FAULT_KINDS as readonly string[]).includes(k)) throw new Error(`unknown fault kind "${k}" (one of ${FAULT_KINDS.join(', ')})`);
-      opts.kinds = kinds as FaultKind[];
-    } else {
-      console.log('usage: npx tsx faults/run.ts [--trials N] [--seed S] [--short] [--kinds k1,k2] [--minio-outage SECONDS] [--keep]');
+    else if (t.name === 'kinds') opts.kinds = faultKinds(value());
+    else if (t.name === 'allow-skip') opts.allowSkip = faultKinds(value());
+    else {
+      console.log('usage: npx tsx faults/run.ts [--trials N] [--seed S] [--short] [--kinds k1,k2] [--allow-skip k1,k2] [--minio-outage SECONDS] [--keep]');
       process.exit(0);
     }
   }
   return opts;
+}
+
+function faultKinds(list: string): FaultKind[] {
+  const kinds = list.split(',');
+  for (const k of kinds) if (!(FAULT_KINDS as readonly string[]).includes(k)) throw new Error(`unknown fault kind "${k}" (one of ${FAULT_KINDS.join(', ')})`);
+  return kinds as FaultKind[];
 }
 
 function positiveInt(flag: string, v: string, min = 1): number {

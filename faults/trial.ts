@@ -9,6 +9,7 @@ import { startRun } from '../client/commands/run.js';
 import { runStatus } from '../client/commands/manage.js';
 import { listJobLogs, readJobLog } from '../storage/job-logs.js';
 import { verifyCommitted } from '../storage/commit.js';
+import { readAttemptRecords } from '../storage/attempt-records.js';
 import { layout } from '../storage/layout.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import type { AuditRecord } from '../storage/audit-chain.js';
@@ -16,8 +17,8 @@ import type { PipelineStatus } from '../workflows/types.js';
 import { writeTestSpec } from '../infra/harness/specs.js';
 import type { WorkerProcess } from '../infra/harness/processes.js';
 import { sleep, waitFor } from '../infra/harness/wait.js';
-import { SAVE_STEPS, type Ctx } from './context.js';
-import { aliveAll, jobAttempts, jobPids, jobProgress, killPids, type JobProgress } from './harness.js';
+import { OVERLAP_BOUND_MS, SAVE_STEPS, type Ctx } from './context.js';
+import { aliveAll, jobAttempts, jobProgress, killPids, type JobProgress } from './harness.js';
 import { FAULTS, type Trial, type TrialPlan } from './kinds/index.js';
 import type { FaultKind, FaultRecord, RunReport } from './types.js';
 
@@ -159,41 +160,62 @@ export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promis
     duplicates += Math.max(0, completions - 1) + Math.max(0, outputs - 1);
   }
 
-  // Steps lost: the furthest step reached before the next attempt (at least the step at fault
-  // time) minus the checkpoint that attempt resumed from.
-  if (fault.attemptAtFault !== null && fault.stepAtFault !== null && (mod.measuresStepsLost ?? true)) {
-    const attempts = await attemptLogs(ctx.store, prefix, runId, target, events);
-    for (const [a, info] of attempts) if (info.maxStep !== null) furthest.set(a, Math.max(furthest.get(a) ?? 0, info.maxStep));
-    const next = [...attempts.entries()].filter(([a, info]) => a > fault.attemptAtFault! && info.started).sort((x, y) => x[0] - y[0])[0];
-    if (next) {
-      fault.retried = true;
-      fault.resumedFrom = next[1].resumedFrom;
-      const before = [...furthest.entries()].filter(([a]) => a >= fault.attemptAtFault! && a < next[0]).map(([, step]) => step);
-      // An attempt got at least as far as the checkpoint the next one resumed from.
-      fault.furthestStep = Math.max(fault.stepAtFault, fault.furthestStep ?? 0, next[1].resumedFrom ?? 0, ...before);
-      fault.stepsLost = fault.furthestStep - (next[1].resumedFrom ?? 0);
-    } else if (state === 'completed') {
-      fault.stepsLost = 0;
+  // Steps lost, from the job's own events, for every fault whether it caused a retry or not: at
+  // each hand-over from one attempt that ran the job to the next, the furthest step the earlier one
+  // (or any attempt in between) reached minus the checkpoint the next one resumed from; summed.
+  const attempts = await attemptLogs(ctx.store, prefix, runId, target, events);
+  for (const [a, info] of attempts) if (info.maxStep !== null) furthest.set(a, Math.max(furthest.get(a) ?? 0, info.maxStep));
+  if (fault.attemptAtFault !== null && fault.stepAtFault !== null) furthest.set(fault.attemptAtFault, Math.max(furthest.get(fault.attemptAtFault) ?? 0, fault.stepAtFault));
+  const ran = [...attempts.entries()].filter(([, info]) => info.started).sort((x, y) => x[0] - y[0]);
+  if (mod.measuresStepsLost ?? true) {
+    let lost = 0;
+    const handovers: string[] = [];
+    for (let i = 1; i < ran.length; i++) {
+      const [b, next] = ran[i]!;
+      const a = ran[i - 1]![0];
+      const reached = Math.max(0, ...[...furthest.entries()].filter(([n]) => n >= a && n < b).map(([, step]) => step));
+      const from = next.resumedFrom ?? 0;
+      lost += Math.max(0, reached - from);
+      handovers.push(`attempt ${a} got to ${reached}, attempt ${b} resumed from ${next.resumedFrom ?? 'scratch'}`);
+      if (fault.attemptAtFault !== null && a >= fault.attemptAtFault && !fault.retried) Object.assign(fault, { retried: true, resumedFrom: next.resumedFrom, furthestStep: reached });
     }
-    if (fault.stepsLost !== null && fault.stepsLost > fault.bound) {
-      problems.push(
-        `${fault.stepsLost} steps lost (fault at step ${fault.stepAtFault}, the attempt got to ${fault.furthestStep}, the next resumed from ${fault.resumedFrom ?? 'scratch'}), more than the bound ${fault.bound}`,
-      );
-    }
+    if (ran.length > 1 && !fault.retried) Object.assign(fault, { retried: true, resumedFrom: ran[1]![1].resumedFrom, furthestStep: furthest.get(ran[0]![0]) ?? null });
+    if (state === 'completed' || ran.length > 1) fault.stepsLost = lost;
+    if (handovers.length) fault.notes.push(`steps lost ${lost}: ${handovers.join('; ')}`);
+    if (fault.stepsLost !== null && fault.stepsLost > fault.bound) problems.push(`${fault.stepsLost} steps lost (${handovers.join('; ')}), more than the bound ${fault.bound}`);
   }
+
+  // Every checkpoint the final attempt announced was committed (retention may have pruned it since:
+  // its attempt records say it was committed).
+  let uncommitted: number[] = [];
+  const last = ran.at(-1);
+  if (last && state === 'completed') {
+    const records = await readAttemptRecords(ctx.store, layout.attemptRecords(prefix, runId, target, last[0])).catch(() => []);
+    const committedSteps = new Set(records.filter((r) => r.event.type === 'checkpoint-committed').map((r) => r.event.step as number));
+    uncommitted = last[1].checkpoints.filter((s) => !committedSteps.has(s));
+    if (uncommitted.length) problems.push(`attempt ${last[0]} announced checkpoint(s) ${uncommitted.join(', ')} that were never committed`);
+  }
+
+  // Overlap: two attempts of one stage training at once, as the sampler saw their processes.
+  const overlaps = ctx.sampler.overlaps(runId).map((o) => ({ stage: o.stageId, attempts: o.attempts, ms: o.ms }));
+  for (const o of overlaps) {
+    if (o.ms > OVERLAP_BOUND_MS) problems.push(`attempts ${o.attempts.join(' and ')} of ${o.stage} trained at the same time for ${o.ms} ms (bound ${OVERLAP_BOUND_MS} ms)`);
+  }
+  const jobSessions = ctx.sampler.ofRun(runId).length;
   // Failed attempts: `attempt` events (outcome failed) since the history-v2 patch, `attempt-failed` before.
   const failures = events
     .filter((e) => e.stage === target && (e.type === 'attempt-failed' || (e.type === 'attempt' && e.outcome === 'failed')))
     .map((e) => String(e.reason));
   mod.check?.(t, { events, failures });
 
-  // Orphans: no job process of any worker may be left once the run has ended.
+  // Orphans: no process of any job session of this run (the job's children included) may be left
+  // once the run has ended; the child a job announced in its pid file must be gone too.
   const extra: number[] = [];
   if (setup.childPidFile) {
     const pid = Number(await readFile(setup.childPidFile, 'utf8').catch(() => ''));
     if (pid > 0) extra.push(pid);
   }
-  const leftovers = async () => [...(await Promise.all(ctx.workers.map((w) => jobPids(w.scratch)))).flat(), ...aliveAll(extra)];
+  const leftovers = async () => [...new Set([...(await ctx.sampler.alivePids(runId)), ...aliveAll(extra)])];
   await waitFor(async () => (await leftovers()).length === 0, 20_000, 200);
   const orphans = await leftovers();
   if (orphans.length > 0) {
@@ -213,9 +235,20 @@ export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promis
     auditProblems,
     duplicates,
     orphans,
+    overlaps,
+    uncommitted,
+    jobSessions,
     problems,
     durationMs: Date.now() - t0,
   };
+}
+
+interface AttemptLog {
+  started: boolean;
+  resumedFrom: number | null;
+  maxStep: number | null;
+  /** Steps of the checkpoint events the job announced. */
+  checkpoints: number[];
 }
 
 /**
@@ -228,12 +261,12 @@ async function attemptLogs(
   runId: string,
   stageId: string,
   events: AuditRecord['event'][],
-): Promise<Map<number, { started: boolean; resumedFrom: number | null; maxStep: number | null }>> {
-  const out = new Map<number, { started: boolean; resumedFrom: number | null; maxStep: number | null }>();
+): Promise<Map<number, AttemptLog>> {
+  const out = new Map<number, AttemptLog>();
   // Whole events files, or the parts a killed attempt flushed before it died.
   const logs = await listJobLogs(store, layout.run(prefix, runId), { stage: stageId, kind: 'events' }).catch(() => []);
   for (const { key, attempt } of logs) {
-    const info = { started: false, resumedFrom: null as number | null, maxStep: null as number | null };
+    const info: AttemptLog = { started: false, resumedFrom: null, maxStep: null, checkpoints: [] };
     const text = (await readJobLog(store, key))?.toString('utf8') ?? '';
     for (const line of text.split('\n')) {
       if (!line.trim()) continue;
@@ -241,6 +274,7 @@ async function attemptLogs(
         const e = JSON.parse(line) as { event?: string; resumed_from_step?: number | null; step?: number };
         if (e.event === 'started') Object.assign(info, { started: true, resumedFrom: e.resumed_from_step ?? null });
         if (e.event === 'progress' && typeof e.step === 'number') info.maxStep = Math.max(info.maxStep ?? 0, e.step);
+        if (e.event === 'checkpoint' && typeof e.step === 'number') info.checkpoints.push(e.step);
       } catch {
         // ignore
       }
@@ -249,7 +283,7 @@ async function attemptLogs(
   }
   for (const e of events) {
     if ((e.type === 'attempt-started' || e.type === 'attempt') && e.stage === stageId && typeof e.attempt === 'number' && !out.get(e.attempt)?.started) {
-      out.set(e.attempt, { started: true, resumedFrom: (e.resumedFromStep as number | null | undefined) ?? null, maxStep: null });
+      out.set(e.attempt, { started: true, resumedFrom: (e.resumedFromStep as number | null | undefined) ?? null, maxStep: null, checkpoints: [] });
     }
   }
   return out;

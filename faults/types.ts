@@ -1,6 +1,6 @@
 /** What the fault suite is asked to do and what it reports (faults/run.ts runs it). */
 
-export const FAULT_KINDS = ['worker-kill', 'temporal-restart', 'minio-outage', 'corrupt-checkpoint', 'scratch-full', 'job-hang', 'cancel'] as const;
+export const FAULT_KINDS = ['worker-kill', 'temporal-restart', 'temporal-outage', 'minio-outage', 'corrupt-checkpoint', 'scratch-full', 'job-hang', 'cancel'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface SuiteOptions {
@@ -13,6 +13,8 @@ export interface SuiteOptions {
   minioOutageMs?: number;
   /** Keep the private stack's state dir (logs, db, objects) for inspection. */
   keep?: boolean;
+  /** Kinds that may be skipped when they cannot run here (e.g. scratch-full without root); any other skip fails the suite. */
+  allowSkip?: readonly FaultKind[];
   log?: (line: string) => void;
 }
 
@@ -52,8 +54,14 @@ export interface RunReport {
   artifactsFailed: string[];
   auditProblems: string[];
   duplicates: number;
-  /** Job processes left behind (pids). */
+  /** Job processes left behind (pids), found by the job sessions' ids (faults/process-sampler.ts). */
   orphans: number[];
+  /** Pairs of attempts of one stage whose job processes were alive at the same time, and for how long. */
+  overlaps: { stage: string; attempts: [number, number]; ms: number }[];
+  /** Checkpoints the final attempt of the target stage announced but that were never committed. */
+  uncommitted: number[];
+  /** Job sessions of this run the sampler saw (attempts that launched a job). */
+  jobSessions: number;
   /** Invariant violations of this run, one line each. */
   problems: string[];
   durationMs: number;
@@ -69,6 +77,9 @@ export interface KindSummary {
   bound: number;
   duplicates: number;
   orphans: number;
+  /** Overlapping attempt pairs beyond the bound, and the longest overlap seen (ms). */
+  overlapping: number;
+  maxOverlapMs: number;
   problems: number;
 }
 
@@ -83,6 +94,8 @@ export interface SuiteResult {
   problems: string[];
   /** Kinds that could not run here, with why. */
   skipped: { kind: FaultKind; reason: string }[];
+  /** Skipped kinds that SuiteOptions.allowSkip did not name: each fails the suite. */
+  notAllowed: { kind: FaultKind; reason: string }[];
   table: string;
   durationMs: number;
 }

@@ -4,7 +4,7 @@ import { layout } from '../../storage/layout.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { waitFor } from '../../infra/harness/wait.js';
 import { SAVE_STEPS } from '../context.js';
-import { jobPids, jobProgress, killJobGroup } from '../harness.js';
+import { jobProgress, killJobGroup } from '../harness.js';
 import type { FaultRecord } from '../types.js';
 import type { FaultKindModule } from './kind.js';
 
@@ -40,7 +40,7 @@ export const corruptCheckpoint: FaultKindModule = {
     }
     ctx.corrupted.add(`${artifact}@${newest}`);
     const now = (await jobProgress(worker.scratch, runId, target))!;
-    for (const pid of await jobPids(worker.scratch)) killJobGroup(pid);
+    for (const { sid } of await ctx.sampler.jobsOf(worker.pid)) killJobGroup(sid);
     Object.assign(fault, { stepAtFault: now.step, attemptAtFault: now.attempt });
     fault.detail = `${how} ${victim.slice(artifact.length + 1)} of committed checkpoint ${newest}, then kill -9 the job at step ${now.step}`;
     fault.notes.push(`expect resume from ${steps[1]}`);

@@ -6,6 +6,7 @@ import { jobHang } from './job-hang.js';
 import type { FaultKindModule } from './kind.js';
 import { minioOutage } from './minio-outage.js';
 import { scratchFull } from './scratch-full.js';
+import { temporalOutage } from './temporal-outage.js';
 import { temporalRestart } from './temporal-restart.js';
 import { workerKill } from './worker-kill.js';
 
@@ -14,6 +15,7 @@ export type { FaultKindModule, Outcome, TargetSetup, Trial, TrialPlan } from './
 export const FAULTS: Record<FaultKind, FaultKindModule> = {
   'worker-kill': workerKill,
   'temporal-restart': temporalRestart,
+  'temporal-outage': temporalOutage,
   'minio-outage': minioOutage,
   'corrupt-checkpoint': corruptCheckpoint,
   'scratch-full': scratchFull,

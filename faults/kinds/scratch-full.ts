@@ -1,7 +1,7 @@
 /** scratch-full: fill the worker's (size-limited) scratch filesystem mid-stage. */
 import { waitFor } from '../../infra/harness/wait.js';
 import { SAVE_STEPS } from '../context.js';
-import { aliveAll, jobPids, spawnFaultWorker } from '../harness.js';
+import { aliveAll, spawnFaultWorker } from '../harness.js';
 import type { FaultKindModule } from './kind.js';
 
 export const scratchFull: FaultKindModule = {
@@ -11,7 +11,7 @@ export const scratchFull: FaultKindModule = {
     const small = ctx.small!;
     const p = await reach(worker, aimedAt);
     if (!p) throw new Error(`the job never reached step ${aimedAt}`);
-    const pids = await jobPids(worker.scratch);
+    const pids = (await ctx.sampler.jobsOf(worker.pid)).flatMap((j) => j.pids);
     let filled = await small.fs.fill();
     Object.assign(fault, { stepAtFault: p.step, attemptAtFault: p.attempt });
     // Keep it full (the worker frees space when it prunes a committed checkpoint) until the
