@@ -7,6 +7,8 @@
  *   <prefix>/inputs/models/<tree-sha256>/       committed copies of local base models
  *   <prefix>/artifacts/<kind>-<cachekey>/output/             a stage's committed output
  *   <prefix>/artifacts/<kind>-<cachekey>/checkpoints/step-N/ its committed checkpoints
+ *       …/_COMMITTED, …/_manifest.eE.json, …/files.eE/       (E: the committing attempt's lease epoch,
+ *                                               storage/commit.ts; unfenced commits: _manifest.json, files/)
  *   <prefix>/runs/<runId>/run.json              run manifest (who, when, spec hash, inputs, versions)
  *   <prefix>/runs/<runId>/status.json           final status (with the audit chain's head)
  *   <prefix>/runs/<runId>/audit/NNNNNN.json     hash-chained audit events
