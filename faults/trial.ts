@@ -282,7 +282,8 @@ async function attemptLogs(
     out.set(attempt, info);
   }
   for (const e of events) {
-    if ((e.type === 'attempt-started' || e.type === 'attempt') && e.stage === stageId && typeof e.attempt === 'number' && !out.get(e.attempt)?.started) {
+    // An attempt that reused a committed output ran no job.
+    if ((e.type === 'attempt-started' || e.type === 'attempt') && e.outcome !== 'reused' && e.stage === stageId && typeof e.attempt === 'number' && !out.get(e.attempt)?.started) {
       out.set(e.attempt, { started: true, resumedFrom: (e.resumedFromStep as number | null | undefined) ?? null, maxStep: null, checkpoints: [] });
     }
   }

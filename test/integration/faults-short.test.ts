@@ -40,7 +40,7 @@ describe('fault injection, short form', () => {
       }
     }
     // Faults that kill an attempt must have made the stage resume from a checkpoint.
-    for (const kind of ['worker-kill', 'temporal-outage', 'corrupt-checkpoint', 'job-hang'] as const) {
+    for (const kind of ['worker-kill', 'corrupt-checkpoint', 'job-hang'] as const) {
       const run = result.runs.find((r) => r.kind === kind)!;
       expect(run.fault.retried, `${kind} retried`).toBe(true);
     }
