@@ -2,12 +2,15 @@
  * Runs one job process: argv array, its own process group, events read from fd 3, logs to a file.
  * The process is raced against cancellation and a stall timer; whatever stops it, the whole
  * process tree is terminated (TERM, then KILL after a grace period) and the reason is recorded.
+ * Inside a worker's launch scope the job is also recorded in the scratch dir until its session is
+ * gone (job-registry.ts), for a restarted worker to reap should it outlive worker and supervisor.
  */
 import { createWriteStream, existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { EVENTS_FD, parseJobEvent, type JobEvent } from './job-contract.js';
+import { currentJobLaunchScope, JOB_TOKEN_ENV, JobRegistry, type JobLaunchScope, type RecordedJob } from './job-registry.js';
 
 export interface JobProcessOptions {
   /** Command and arguments; never a shell string. */
@@ -27,6 +30,14 @@ export interface JobProcessOptions {
   signal: AbortSignal;
   /** Time between TERM and KILL. Default 10 s. */
   killGraceMs?: number;
+  /**
+   * Where the job is recorded while it runs (activities/job-registry.ts), so that a restarted
+   * worker can reap it if it outlives both the worker and its supervisor. Default: the scope the
+   * worker set with `launchingJobsFor`; without either, the job is not recorded.
+   */
+  launchScope?: JobLaunchScope;
+  /** Problems that do not stop the job (its record could not be written). Default: console.warn. */
+  onWarning?: (message: string) => void;
 }
 
 export type StopReason = 'exited' | 'cancelled' | 'stalled';
@@ -88,10 +99,16 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
   const log = createWriteStream(options.logFile, { flags: 'a' });
   const contractViolations: string[] = [];
   let reason: StopReason = 'exited';
+  const warn = options.onWarning ?? ((message: string) => console.warn(`[job-process] ${message}`));
+  // Records need /proc (start times, session ids); elsewhere the supervisor is all there is.
+  const scope = process.platform === 'linux' ? (options.launchScope ?? currentJobLaunchScope()) : undefined;
+  // Every process of the job inherits the token: how a restarted worker tells the job's leftovers
+  // from strangers once the supervisor (whose start time it also checks) is gone.
+  const token = scope ? JobRegistry.newToken() : undefined;
 
   const child = execa(argv[0], argv.slice(1), {
     cwd: options.cwd,
-    env: jobEnvironment(process.env, options.env),
+    env: jobEnvironment(process.env, token ? { ...options.env, [JOB_TOKEN_ENV]: token } : options.env),
     extendEnv: false,
     detached: true, // own process group: we kill the whole tree, not just the leader
     stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
@@ -99,6 +116,15 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
     buffer: false,
     cleanup: true,
   });
+  let recorded: RecordedJob | undefined;
+  if (scope && token && child.pid !== undefined) {
+    try {
+      recorded = scope.registry.record({ supervisorPid: child.pid, token, argv: options.argv, labels: scope.labels });
+    } catch (err) {
+      // The supervisor still kills the job if this worker dies; only the restart's safety net is missing.
+      warn(`job (session ${child.pid}) not recorded in ${scope.registry.dir}: ${String(err)}`);
+    }
+  }
   child.stdout?.pipe(log, { end: false });
   child.stderr?.pipe(log, { end: false });
   // A full scratch disk (ENOSPC) must fail the job, not the worker: without a listener the stream's
@@ -160,6 +186,9 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
   // The leader is gone; make sure nothing it spawned outlives it (dataloader workers and the like).
   killGroup(child.pid, 'SIGKILL');
   clearTimeout(killTimer);
+  if (recorded && !(await recorded.release())) {
+    warn(`processes of job session ${recorded.record.sessionId} outlived SIGKILL; its record stays for the next worker start to reap`);
+  }
   await new Promise<void>((resolve) => log.end(resolve));
   return {
     exitCode: result.exitCode,

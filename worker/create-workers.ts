@@ -3,9 +3,12 @@
  * task queue) and/or a training worker per GPU task queue. Tests use this directly.
  */
 import path from 'node:path';
+import { activityInfo } from '@temporalio/activity';
 import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
+import { JobRegistry, launchingJobsFor } from '../activities/job-registry.js';
+import type { StageJobInput } from '../workflows/types.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { REPO_ROOT } from '../config/paths.js';
@@ -13,6 +16,7 @@ import { CONTROL_TASK_QUEUE } from '../config/temporal.js';
 import { llamaCppToolEnv } from '../config/worker.js';
 import { GpuAllocator } from './gpu-allocator.js';
 import { codeVersion, jobsVersion } from './jobs-version.js';
+import { reapStaleJobs } from './stale-jobs.js';
 
 export interface WorkerOptions {
   connection: NativeConnection;
@@ -38,6 +42,8 @@ export interface WorkerOptions {
   killGraceMs?: number;
   /** Longest time a job's output waits before it is flushed to the bucket (default 10 s). */
   logFlushMs?: number;
+  /** Where the stale-job reaper reports what it found in the scratch dir (default: console.warn). */
+  staleJobLog?: (line: string) => void;
 }
 
 /** The most a training heartbeat (and so live progress) is held back by the SDK. */
@@ -49,6 +55,9 @@ export function pythonJobCommand(python: string): (kind: StageKind) => [string, 
 }
 
 export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
+  // Jobs an earlier worker on this scratch dir left running (its supervisor died with it) are
+  // killed before any task queue is polled: worker/stale-jobs.ts.
+  await reapStaleJobs({ scratchDir: options.scratchDir, log: options.staleJobLog });
   const workers: Worker[] = [];
   if (options.control) {
     const [jobs, code] = await Promise.all([jobsVersion(), codeVersion()]);
@@ -69,7 +78,7 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
     );
   }
   const gpus = new GpuAllocator(options.gpus);
-  const training = createTrainingActivities({
+  const trainingActivities = createTrainingActivities({
     store: options.store,
     scratchDir: options.scratchDir,
     jobCommand: options.jobCommand ?? pythonJobCommand(options.python),
@@ -79,6 +88,16 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
     killGraceMs: options.killGraceMs,
     logFlushMs: options.logFlushMs,
   });
+  // Every job an attempt launches is recorded in the scratch dir while it runs (activities/job-registry.ts).
+  const registry = new JobRegistry(options.scratchDir);
+  const training: typeof trainingActivities = {
+    ...trainingActivities,
+    runStageJob: (input: StageJobInput) => {
+      const info = activityInfo();
+      const labels = { runId: input.runId, stageId: input.stage.id, attempt: info.attempt, workflowId: info.workflowExecution?.workflowId };
+      return launchingJobsFor({ registry, labels }, () => trainingActivities.runStageJob(input));
+    },
+  };
   for (const taskQueue of options.trainingQueues) {
     workers.push(
       await Worker.create({

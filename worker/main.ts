@@ -14,6 +14,7 @@ import { stateDir } from '../config/paths.js';
 import { temporalSettings } from '../config/temporal.js';
 import { jobsPython, workerGpus } from '../config/worker.js';
 import { createWorkers } from './create-workers.js';
+import { reapStaleJobsOfHost } from './stale-jobs.js';
 
 export interface RunWorkerOptions {
   control?: boolean;
@@ -39,8 +40,13 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
   const temporal = temporalSettings();
   // A bad REFINERY_PAYLOAD_KEY stops the worker here, before it connects.
   const dataConverter = dataConverterFromEnv();
-  const scratchDir = options.scratchDir ?? path.join(stateDir(), 'scratch', `${hostname()}-${process.pid}`);
+  const scratchRoot = path.join(stateDir(), 'scratch');
+  const scratchDir = options.scratchDir ?? path.join(scratchRoot, `${hostname()}-${process.pid}`);
   await mkdir(scratchDir, { recursive: true });
+  // Jobs a dead worker left running are killed before this one takes work: those recorded in its
+  // scratch dir by createWorkers, and, since a default scratch dir is new for every process, those
+  // of this host's other default dirs whose worker is gone (worker/stale-jobs.ts).
+  if (!options.scratchDir) await reapStaleJobsOfHost(scratchRoot, scratchDir);
   const store = new ObjectStore();
   await store.ensureBucket();
   const connection = await NativeConnection.connect({ address: temporal.address });

@@ -10,7 +10,9 @@ import type { Client } from '@temporalio/client';
 import { startRun } from '../../client/commands/run.js';
 import { runStatus } from '../../client/commands/manage.js';
 import { listCommittedSteps } from '../../storage/checkpoints.js';
+import { committedFileKey, readCommitted } from '../../storage/commit.js';
 import { jobsPython } from '../../config/worker.js';
+import { processesInGroup, readProcStat } from '../../activities/proc.js';
 import { startTestWorkers, testClient, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { killSpawnedWorkers, spawnTrainingWorker, until } from '../helpers/processes.js';
 import { writeTestSpec } from '../helpers/specs.js';
@@ -38,28 +40,6 @@ function alive(pid: number): boolean {
   } catch {
     return false;
   }
-}
-
-/** pid's process group and state from /proc (undefined when it is gone). */
-async function procStat(pid: number): Promise<{ pgrp: number; state: string } | undefined> {
-  const { readFile } = await import('node:fs/promises');
-  const text = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
-  if (!text) return undefined;
-  // "pid (comm) state ppid pgrp …": comm may hold spaces and parentheses.
-  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  return { state: fields[0]!, pgrp: Number(fields[2]) };
-}
-
-/** Live (not zombie) processes of a process group. */
-async function groupMembers(pgrp: number): Promise<number[]> {
-  const { readdir } = await import('node:fs/promises');
-  const out: number[] = [];
-  for (const entry of await readdir('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    const st = await procStat(Number(entry));
-    if (st && st.pgrp === pgrp && st.state !== 'Z') out.push(Number(entry));
-  }
-  return out;
 }
 
 async function jobPids(scratch: string): Promise<number[]> {
@@ -112,7 +92,7 @@ describe('stage runtime', () => {
     expect(sft.attempt).toBeGreaterThanOrEqual(2);
     // Lost work is at most one checkpoint interval.
     expect(stepAtKill - committedAtKill).toBeLessThanOrEqual(5 + 2);
-    const out = await testStore().getJson<{ resumed_from_step: number; steps: number }>(`${result.artifacts.sft!.prefix}/files/result.json`);
+    const out = await testStore().getJson<{ resumed_from_step: number; steps: number }>(committedFileKey((await readCommitted(testStore(), result.artifacts.sft!.prefix))!, 'result.json'));
     expect(out?.resumed_from_step).toBe(committedAtKill);
     expect(out?.steps).toBe(60);
   });
@@ -154,12 +134,12 @@ describe('stage runtime', () => {
     const { readFile } = await import('node:fs/promises');
     const childPid = Number(await readFile(childPidFile, 'utf8'));
     // Found by process group, not by command line: the job's child is in the job's group.
-    const group = (await procStat(childPid))!.pgrp;
-    const members = await groupMembers(group);
+    const group = readProcStat(childPid)!.pgrp;
+    const members = (await processesInGroup(group)).map((p) => p.pid);
     expect(members).toContain(childPid);
     expect(members.length).toBeGreaterThanOrEqual(2); // the job and its child (and the supervisor)
     w.signal('SIGKILL');
-    await until('no live process in the job\'s process group', async () => (await groupMembers(group)).length === 0, 15_000);
+    await until('no live process in the job\'s process group', async () => (await processesInGroup(group)).length === 0, 15_000);
     await handle.cancel();
     await handle.result().catch(() => undefined);
   });
