@@ -6,12 +6,33 @@
  *                       batches, not with events
  *   summarizeStageAttempts  what each attempt of a stage recorded for itself (storage/attempt-records.ts),
  *                       for the workflow to anchor in the trail when the stage ends
+ *
+ * Each record is written twice, with the same bytes: first its write-once copy into the
+ * object-locked audit bucket (`If-None-Match: *`, with retention; the authority `audit verify`
+ * checks against), then the copy in the main bucket that every reader uses. A retried append
+ * finds its write-once copy already there with the same bytes and goes on; a copy with other
+ * bytes (a forked or pre-written chain) fails the append for good, so the run's status reports
+ * the trail as incomplete (docs/security.md).
  */
 import { ApplicationFailure } from '@temporalio/common';
 import { summarizeAttempts, type AttemptSummary } from '../storage/attempt-records.js';
 import { auditKey, makeRecord, type AuditEvent, type AuditRecord } from '../storage/audit-chain.js';
 import { layout } from '../storage/layout.js';
-import type { ObjectStore } from '../storage/object-store.js';
+import { AuditBucketUnusable, jsonBytes, LockedCopyConflict, type ObjectStore } from '../storage/object-store.js';
+
+/** Writes the write-once copy of a record, then the main one; the copy's own failures are not retried. */
+export async function putRecordTwice(store: ObjectStore, key: string, value: unknown): Promise<void> {
+  const bytes = jsonBytes(value);
+  if (store.auditBucket) {
+    try {
+      await store.putLocked(key, bytes);
+    } catch (err) {
+      if (err instanceof LockedCopyConflict || err instanceof AuditBucketUnusable) throw ApplicationFailure.nonRetryable(err.message, err.name);
+      throw err;
+    }
+  }
+  await store.putBytes(key, bytes, 'application/json');
+}
 
 export function createAuditActivities(store: ObjectStore) {
   async function append(runPrefix: string, runId: string, seq: number, event: AuditEvent, prevHash?: string | null): Promise<AuditRecord> {
@@ -25,7 +46,7 @@ export function createAuditActivities(store: ObjectStore) {
       }
     }
     const record = makeRecord(seq, prev, event);
-    await store.putJson(auditKey(runPrefix, seq), record);
+    await putRecordTwice(store, auditKey(runPrefix, seq), record);
     return record;
   }
 

@@ -3,14 +3,15 @@
  *   prepareRun        resolve s3:// dataset prefixes to their newest object, validate datasets, store them and
  *                     the base model content-addressed, write the run manifest; fingerprint the run's inputs
  *   resolveStageCache compute a stage's cache key and find a committed output for it
- *   finishRun         record the final status next to the run (and a completed run as the pipeline's last success)
+ *   finishRun         record the final status next to the run (and a completed run as the pipeline's last success);
+ *                     its write-once copy first, in the audit bucket (it anchors the trail's head)
  */
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
 import { mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
-import { activityInfo, cancellationSignal, heartbeat } from '@temporalio/activity';
+import { activityInfo, cancellationSignal, heartbeat, log } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { formatProblem, type InputProblem } from '../spec/errors.js';
 import { validateJsonlFile } from '../spec/datasets.js';
@@ -18,10 +19,11 @@ import type { PipelinePlan, PlannedDataset, PlannedStage } from '../spec/plan-ty
 import { commitDirectory, readCommitted, type CommitOptions, type CommitProgress, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import { canonicalJson } from '../storage/canonical-json.js';
-import { isNotFound, type ObjectStore } from '../storage/object-store.js';
+import { isNotFound, jsonBytes, LockedCopyConflict, type ObjectStore } from '../storage/object-store.js';
 import { RunManifest, runManifestKey } from '../storage/run-manifest.js';
 import type { ArtifactRef, LastSuccess, ModelInputs, PipelineStatus, PreparedDataset, PreparedRun, StageCacheDecision } from '../workflows/types.js';
 import { isDatasetPrefix, pickNewestObject, runFingerprint } from './scheduled-inputs.js';
+import { isTransientStorageError } from './storage-retry.js';
 
 export interface ControlDeps {
   store: ObjectStore;
@@ -217,8 +219,15 @@ export function createControlActivities(deps: ControlDeps) {
 
     async finishRun(input: { runId: string; status: PipelineStatus; storagePrefix?: string }): Promise<void> {
       const prefix = input.storagePrefix ?? 'refinery';
-      const finishedAt = new Date().toISOString();
-      await store.putJson(`${layout.run(prefix, input.runId)}/status.json`, { ...input.status, finishedAt });
+      const key = `${layout.run(prefix, input.runId)}/status.json`;
+      let finishedAt = new Date().toISOString();
+      let bytes = jsonBytes({ ...input.status, finishedAt });
+      if (store.auditBucket) {
+        const locked = await lockFinalStatus(store, key, bytes, input.status);
+        if (locked) ({ bytes, finishedAt } = locked);
+      }
+      // The same bytes as the write-once copy (a retry keeps the first attempt's finishedAt).
+      await store.putBytes(key, bytes, 'application/json');
       // What a scheduled run compares its fingerprint with (skipIfUnchanged).
       if (input.status.state === 'completed' && input.status.fingerprint) {
         const last: LastSuccess = { runId: input.runId, fingerprint: input.status.fingerprint, finishedAt };
@@ -226,6 +235,37 @@ export function createControlActivities(deps: ControlDeps) {
       }
     },
   };
+}
+
+/**
+ * Writes the write-once copy of status.json (it anchors the audit chain's head outside the main
+ * bucket); returns what the main copy must hold. A retried finishRun finds the first attempt's copy:
+ * the same status but for finishedAt, which is kept. A copy of another status, or no usable audit
+ * bucket, is logged and the main copy written anyway: the run's own result must not depend on it,
+ * and `audit verify` reports both (a write-once status.json that disagrees, or none).
+ */
+async function lockFinalStatus(store: ObjectStore, key: string, bytes: Buffer, status: PipelineStatus): Promise<{ bytes: Buffer; finishedAt: string } | undefined> {
+  try {
+    await store.putLocked(key, bytes);
+    return undefined;
+  } catch (err) {
+    if (!(err instanceof LockedCopyConflict)) {
+      if (isTransientStorageError(err)) throw err; // the activity's retry policy rides it out
+      log.warn('status.json: no write-once copy', { error: (err as Error).message });
+      return undefined;
+    }
+  }
+  const there = await store.getLocked(key);
+  if (there) {
+    try {
+      const { finishedAt, ...rest } = JSON.parse(there.body.toString('utf8')) as PipelineStatus & { finishedAt?: string };
+      if (typeof finishedAt === 'string' && canonicalJson(rest) === canonicalJson(JSON.parse(JSON.stringify(status)))) return { bytes: there.body, finishedAt };
+    } catch {
+      // not JSON: another status
+    }
+  }
+  log.warn('status.json: the write-once copy holds another status; it stays, audit verify reports the difference', { uri: store.auditUri(key) });
+  return undefined;
 }
 
 /**

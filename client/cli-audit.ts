@@ -1,6 +1,7 @@
 /**
  * `audit`, `audit verify`, `report`, `logs`: commands that read a run's records in object storage
- * alone (no Temporal). Each lives in client/commands/ and is imported when it runs.
+ * (`audit verify` also reads the run's result from Temporal when it can reach it, as the chain
+ * head's anchor). Each lives in client/commands/ and is imported when it runs.
  */
 import { type Command, InvalidArgumentError } from 'commander';
 

@@ -14,10 +14,13 @@
  * | REFINERY_S3_ACCESS_KEY    | minioadmin               | MinIO root user (MINIO_ROOT_USER)            |
  * | REFINERY_S3_SECRET_KEY    | minioadmin               | MinIO root password (MINIO_ROOT_PASSWORD)    |
  * | REFINERY_BUCKET           | refinery                 | Bucket created at start                      |
+ * | REFINERY_S3_AUDIT_BUCKET  | <bucket>-audit           | Object-locked bucket created at start (`off`: none) |
+ * | REFINERY_AUDIT_RETENTION_DAYS | 1 (local stack)      | Default retention of that bucket, in days    |
  *
  * The stack manager only runs services on this machine, so both hosts must be local addresses.
  */
 import { z } from 'zod';
+import { auditLockSettings, LOCAL_AUDIT_RETENTION_DAYS, type AuditLockMode } from './audit-lock.js';
 import { StackError } from './errors.js';
 import { stateDir } from './paths.js';
 import { DEFAULT_TEMPORAL_ADDRESS, DEFAULT_TEMPORAL_NAMESPACE } from './temporal.js';
@@ -42,6 +45,13 @@ export interface StackConfig {
     accessKey: string;
     secretKey: string;
     bucket: string;
+  };
+  /** The audit trail's object-locked bucket (config/audit-lock.ts); null: none (REFINERY_S3_AUDIT_BUCKET=off). */
+  audit: {
+    bucket: string | null;
+    /** The bucket's default retention when the stack creates it (each write-once copy carries its own too). */
+    retentionDays: number;
+    mode: AuditLockMode;
   };
 }
 
@@ -117,6 +127,12 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
   const s3Host = url.hostname.replace(/^\[(.*)\]$/, '$1');
   assertLocal(s3Host, 'REFINERY_S3_ENDPOINT', e.REFINERY_S3_ENDPOINT);
   const s3Port = url.port ? Number(url.port) : 80;
+  let audit: ReturnType<typeof auditLockSettings>;
+  try {
+    audit = auditLockSettings(present, e.REFINERY_BUCKET);
+  } catch (err) {
+    throw new StackError((err as Error).message);
+  }
 
   return {
     stateDir: stateDir({ REFINERY_STATE_DIR: e.REFINERY_STATE_DIR }),
@@ -136,5 +152,6 @@ export function loadStackConfig(env: NodeJS.ProcessEnv = process.env): StackConf
       secretKey: e.REFINERY_S3_SECRET_KEY,
       bucket: e.REFINERY_BUCKET,
     },
+    audit: { bucket: audit.bucket, retentionDays: audit.retentionDays ?? LOCAL_AUDIT_RETENTION_DAYS, mode: audit.mode },
   };
 }

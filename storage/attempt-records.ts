@@ -10,10 +10,13 @@
  * stage ends, the pipeline workflow reads every attempt's chain (`summarizeAttempts`) and appends
  * one `attempt` event per attempt to the run's audit trail, carrying the chain's length and head:
  * from then on `audit verify` checks the attempt's records against the anchored head.
+ *
+ * Like the trail's, each record is first written once into the object-locked audit bucket (its
+ * write-once copy, the authority `audit verify` checks), then into the main bucket, same bytes.
  */
 import { makeRecord, verifyChain, type AuditEvent, type AuditRecord } from './audit-chain.js';
 import { layout } from './layout.js';
-import type { ObjectStore } from './object-store.js';
+import { jsonBytes, type ObjectStore } from './object-store.js';
 
 export type AttemptRecordType = 'attempt-started' | 'checkpoint-committed' | 'checkpoint-skipped' | 'contract-violation' | 'attempt-ended';
 
@@ -48,8 +51,14 @@ export class AttemptRecorder {
     this.tail = this.tail.then(async () => {
       if (this.error) return;
       const record = makeRecord(this.seq + 1, this.prevHash, event);
+      const key = attemptRecordKey(this.prefix, record.seq);
+      const bytes = jsonBytes(record);
       try {
-        await this.retry(`attempt record ${type}`, () => this.store.putJson(attemptRecordKey(this.prefix, record.seq), record));
+        await this.retry(`attempt record ${type}`, async () => {
+          // A retry after the main write failed finds the copy there with the same bytes ('same').
+          if (this.store.auditBucket) await this.store.putLocked(key, bytes);
+          await this.store.putBytes(key, bytes, 'application/json');
+        });
         this.seq = record.seq;
         this.prevHash = record.hash;
       } catch (err) {

@@ -14,6 +14,8 @@
  *   <prefix>/runs/<runId>/audit/NNNNNN.json     hash-chained audit events
  *   <prefix>/runs/<runId>/logs/<stage>/attempt-N.log|.events.jsonl   job output and events (whole, when the attempt ends)
  *   <prefix>/runs/<runId>/logs/<stage>/attempt-N.log.parts/NNNNNN     the same, flushed while the job runs
+ *   (audit records, attempt records and status.json are also written once, under Object Lock, to the
+ *    same keys in the locked bucket `<bucket>-audit`: config/audit-lock.ts, docs/security.md)
  *   <prefix>/runs/<runId>/attempts/<stage>/attempt-N/NNNNNN.json      an attempt's own hash-chained records
  *                                               (started, checkpoint committed/skipped, contract violations, ended)
  *   <prefix>/artifacts/<kind>-<cachekey>/_LEASE  which run's attempt trains this cache key now (stage-lease.ts)

@@ -1,6 +1,8 @@
 /**
  * A thin, endpoint-agnostic layer over the `minio` client (any S3 API): just the operations
- * Refinery needs, with keys always relative to one bucket.
+ * Refinery needs, with keys always relative to one bucket — and, for the audit trail's write-once
+ * copies, the same keys in a second, object-locked bucket (`putLocked`, `listLockedVersions`,
+ * `getLocked`; config/audit-lock.ts, docs/security.md).
  */
 import { createReadStream, createWriteStream } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, stat } from 'node:fs/promises';
@@ -11,6 +13,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createHash } from 'node:crypto';
 import { Client } from 'minio';
+import { DEFAULT_AUDIT_RETENTION_DAYS, auditLockSettings, type AuditLockMode, type AuditLockSettings } from '../config/audit-lock.js';
 import { storageConfigFromEnv, type StorageConfig } from './config.js';
 import { Slots } from './slots.js';
 
@@ -47,9 +50,50 @@ export interface ObjectInfo {
   lastModified?: Date;
 }
 
+/** One version of an object in the audit bucket, as listed (listLockedVersions). */
+export interface LockedVersion {
+  key: string;
+  versionId: string;
+  isLatest: boolean;
+  /** What a DELETE without a version id leaves: it hides the versions below it and deletes none. */
+  isDeleteMarker: boolean;
+  lastModified?: Date;
+}
+
+/** One version of a write-once copy with its Object Lock state, from one GET (getLocked). */
+export interface LockedObject {
+  body: Buffer;
+  versionId: string | null;
+  lastModified?: Date;
+  /** Absent: the version carries no retention. */
+  retention?: { mode: string; retainUntil: Date };
+  legalHold: boolean;
+}
+
+/** The audit bucket as found: what the writers need before the first copy and what `audit verify` reports. */
+export type AuditBucketState =
+  | { state: 'off' }
+  | { state: 'missing'; bucket: string }
+  | { state: 'unlocked'; bucket: string }
+  | { state: 'locked'; bucket: string; defaultRetention?: { mode: string; days: number } };
+
+/** What each write-once copy is given, and where the retention period came from. */
+export interface AuditRetention {
+  mode: AuditLockMode;
+  days: number;
+  legalHold: boolean;
+  source: 'REFINERY_AUDIT_RETENTION_DAYS' | 'the bucket default' | 'the default';
+}
+
+const DAY_MS = 24 * 3600 * 1000;
+
 export class ObjectStore {
   readonly client: Client;
   readonly bucket: string;
+  /** Where the audit trail's write-once copies go, and how they are locked. */
+  readonly auditLock: AuditLockSettings;
+  /** The retention the writes use, resolved once per store (the first write-once copy checks the bucket). */
+  private writeRetention: Promise<AuditRetention> | undefined;
   /** Sends multipart parts as UNSIGNED-PAYLOAD: see putFileHashed. */
   private readonly unsignedClient: Client;
   private readonly partSlots = new Slots(PARTS_IN_FLIGHT);
@@ -70,6 +114,7 @@ export class ObjectStore {
     this.unsignedClient.enableSHA256 = false;
     this.agent = config.useSSL ? new https.Agent({ keepAlive: true }) : new http.Agent({ keepAlive: true });
     this.bucket = config.bucket;
+    this.auditLock = config.auditLock ?? auditLockSettings({}, config.bucket);
   }
 
   /** s3://bucket/key, for display and for the audit trail (never carries credentials). */
@@ -77,8 +122,157 @@ export class ObjectStore {
     return `s3://${this.bucket}/${key}`;
   }
 
+  /** The audit bucket, or null when write-once copies are turned off (REFINERY_S3_AUDIT_BUCKET=off). */
+  get auditBucket(): string | null {
+    return this.auditLock.bucket;
+  }
+
+  /** s3://<audit bucket>/key. */
+  auditUri(key: string): string {
+    return `s3://${this.auditLock.bucket ?? '(off)'}/${key}`;
+  }
+
+  /**
+   * Creates the bucket if missing, and the audit bucket, with object locking (it cannot be turned
+   * on later). An audit bucket that exists without object locking is refused: its copies would not
+   * be write-once.
+   */
   async ensureBucket(): Promise<void> {
     if (!(await this.client.bucketExists(this.bucket))) await this.client.makeBucket(this.bucket, this.config.region);
+    const audit = this.auditLock.bucket;
+    if (!audit) return;
+    if ((await this.auditBucketState()).state === 'missing') {
+      try {
+        await this.client.makeBucket(audit, this.config.region, { ObjectLocking: true });
+      } catch (err) {
+        const code = (err as { code?: string }).code;
+        if (code !== 'BucketAlreadyOwnedByYou' && code !== 'BucketAlreadyExists') {
+          throw new AuditBucketUnusable(`cannot create the audit bucket "${audit}" (${code ?? (err as Error).message}): create it with object locking, or set REFINERY_S3_AUDIT_BUCKET`);
+        }
+      }
+    }
+    await this.auditRetention();
+  }
+
+  /** Whether the audit bucket exists and has object locking, and its default retention. */
+  async auditBucketState(): Promise<AuditBucketState> {
+    const bucket = this.auditLock.bucket;
+    if (!bucket) return { state: 'off' };
+    // Asked first: with a region configured, MinIO answers a missing bucket's lock config as "not found".
+    if (!(await this.client.bucketExists(bucket))) return { state: 'missing', bucket };
+    try {
+      const info = (await (this.client.getObjectLockConfig(bucket) as unknown as Promise<{ objectLockEnabled?: string; mode?: string; unit?: string; validity?: number }>)) ?? {};
+      if (info.objectLockEnabled !== 'Enabled') return { state: 'unlocked', bucket };
+      const days = info.validity ? (info.unit === 'Years' ? info.validity * 365 : info.validity) : undefined;
+      return { state: 'locked', bucket, ...(info.mode && days ? { defaultRetention: { mode: info.mode, days } } : {}) };
+    } catch (err) {
+      const code = (err as { code?: string }).code;
+      if (code === 'NoSuchBucket') return { state: 'missing', bucket };
+      if (code === 'ObjectLockConfigurationNotFoundError') return { state: 'unlocked', bucket };
+      throw err;
+    }
+  }
+
+  /**
+   * The mode, retention and legal hold each write-once copy gets (and `audit verify` expects):
+   * REFINERY_AUDIT_RETENTION_DAYS, else the audit bucket's default retention, else 365 days.
+   * Throws AuditBucketUnusable when the bucket is missing or not object-locked.
+   */
+  auditRetention(): Promise<AuditRetention> {
+    this.writeRetention ??= (async () => {
+      const state = await this.auditBucketState();
+      if (state.state === 'off') throw new AuditBucketUnusable('write-once copies are turned off (REFINERY_S3_AUDIT_BUCKET=off)');
+      if (state.state === 'missing') throw new AuditBucketUnusable(`the audit bucket "${state.bucket}" does not exist: create it with object locking (MinIO: mc mb --with-lock), or set REFINERY_S3_AUDIT_BUCKET`);
+      if (state.state === 'unlocked') throw new AuditBucketUnusable(`the audit bucket "${state.bucket}" has no object locking, so its copies would not be write-once: create one with object locking and set REFINERY_S3_AUDIT_BUCKET`);
+      const { mode, legalHold, retentionDays } = this.auditLock;
+      if (retentionDays !== undefined) return { mode, days: retentionDays, legalHold, source: 'REFINERY_AUDIT_RETENTION_DAYS' as const };
+      if (state.defaultRetention) return { mode, days: state.defaultRetention.days, legalHold, source: 'the bucket default' as const };
+      return { mode, days: DEFAULT_AUDIT_RETENTION_DAYS, legalHold, source: 'the default' as const };
+    })();
+    // A failure is not kept: the bucket may be fixed (or the store reachable again) for the next write.
+    this.writeRetention.catch(() => (this.writeRetention = undefined));
+    return this.writeRetention;
+  }
+
+  /**
+   * Writes the write-once copy of `key` into the audit bucket: `If-None-Match: *`, with Object Lock
+   * retention (mode and retain-until date) and, if configured, a legal hold. 'same' when the copy
+   * is already there with these very bytes (a retried write); LockedCopyConflict when it holds
+   * other bytes (the copy there stays the authority).
+   */
+  async putLocked(key: string, body: Buffer): Promise<'written' | 'same'> {
+    const bucket = this.auditLock.bucket;
+    if (!bucket) throw new AuditBucketUnusable('write-once copies are turned off (REFINERY_S3_AUDIT_BUCKET=off)');
+    const retention = await this.auditRetention();
+    const headers: Record<string, string> = {
+      'If-None-Match': '*',
+      // AWS requires an integrity header on every PUT with Object Lock headers.
+      'Content-MD5': createHash('md5').update(body).digest('base64'),
+      'X-Amz-Object-Lock-Mode': retention.mode,
+      'X-Amz-Object-Lock-Retain-Until-Date': new Date(Date.now() + retention.days * DAY_MS).toISOString(),
+      ...(retention.legalHold ? { 'X-Amz-Object-Lock-Legal-Hold': 'ON' } : {}),
+    };
+    try {
+      await this.conditionalPut(key, body, headers, bucket);
+      return 'written';
+    } catch (err) {
+      if (!isConditionFailed(err)) throw err;
+    }
+    const there = await this.getLocked(key);
+    if (there && there.body.equals(body)) return 'same';
+    throw new LockedCopyConflict(`s3://${bucket}/${key}`);
+  }
+
+  /** Every version (delete markers included) under `prefix` in the audit bucket, in key order. */
+  async listLockedVersions(prefix: string): Promise<LockedVersion[]> {
+    const bucket = this.auditLock.bucket;
+    if (!bucket) return [];
+    const out: LockedVersion[] = [];
+    const stream = this.client.listObjects(bucket, prefix, true, { IncludeVersion: true });
+    type Item = { name?: string; versionId?: string; isLatest?: boolean | string; isDeleteMarker?: boolean; lastModified?: Date };
+    for await (const item of stream as AsyncIterable<Item>) {
+      if (!item.name) continue;
+      out.push({
+        key: item.name,
+        versionId: item.versionId ?? 'null',
+        isLatest: item.isLatest === true || item.isLatest === 'true',
+        isDeleteMarker: item.isDeleteMarker === true,
+        ...(item.lastModified && !Number.isNaN(item.lastModified.getTime()) ? { lastModified: item.lastModified } : {}),
+      });
+    }
+    return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  /** One version (default: the latest) of a write-once copy, with its retention and legal hold; undefined when absent. */
+  async getLocked(key: string, versionId?: string): Promise<LockedObject | undefined> {
+    const bucket = this.auditLock.bucket;
+    if (!bucket) return undefined;
+    let res: http.IncomingMessage;
+    try {
+      res = await this.client.makeRequestAsync(
+        { method: 'GET', bucketName: bucket, objectName: key, ...(versionId ? { query: `versionId=${encodeURIComponent(versionId)}` } : {}) },
+        '',
+        [200],
+        this.config.region,
+      );
+    } catch (err) {
+      // A delete marker answers 404 (latest) or 405 (by version id).
+      if (isNotFound(err) || (err as { code?: string }).code === 'MethodNotAllowed') return undefined;
+      throw err;
+    }
+    const chunks: Buffer[] = [];
+    for await (const chunk of res) chunks.push(chunk as Buffer);
+    const h = res.headers;
+    const mode = h['x-amz-object-lock-mode'];
+    const until = h['x-amz-object-lock-retain-until-date'];
+    const modified = h['last-modified'] ? new Date(String(h['last-modified'])) : undefined;
+    return {
+      body: Buffer.concat(chunks),
+      versionId: typeof h['x-amz-version-id'] === 'string' ? h['x-amz-version-id'] : null,
+      ...(modified && !Number.isNaN(modified.getTime()) ? { lastModified: modified } : {}),
+      ...(typeof mode === 'string' && typeof until === 'string' ? { retention: { mode, retainUntil: new Date(until) } } : {}),
+      legalHold: String(h['x-amz-object-lock-legal-hold'] ?? '').toUpperCase() === 'ON',
+    };
   }
 
   async putFile(key: string, file: string): Promise<void> {
@@ -203,7 +397,7 @@ export class ObjectStore {
   }
 
   async putJson(key: string, value: unknown): Promise<void> {
-    await this.putBytes(key, JSON.stringify(value, null, 2) + '\n', 'application/json');
+    await this.putBytes(key, jsonBytes(value), 'application/json');
   }
 
   /** The object's bytes, or undefined when it does not exist. */
@@ -356,12 +550,12 @@ export class ObjectStore {
   }
 
   /** One signed PUT with extra (conditional) headers; the new ETag. Failures throw minio-js's S3Error. */
-  private async conditionalPut(key: string, body: string | Buffer, headers: Record<string, string>): Promise<{ etag: string }> {
+  private async conditionalPut(key: string, body: string | Buffer, headers: Record<string, string>, bucket = this.bucket): Promise<{ etag: string }> {
     const buf = typeof body === 'string' ? Buffer.from(body) : body;
     const res = await this.client.makeRequestStreamAsync(
       {
         method: 'PUT',
-        bucketName: this.bucket,
+        bucketName: bucket,
         objectName: key,
         headers: { 'Content-Length': String(buf.length), 'Content-Type': 'application/json', ...headers },
       },
@@ -376,6 +570,24 @@ export class ObjectStore {
     const etag = res.headers.etag;
     if (!etag) throw new Error(`PUT ${key}: the response carries no ETag`);
     return { etag: unquoteEtag(etag) };
+  }
+}
+
+/** How putJson serializes: the bytes of a record in the main bucket and of its write-once copy. */
+export function jsonBytes(value: unknown): Buffer {
+  return Buffer.from(JSON.stringify(value, null, 2) + '\n');
+}
+
+/** The audit bucket is missing, not object-locked, or turned off: no write-once copy can be written. */
+export class AuditBucketUnusable extends Error {
+  override name = 'AuditBucketUnusable';
+}
+
+/** The write-once copy of a record is already there, with other bytes than the ones being written. */
+export class LockedCopyConflict extends Error {
+  override name = 'LockedCopyConflict';
+  constructor(readonly uri: string) {
+    super(`${uri}: a different write-once copy is already there (it stays; the record is not written)`);
   }
 }
 

@@ -19,6 +19,7 @@ import {
   type TemporalHandle,
   type Toolchain,
 } from '../stack.js';
+import { auditLockSettings, defaultAuditBucket, LOCAL_AUDIT_RETENTION_DAYS } from '../../config/audit-lock.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { sleep, waitFor } from './wait.js';
 
@@ -31,7 +32,14 @@ export interface StackInfo {
   accessKey: string;
   secretKey: string;
   bucket: string;
+  /** The object-locked bucket of the audit trail's write-once copies; null: none. Absent: `<bucket>-audit`. */
+  auditBucket?: string | null;
+  /** The retention each write-once copy gets, in days (LOCAL_AUDIT_RETENTION_DAYS unless set). */
+  auditRetentionDays?: number;
 }
+
+/** The S3 variables of stackEnv (what PrivateStack.env() passes on when the stack runs MinIO). */
+const S3_VARIABLES = ['REFINERY_S3_ENDPOINT', 'REFINERY_S3_ACCESS_KEY', 'REFINERY_S3_SECRET_KEY', 'REFINERY_BUCKET', 'REFINERY_S3_AUDIT_BUCKET', 'REFINERY_AUDIT_RETENTION_DAYS'];
 
 /** What a worker, the client code and ObjectStore read. */
 export function stackEnv(s: StackInfo): Record<string, string> {
@@ -42,13 +50,25 @@ export function stackEnv(s: StackInfo): Record<string, string> {
     REFINERY_S3_ACCESS_KEY: s.accessKey,
     REFINERY_S3_SECRET_KEY: s.secretKey,
     REFINERY_BUCKET: s.bucket,
+    REFINERY_S3_AUDIT_BUCKET: s.auditBucket === null ? 'off' : (s.auditBucket ?? defaultAuditBucket(s.bucket)),
+    REFINERY_AUDIT_RETENTION_DAYS: String(s.auditRetentionDays ?? LOCAL_AUDIT_RETENTION_DAYS),
   };
 }
 
-/** An ObjectStore on the stack's bucket, configured explicitly (not from the environment). */
+/** An ObjectStore on the stack's buckets, configured explicitly (not from the environment). */
 export function stackStore(s: StackInfo): ObjectStore {
   const url = new URL(s.s3Endpoint);
-  return new ObjectStore({ endPoint: url.hostname, port: Number(url.port), useSSL: false, accessKey: s.accessKey, secretKey: s.secretKey, bucket: s.bucket, region: 'us-east-1' });
+  const env = stackEnv(s);
+  return new ObjectStore({
+    endPoint: url.hostname,
+    port: Number(url.port),
+    useSSL: false,
+    accessKey: s.accessKey,
+    secretKey: s.secretKey,
+    bucket: s.bucket,
+    region: 'us-east-1',
+    auditLock: auditLockSettings(env, s.bucket),
+  });
 }
 
 /** `dataConverter`: payload encryption (codec/data-converter.ts); default plain JSON. */
@@ -62,6 +82,10 @@ export interface PrivateStackOptions {
   stateDirPrefix: string;
   namespace: string;
   bucket: string;
+  /** The object-locked audit bucket to create (default `<bucket>-audit`); false: none (write-once copies off). */
+  auditBucket?: string | false;
+  /** Default retention of the audit bucket and of each write-once copy (default LOCAL_AUDIT_RETENTION_DAYS, 1 day). */
+  auditRetentionDays?: number;
   accessKey: string;
   secretKey: string;
   /** `free`: any free port (the OS's choice); `stable`: below the ephemeral range (see stablePort). */
@@ -91,7 +115,17 @@ export class PrivateStack {
     const port = options.ports === 'stable' ? stablePort : getFreePort;
     const ports = { temporal: await port(), minio: await port(), console: await port() };
     const stack = new PrivateStack(
-      { stateDir, temporalAddress: '', namespace: options.namespace, s3Endpoint: '', accessKey: options.accessKey, secretKey: options.secretKey, bucket: options.bucket },
+      {
+        stateDir,
+        temporalAddress: '',
+        namespace: options.namespace,
+        s3Endpoint: '',
+        accessKey: options.accessKey,
+        secretKey: options.secretKey,
+        bucket: options.bucket,
+        auditBucket: options.auditBucket === false ? null : (options.auditBucket ?? defaultAuditBucket(options.bucket)),
+        auditRetentionDays: options.auditRetentionDays ?? LOCAL_AUDIT_RETENTION_DAYS,
+      },
       options,
       ports,
       undefined,
@@ -132,7 +166,7 @@ export class PrivateStack {
     const env: Record<string, string> = {};
     if (this.temporalHandle) Object.assign(env, { TEMPORAL_ADDRESS: all.TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE: all.TEMPORAL_NAMESPACE });
     if (this.minioHandle) {
-      for (const k of ['REFINERY_S3_ENDPOINT', 'REFINERY_S3_ACCESS_KEY', 'REFINERY_S3_SECRET_KEY', 'REFINERY_BUCKET']) env[k] = all[k]!;
+      for (const k of S3_VARIABLES) env[k] = all[k]!;
     }
     return env;
   }
@@ -197,6 +231,7 @@ export class PrivateStack {
       accessKey: this.options.accessKey,
       secretKey: this.options.secretKey,
       bucket: this.options.bucket,
+      ...(this.info.auditBucket ? { auditBucket: { name: this.info.auditBucket, retentionDays: this.info.auditRetentionDays ?? LOCAL_AUDIT_RETENTION_DAYS } } : {}),
       stopOnExit: true,
       binary: this.options.toolchain?.minio,
       timeoutMs: 120_000,

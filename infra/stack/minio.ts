@@ -1,6 +1,6 @@
 /**
  * The MinIO server (`minio server`): start it detached, probe /minio/health/live, and create the
- * bucket.
+ * bucket and the audit bucket (object-locked, with a default retention: config/audit-lock.ts).
  */
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
@@ -30,6 +30,8 @@ export interface MinioHandle extends ServiceHandle {
   readonly accessKey: string;
   readonly secretKey: string;
   readonly bucket: string | null;
+  /** The object-locked bucket of the audit trail's write-once copies, when one was created. */
+  readonly auditBucket: string | null;
 }
 
 /** GET /minio/health/live. Never throws. */
@@ -84,6 +86,65 @@ export async function ensureBucket(credentials: S3Credentials, bucket: string, t
   }
 }
 
+/** The audit bucket to create: object locking on, and a default retention rule. */
+export interface LockedBucketOptions {
+  name: string;
+  /** Default retention of every object put without its own (Refinery's writers always set their own). */
+  retentionDays: number;
+  mode?: 'COMPLIANCE' | 'GOVERNANCE';
+}
+
+/**
+ * Creates `bucket` with object locking (and so versioning) if missing, with a default retention
+ * rule; an existing one must have object locking (S3 cannot turn it on later), its rule is left as
+ * it is. Retries while MinIO initializes, like ensureBucket.
+ * @returns true if it was created.
+ */
+export async function ensureLockedBucket(credentials: S3Credentials, options: LockedBucketOptions, timeoutMs = 15_000): Promise<boolean> {
+  const client = minioClient(credentials);
+  const deadline = Date.now() + timeoutMs;
+  const { name } = options;
+  for (;;) {
+    try {
+      let created = false;
+      if (!(await client.bucketExists(name))) {
+        try {
+          await client.makeBucket(name, 'us-east-1', { ObjectLocking: true });
+          created = true;
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'BucketAlreadyOwnedByYou') throw err;
+        }
+      }
+      let enabled = false;
+      try {
+        const info = (await (client.getObjectLockConfig(name) as unknown as Promise<{ objectLockEnabled?: string } | undefined>)) ?? {};
+        enabled = info.objectLockEnabled === 'Enabled';
+      } catch (err) {
+        if ((err as { code?: string }).code !== 'ObjectLockConfigurationNotFoundError') throw err;
+      }
+      if (!enabled) {
+        throw new StackError(
+          `bucket ${name} exists without object locking, so it cannot hold the audit trail's write-once copies ` +
+            `(S3 cannot turn locking on later): remove it, or set REFINERY_S3_AUDIT_BUCKET to another name`,
+        );
+      }
+      if (created) await client.setObjectLockConfig(name, { mode: options.mode ?? 'COMPLIANCE', unit: 'Days', validity: options.retentionDays });
+      return created;
+    } catch (err) {
+      if (err instanceof StackError) throw err;
+      const code = (err as { code?: string }).code;
+      if (code === 'InvalidAccessKeyId' || code === 'SignatureDoesNotMatch') {
+        throw new StackError(
+          `MinIO at ${formatHostPort(credentials.host, credentials.port)} rejected REFINERY_S3_ACCESS_KEY/REFINERY_S3_SECRET_KEY ` +
+            `(${code}); use the credentials it was first started with`,
+        );
+      }
+      if (Date.now() > deadline) throw new StackError(`could not create the object-locked bucket ${name} on MinIO: ${errorText(err)}`);
+      await sleep(POLL_MS);
+    }
+  }
+}
+
 export interface StartMinioOptions {
   /** State folder: log in logs/, pid in run/, data in minio/data unless `dataDir`. */
   stateDir: string;
@@ -100,6 +161,8 @@ export interface StartMinioOptions {
   secretKey?: string;
   /** Bucket to create if missing. */
   bucket?: string;
+  /** Object-locked bucket to create if missing (the audit trail's write-once copies). */
+  auditBucket?: LockedBucketOptions;
   /** Path of the `minio` binary; default from readToolchain(). */
   binary?: string;
   /** Health-check timeout; default 60 s. */
@@ -148,9 +211,11 @@ export async function startMinio(options: StartMinioOptions): Promise<MinioHandl
     stopOnExit: options.stopOnExit ?? false,
     probe: (ms) => probeMinio(endpoint, ms),
   });
-  if (options.bucket) {
+  if (options.bucket || options.auditBucket) {
     try {
-      await ensureBucket({ host, port: options.port, accessKey, secretKey }, options.bucket, Math.max(timeoutMs / 2, 15_000));
+      const credentials = { host, port: options.port, accessKey, secretKey };
+      if (options.bucket) await ensureBucket(credentials, options.bucket, Math.max(timeoutMs / 2, 15_000));
+      if (options.auditBucket) await ensureLockedBucket(credentials, options.auditBucket, Math.max(timeoutMs / 2, 15_000));
     } catch (err) {
       await started.stop();
       throw err instanceof StackError ? err : new StackError(`MinIO bucket: ${errorText(err)}; see ${started.paths.logFile}`);
@@ -168,6 +233,7 @@ export async function startMinio(options: StartMinioOptions): Promise<MinioHandl
     accessKey,
     secretKey,
     bucket: options.bucket ?? null,
+    auditBucket: options.auditBucket?.name ?? null,
     stop: started.stop,
   };
 }

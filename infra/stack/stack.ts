@@ -8,7 +8,7 @@ import path from 'node:path';
 import { StackError } from '../../config/errors.js';
 import { loadStackConfig, type StackConfig } from '../../config/stack.js';
 import { readToolchain, type Toolchain } from '../../config/toolchain.js';
-import { ensureBucket, probeMinio, startMinio } from './minio.js';
+import { ensureBucket, ensureLockedBucket, probeMinio, startMinio, type LockedBucketOptions } from './minio.js';
 import {
   DEFAULT_GRACE_MS,
   DEFAULT_TIMEOUT_MS,
@@ -160,13 +160,19 @@ export async function startStack(config: StackConfig = loadStackConfig(), option
   // MinIO
   const s = config.s3;
   const credentials = { host: s.host, port: s.port, accessKey: s.accessKey, secretKey: s.secretKey };
+  // The audit trail's write-once copies (config/audit-lock.ts): created with object locking.
+  const a = config.audit;
+  const auditBucket: LockedBucketOptions | undefined = a.bucket ? { name: a.bucket, retentionDays: a.retentionDays, mode: a.mode } : undefined;
+  const lockedNote = (b: LockedBucketOptions) => `${b.name} (object lock, ${b.mode?.toLowerCase() ?? 'compliance'} ${b.retentionDays} d)`;
   const minioPid = await ourPid(config.stateDir, 'minio', mark.minio);
   if (minioPid !== null) {
     const probe = await waitHealthy(() => probeMinio(s.endpoint), timeoutMs);
     const log = servicePaths(config.stateDir, 'minio').logFile;
     if (!probe.ok) throw new StackError(`MinIO (pid ${minioPid}) is running but not healthy (${probe.reason}); see ${log}, or ${stopHint}`);
-    const created = await ensureBucket(credentials, s.bucket);
-    say(`minio     already running (pid ${minioPid}) at ${s.endpoint}${created ? `; created bucket ${s.bucket}` : ''}`);
+    const created = [(await ensureBucket(credentials, s.bucket)) ? s.bucket : undefined];
+    if (auditBucket && (await ensureLockedBucket(credentials, auditBucket))) created.push(lockedNote(auditBucket));
+    const made = created.filter(Boolean);
+    say(`minio     already running (pid ${minioPid}) at ${s.endpoint}${made.length ? `; created bucket ${made.join(', ')}` : ''}`);
   } else {
     const t0 = Date.now();
     const handle = await startMinio({
@@ -177,6 +183,7 @@ export async function startStack(config: StackConfig = loadStackConfig(), option
       accessKey: s.accessKey,
       secretKey: s.secretKey,
       bucket: s.bucket,
+      auditBucket,
       binary: tools().minio,
       timeoutMs,
     });

@@ -176,7 +176,7 @@ describe('corrupt checkpoint inside a real retry', () => {
     const [art] = await store.list(`${prefix}/artifacts/`, false);
     const artifactPrefix = art!.key.replace(/\/$/, '');
     expect(await listCommittedSteps(store, artifactPrefix)).toEqual([10, 5]);
-    const victim = (await store.list(`${artifactPrefix}/checkpoints/step-000000010/files/`))[0]!.key;
+    const victim = (await store.list(`${(await readCommitted(store, `${artifactPrefix}/checkpoints/step-000000010`))!.filesPrefix}/`))[0]!.key;
     const bytes = (await store.getBytes(victim))!;
     bytes[0] = bytes[0]! ^ 0x01;
     await store.putBytes(victim, bytes);
