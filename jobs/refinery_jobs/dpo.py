@@ -5,8 +5,9 @@
 Features
   * input: the policy to start from (full model, or a LoRA adapter + inputs.base)
   * dataset: preference rows {"prompt" | "messages", "chosen", "rejected"}
-  * reference model = the input policy, frozen: with lora on a full model, the base with adapters disabled;
-    with an input adapter, TRL's frozen "ref" copy of it; with full fine-tuning, a second frozen copy
+  * reference model = the input policy, frozen: with lora, TRL's frozen "ref" copy of the adapter it starts from
+    (a new adapter on a full model: the base itself; an input adapter: that adapter); with full fine-tuning, a
+    second frozen copy. A checkpoint holds both adapters and a resume restores both (hf_trainer.train)
   * finetuning.type lora (default), full, qlora (CUDA + bitsandbytes)
   * checkpoint-N/ every hyper.save_steps, resume from resume_from; eval on datasets.eval
 Output: the adapter (lora; relative to the original base) or the full model, with the tokenizer.
@@ -75,7 +76,7 @@ class DPORecipe:
                                   processing_class=self.tokenizer, callbacks=[self.callback])
 
     def train(self) -> None:
-        self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
+        hf_trainer.train(self.trainer, self.cfg.resume_from)
 
     def save(self) -> dict:
         hf_trainer.final_evaluate(self.trainer, self.callback)

@@ -2,11 +2,13 @@
 
   * training_args_kwargs            TrainingArguments from `hyper` (TRL configs accept all of them)
   * events_callback                 a TrainerCallback that emits started/progress/metrics/checkpoint events
+  * train                           trainer.train(), resuming from cfg.resume_from (every adapter restored)
   * final_evaluate, final_metrics   the last evaluation and the `done` metrics
   * save_trained_model              the final adapter or full model in output_dir
 
-Resuming is the Trainer's own (`trainer.train(resume_from_checkpoint=cfg.resume_from)`); the checkpoint rules
-(TRAINER_STATE, checkpoint_step) live in refinery_jobs.contract. transformers and peft are imported inside
+Resuming is the Trainer's own (`trainer.train(resume_from_checkpoint=...)`, through `train`, which first restores
+the adapter that transformers skips in a multi-adapter checkpoint); the checkpoint rules (TRAINER_STATE,
+checkpoint_step) live in refinery_jobs.contract. transformers and peft are imported inside
 the functions that need them.
 """
 
@@ -101,6 +103,63 @@ def events_callback(events: Events, cfg: JobConfig, device: Device):
                 log(f"checkpoint {path} has no {TRAINER_STATE}; not reporting it")
 
     return EventsCallback()
+
+
+def train(trainer, resume_from: str | None) -> None:
+    """`trainer.train`, resuming from `resume_from` (a checkpoint-N/ folder) when given.
+
+    A PEFT model with more than one adapter (TRL's DPO and GRPO with beta > 0 add a frozen "ref" copy of the
+    trained adapter) is checkpointed by PEFT as the "default" adapter at the folder's root and each other adapter in
+    a sub-folder named after it. transformers' resume (5.x, `Trainer._load_from_checkpoint`) loads only the
+    sub-folders when there are any: the adapter being trained would restart from its initial weights while the
+    optimizer, scheduler, RNG and data order carry on from the checkpoint (a resumed DPO run's loss jumps back to
+    ln 2). So the root adapter is loaded here first; the Trainer then loads the rest as before.
+
+    TRL's SFT and DPO trainers also count the tokens trained on (the `num_tokens` progress metric) in an attribute
+    that no checkpoint holds: after a resume the count would start again from 0. It is restored from the
+    checkpoint's log history (see `restore_token_count`).
+    """
+    if resume_from:
+        restore_root_adapter(trainer.model, resume_from)
+        restore_token_count(trainer, resume_from)
+    trainer.train(resume_from_checkpoint=resume_from)
+
+
+def restore_token_count(trainer, checkpoint: str) -> int | None:
+    """Set TRL's running token count (`_total_train_tokens`, logged as `num_tokens`) to the last value the
+    checkpoint's trainer_state.json logged; None when the trainer keeps no such count or nothing was logged."""
+    import json
+    if not hasattr(trainer, "_total_train_tokens"):
+        return None
+    try:
+        with open(os.path.join(checkpoint, TRAINER_STATE), encoding="utf-8") as f:
+            history = json.load(f).get("log_history") or []
+    except (OSError, ValueError):
+        return None
+    logged = [e["num_tokens"] for e in history if isinstance(e, dict) and isinstance(e.get("num_tokens"), (int, float))]
+    if not logged:
+        return None
+    trainer._total_train_tokens = int(logged[-1])
+    return trainer._total_train_tokens
+
+
+def restore_root_adapter(model, checkpoint: str) -> bool:
+    """Load a checkpoint's root adapter into "default" when the checkpoint also has adapter sub-folders (see `train`).
+    False when there is nothing to do (not a PEFT model, a single-adapter checkpoint the Trainer restores itself)."""
+    from peft import PeftModel
+    if not isinstance(model, PeftModel) or "default" not in model.peft_config:
+        return False
+    weights = ("adapter_model.safetensors", "adapter_model.bin")
+    if not any(os.path.isfile(os.path.join(checkpoint, w)) for w in weights):
+        return False
+    subdirs = [d for d in sorted(os.listdir(checkpoint))
+               if any(os.path.isfile(os.path.join(checkpoint, d, w)) for w in weights)]
+    if not subdirs:
+        return False
+    model.load_adapter(checkpoint, "default", is_trainable=True)
+    model.set_adapter("default")
+    log(f"restored the trained adapter from {checkpoint} (the Trainer restores {', '.join(subdirs)})")
+    return True
 
 
 def final_evaluate(trainer, callback) -> None:

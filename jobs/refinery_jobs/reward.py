@@ -76,7 +76,7 @@ class RewardRecipe:
                                      processing_class=self.tokenizer, callbacks=[self.callback])
 
     def train(self) -> None:
-        self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
+        hf_trainer.train(self.trainer, self.cfg.resume_from)
 
     def save(self) -> dict:
         hf_trainer.final_evaluate(self.trainer, self.callback)

@@ -107,7 +107,7 @@ class SFTRecipe:
         return [{"messages": r["messages"]} for r in rows]
 
     def train(self) -> None:
-        self.trainer.train(resume_from_checkpoint=self.cfg.resume_from)
+        hf_trainer.train(self.trainer, self.cfg.resume_from)
 
     def save(self) -> dict:
         hf_trainer.final_evaluate(self.trainer, self.callback)
