@@ -16,6 +16,8 @@
  *   scratch-full        fill the worker's (size-limited) scratch filesystem mid-stage
  *   job-hang            the job stops emitting events (stall detection kills and retries it)
  *   cancel              cancel the run mid-stage
+ *   real-worker-kill    worker-kill on the real trainers (SFT LoRA, DPO, PPO, GRPO by turn; --short: SFT), losses
+ *                       and weights compared with an uninterrupted run (faults/real-trial.ts)
  *
  * Per run it checks: completed (cancelled for `cancel`), the audit trail and every artifact verify
  * (`audit verify`) and every remaining committed checkpoint verifies, steps lost per fault (from
@@ -45,6 +47,7 @@ import { smallFilesystem, spawnFaultWorker, startControlWorker, startFaultStack,
 import { ProcessSampler } from './process-sampler.js';
 import { summarize } from './summary.js';
 import type { Ctx } from './context.js';
+import { runRealTrial } from './real-trial.js';
 import { runTrial } from './trial.js';
 import { FAULT_KINDS, type FaultKind, type RunReport, type SuiteOptions, type SuiteResult } from './types.js';
 
@@ -130,7 +133,7 @@ export async function runFaultSuite(options: SuiteOptions = {}): Promise<SuiteRe
     }
     for (const [i, { trial, kind }] of plan.entries()) {
       ctx.log(`run ${i + 1}/${plan.length}: ${kind} (trial ${trial})`);
-      const report = await runTrial(ctx, kind, trial);
+      const report = kind === 'real-worker-kill' ? await runRealTrial(ctx, trial) : await runTrial(ctx, kind, trial);
       runs.push(report);
       ctx.log(
         `  -> ${report.state}; ${report.fault.detail}; steps lost ${report.fault.stepsLost ?? '-'} (bound ${report.fault.bound})` +

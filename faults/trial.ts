@@ -20,11 +20,11 @@ import { sleep, waitFor } from '../infra/harness/wait.js';
 import { OVERLAP_BOUND_MS, SAVE_STEPS, type Ctx } from './context.js';
 import { aliveAll, jobAttempts, jobProgress, killPids, type JobProgress } from './harness.js';
 import { FAULTS, type Trial, type TrialPlan } from './kinds/index.js';
-import type { FaultKind, FaultRecord, RunReport } from './types.js';
+import type { FaultRecord, RunReport, TestJobFaultKind } from './types.js';
 
 export type { Ctx } from './context.js';
 
-export async function runTrial(ctx: Ctx, kind: FaultKind, trial: number): Promise<RunReport> {
+export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number): Promise<RunReport> {
   const t0 = Date.now();
   const { rng, opts } = ctx;
   const stageIds = opts.short ? ['sft', 'dpo'] : ['sft', 'dpo', 'merge'];
@@ -255,7 +255,7 @@ interface AttemptLog {
  * Per attempt of a stage, from the job event logs in the bucket (the audit trail as a fallback):
  * whether the job started, the checkpoint it resumed from and the furthest step it reported.
  */
-async function attemptLogs(
+export async function attemptLogs(
   store: ObjectStore,
   prefix: string,
   runId: string,

@@ -1,5 +1,5 @@
 /** Every fault kind's module, by name (faults/types.ts lists the names, docs/reliability.md what each exercises). */
-import type { FaultKind } from '../types.js';
+import type { TestJobFaultKind } from '../types.js';
 import { cancel } from './cancel.js';
 import { corruptCheckpoint } from './corrupt-checkpoint.js';
 import { jobHang } from './job-hang.js';
@@ -12,7 +12,7 @@ import { workerKill } from './worker-kill.js';
 
 export type { FaultKindModule, Outcome, TargetSetup, Trial, TrialPlan } from './kind.js';
 
-export const FAULTS: Record<FaultKind, FaultKindModule> = {
+export const FAULTS: Record<TestJobFaultKind, FaultKindModule> = {
   'worker-kill': workerKill,
   'temporal-restart': temporalRestart,
   'temporal-outage': temporalOutage,
