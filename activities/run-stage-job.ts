@@ -169,6 +169,9 @@ export function createTrainingActivities(deps: TrainingDeps) {
         log.warn('lost the stage lease: stopping the job', { error: err.message });
         stop.abort();
       },
+      // Storage unreachable: the job trains on, commits wait (each one proves the lease first).
+      onUnconfirmed: (unconfirmed) =>
+        unconfirmed ? log.warn('cannot renew the stage lease (storage unreachable); the job trains on, commits wait', { lease: lease.key }) : log.info('stage lease confirmed again', { lease: lease.key }),
     });
 
     // Scratch per attempt: two attempts (of one run, or of two) never share a folder.

@@ -21,7 +21,15 @@
  * Timing guarantee: after a conditional write of ours that succeeded, sent at local time S, nobody
  * but a later attempt of the same run+stage can take the lease before S + ttlMs (a waiter must see
  * that write's ETag unchanged for ttlMs first). A holder that cannot confirm a write for
- * EXPIRY_FRACTION × ttl declares itself lost, so it stops before a waiter can take over.
+ * UNCONFIRMED_FRACTION × ttl (storage unreachable) is *unconfirmed*: it keeps trying, and its job
+ * trains on, but it cannot commit (every commit first proves the lease by a conditional write).
+ * When storage answers again the next renewal settles it: our ETag still there — nobody took the
+ * lease, we hold it as before; anything else — it was taken (a waiter saw it unchanged for ttl),
+ * lost, and the job stops. Stopping the job at once instead would turn every storage outage longer
+ * than the ttl into lost work (found by the fault suite: a 30 s MinIO outage cost 20 steps), and
+ * buys nothing for correctness: a holder that is wrong about its lease commits nothing anyway
+ * (fenced commits, storage/commit.ts); only a storage partition that other workers do not share
+ * lets two attempts train at once, until it heals.
  */
 import { randomUUID } from 'node:crypto';
 import { hostname } from 'node:os';
@@ -30,8 +38,8 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { layout } from './layout.js';
 import type { ObjectStore } from './object-store.js';
 
-/** A holder unable to confirm a renewal for this fraction of its ttl considers the lease lost. */
-const EXPIRY_FRACTION = 0.9;
+/** A holder unable to confirm a renewal for this fraction of its ttl is unconfirmed (see above). */
+const UNCONFIRMED_FRACTION = 0.9;
 /** After a renewal that failed with an error (not a lost condition), the next try comes this much sooner. */
 const RETRY_FRACTION = 0.1;
 
@@ -108,7 +116,7 @@ export type AcquireResult =
   | { kind: 'acquired'; lease: StageLease; tookOver?: LeaseTakeover }
   | { kind: 'done' };
 
-export type LeaseLostReason = 'taken' | 'gone' | 'expired' | 'released';
+export type LeaseLostReason = 'taken' | 'gone' | 'released';
 
 export class LeaseLostError extends Error {
   override name = 'LeaseLostError';
@@ -123,9 +131,7 @@ export class LeaseLostError extends Error {
         ? `lease ${key} was taken over${by ? ` by ${describeHolder(by)}` : ''}`
         : reason === 'gone'
           ? `lease ${key} disappeared`
-          : reason === 'expired'
-            ? `lease ${key} could not be renewed within its ttl; another attempt may take it over`
-            : `lease ${key} was released`,
+          : `lease ${key} was released`,
     );
   }
 }
@@ -282,6 +288,8 @@ export class StageLease {
   private renewTimer?: NodeJS.Timeout;
   private expiryTimer?: NodeJS.Timeout;
   private onLost?: (err: LeaseLostError) => void;
+  private onUnconfirmed?: (unconfirmed: boolean) => void;
+  private unconfirmedFlag = false;
 
   constructor(
     private readonly store: LeaseStore,
@@ -313,6 +321,10 @@ export class StageLease {
   get lost(): LeaseLostError | undefined {
     return this.lostError;
   }
+  /** No write of ours confirmed for 0.9 × ttl (storage unreachable): held or not, we cannot tell yet. */
+  get unconfirmed(): boolean {
+    return this.unconfirmedFlag;
+  }
   /** Aborted (with the LeaseLostError as reason) when the lease is lost or released: hand it to the job. */
   get signal(): AbortSignal {
     return this.abort.signal;
@@ -320,11 +332,13 @@ export class StageLease {
 
   /**
    * Renews every ttl/3 until release() or loss; `onLost` fires once when a renewal finds the lease
-   * taken over or gone, or none could be confirmed for 0.9 × ttl (network trouble): the caller must
-   * then stop its job (fencing). Idempotent.
+   * taken over or gone: the caller must then stop its job (fencing). `onUnconfirmed(true)` fires
+   * when no renewal could be confirmed for 0.9 × ttl (storage unreachable; renewals go on), and
+   * `onUnconfirmed(false)` when one is confirmed again. Idempotent.
    */
-  startRenewing(options: { onLost?: (err: LeaseLostError) => void } = {}): void {
+  startRenewing(options: { onLost?: (err: LeaseLostError) => void; onUnconfirmed?: (unconfirmed: boolean) => void } = {}): void {
     if (options.onLost) this.onLost = options.onLost;
+    if (options.onUnconfirmed) this.onUnconfirmed = options.onUnconfirmed;
     if (this.lostError) {
       this.fireLost();
       return;
@@ -402,7 +416,8 @@ export class StageLease {
         this.record = next;
         this.currentEtag = r.etag;
         this.confirmedAt = sentAt;
-        if (this.expiryTimer) this.armExpiry();
+        if (this.unconfirmedFlag) this.setUnconfirmed(false);
+        if (this.renewTimer) this.armExpiry();
         return;
       }
       if (!(await this.reReadMine())) break;
@@ -444,12 +459,22 @@ export class StageLease {
 
   private armExpiry(): void {
     clearTimeout(this.expiryTimer);
-    const left = this.confirmedAt + this.ttlMs * EXPIRY_FRACTION - performance.now();
+    const left = this.confirmedAt + this.ttlMs * UNCONFIRMED_FRACTION - performance.now();
     this.expiryTimer = setTimeout(() => {
-      if (performance.now() - this.confirmedAt >= this.ttlMs * EXPIRY_FRACTION) this.markLost('expired');
+      if (performance.now() - this.confirmedAt >= this.ttlMs * UNCONFIRMED_FRACTION) this.setUnconfirmed(true);
       else this.armExpiry();
     }, Math.max(0, left));
     this.expiryTimer.unref();
+  }
+
+  private setUnconfirmed(value: boolean): void {
+    if (this.unconfirmedFlag === value || this.lostError) return;
+    this.unconfirmedFlag = value;
+    try {
+      this.onUnconfirmed?.(value);
+    } catch {
+      // the caller's problem
+    }
   }
 
   private markLost(reason: LeaseLostReason, by?: LeaseHolder, notify = true): LeaseLostError {

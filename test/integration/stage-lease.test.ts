@@ -261,26 +261,55 @@ describe('stage lease', () => {
     expect(await store.getWithEtag(layout.stageLease(prefix))).toBeUndefined();
   });
 
-  it('a holder that cannot confirm a renewal for 0.9 × ttl declares the lease lost (expired)', async () => {
+  it('a holder that cannot confirm a renewal for 0.9 × ttl is unconfirmed, and holds the lease again when storage answers and nobody took it', async () => {
     const prefix = artifactPrefix();
     let broken = false;
     const flaky: LeaseStore = {
       putIfAbsent: (k, b) => store.putIfAbsent(k, b),
       putIfMatch: (k, b, e) => (broken ? Promise.reject(new Error('connection reset')) : store.putIfMatch(k, b, e)),
-      getWithEtag: (k) => store.getWithEtag(k),
+      getWithEtag: (k) => (broken ? Promise.reject(new Error('connection reset')) : store.getWithEtag(k)),
     };
     const r = await acquireOrWait(flaky, prefix, localHolder('run-x', 'sft', 1), { ttlMs: TTL, pollMs: POLL, isDone: notDone });
     const lease = acquired(r);
     const lost: LeaseLostError[] = [];
-    lease.startRenewing({ onLost: (e) => lost.push(e) });
+    const unconfirmed: boolean[] = [];
+    lease.startRenewing({ onLost: (e) => lost.push(e), onUnconfirmed: (u) => unconfirmed.push(u) });
     await sleep(TTL / 2);
     broken = true;
     const brokeAt = performance.now();
-    await until(() => lost.length > 0, TTL * 2);
-    expect(lost[0]).toMatchObject({ reason: 'expired' });
-    // It gave up before any waiter could have taken over (its last confirmed write was before brokeAt).
+    await until(() => unconfirmed.length > 0, TTL * 2);
+    // It knew before any waiter could have taken over (its last confirmed write was before brokeAt)…
     expect(performance.now() - brokeAt).toBeLessThan(TTL);
+    expect([unconfirmed, lease.unconfirmed, lease.signal.aborted]).toEqual([[true], true, false]);
+    // …and cannot commit while storage is away: assertHeld fails.
+    await expect(lease.assertHeld()).rejects.toThrow(/connection reset/);
+    await sleep(TTL);
     broken = false;
-    expect(await lease.release()).toBe('released'); // still ours in the bucket: freed for the next one
+    await until(() => unconfirmed.length > 1, TTL * 2);
+    expect([unconfirmed, lease.unconfirmed, lost]).toEqual([[true, false], false, []]);
+    await lease.assertHeld(); // still ours: nobody took it while it was unconfirmed
+    expect(await lease.release()).toBe('released');
+  });
+
+  it('an unconfirmed holder whose lease a waiter took meanwhile loses it when storage answers', async () => {
+    const prefix = artifactPrefix();
+    let broken = false;
+    const flaky: LeaseStore = {
+      putIfAbsent: (k, b) => store.putIfAbsent(k, b),
+      putIfMatch: (k, b, e) => (broken ? Promise.reject(new Error('connection reset')) : store.putIfMatch(k, b, e)),
+      getWithEtag: (k) => (broken ? Promise.reject(new Error('connection reset')) : store.getWithEtag(k)),
+    };
+    const lease = acquired(await acquireOrWait(flaky, prefix, localHolder('run-x', 'sft', 1), { ttlMs: TTL, pollMs: POLL, isDone: notDone }));
+    const lost: LeaseLostError[] = [];
+    lease.startRenewing({ onLost: (e) => lost.push(e) });
+    broken = true; // partitioned from storage; another run's waiter is not
+    const other = await contender(prefix, 'run-y').promise;
+    expect(other?.kind).toBe('acquired');
+    broken = false;
+    await until(() => lost.length > 0, TTL * 2);
+    expect(lost[0]).toMatchObject({ reason: 'taken' });
+    expect(lease.signal.aborted).toBe(true);
+    await expect(lease.assertHeld()).rejects.toBeInstanceOf(LeaseLostError);
+    if (other?.kind === 'acquired') await other.lease.release();
   });
 });
