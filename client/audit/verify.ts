@@ -18,7 +18,7 @@ import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow/index.js';
 import { dataConverterFromEnv } from '../../codec/data-converter.js';
 import { temporalSettings } from '../../config/temporal.js';
-import { checkLockedCopy, verifyChain, type AuditRecord, type LockedCopyFinding, type LockedCopyFindingKind } from '../../storage/audit-chain.js';
+import { checkLockedCopy, hashRecord, verifyChain, type AuditRecord, type LockedCopyFinding, type LockedCopyFindingKind } from '../../storage/audit-chain.js';
 import { attemptRecordKey, summarizeAttempt } from '../../storage/attempt-records.js';
 import { readCommitted, verifyCommitted } from '../../storage/commit.js';
 import { ObjectStore, type AuditBucketState, type AuditRetention, type LockedObject, type LockedVersion } from '../../storage/object-store.js';
@@ -445,6 +445,22 @@ class LockedChecks {
    */
   attempt(what: string, prefix: string, records: AuditRecord[]): void {
     this.chain(what, records.map((r) => ({ what: `${what}: record ${r.seq}`, key: attemptRecordKey(prefix, r.seq), value: r })));
+    if (!this.active) return;
+    // A worker killed between a record's two writes (the write-once copy goes first) leaves that
+    // record only in the audit bucket, after the last one in the main bucket. It hides nothing (the
+    // records before it are all checked, and the trail anchors only those); it is reported as what
+    // it is when it continues the chain, and as a problem (by extra()) when it does not.
+    let prev = records.at(-1);
+    for (let seq = (prev?.seq ?? 0) + 1; ; seq++) {
+      const key = attemptRecordKey(prefix, seq);
+      const copy = this.locked.originals.get(key)?.value as AuditRecord | undefined;
+      const versions = this.locked.versions.get(key) ?? [];
+      if (!copy || versions.length !== 1 || copy.seq !== seq || copy.prevHash !== (prev?.hash ?? null) || hashRecord(copy.seq, copy.prevHash, copy.event) !== copy.hash) return;
+      this.seen.add(key);
+      this.checked++;
+      this.warnings.push(`${what}: record ${seq} (${copy.event.type}) is only in the audit bucket, continuing the chain: its worker died between writing its write-once copy and the main one`);
+      prev = copy;
+    }
   }
 
   /** status.json: its copy anchors the head and the final state (the rest of status.json is a convenience copy). */
@@ -477,7 +493,7 @@ class LockedChecks {
 
   report(): { problems: string[]; warnings: string[]; checked: number } {
     const problems = [...this.problems];
-    const warnings: string[] = [];
+    const warnings: string[] = [...this.warnings];
     if (!this.active) {
       warnings.push(`${lockedBucketNote(this.locked.state)}: the run's records were checked against the main bucket only`);
     } else if (this.checked === 0) {

@@ -325,3 +325,33 @@ describe('the audit trail against the workers\' S3 key', () => {
     expect(v.anchors[0]).toBe(`the write-once status.json (${uri(kStatus)}): event ${status.auditHead!.seq} (${short(status.auditHead!.hash)}), as in the main bucket`);
   });
 });
+
+describe('a worker killed between a record\'s two writes', () => {
+  it('leaves a record only in the audit bucket: a continuation of the chain is a warning, anything else a problem', async () => {
+    const { file } = await writeTestSpec({
+      name: 'audit-crash-test',
+      storage: { prefix: PREFIX },
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, params: { step_seconds: 0.02 } }],
+    });
+    const started = await startRun(client, file, { id: `tamper-crash-${Date.now()}`, by: 'auditor' });
+    await started.handle.result();
+    const check = () => verifyRun({ runId: started.runId, prefix: PREFIX, store });
+    expect((await check()).problems).toEqual([]);
+
+    // What the killed worker left: its next record written to the audit bucket (copies go first), not to the main one.
+    const attemptPrefix = layout.attemptRecords(PREFIX, started.runId, 'sft', 1);
+    const chain = await readAttemptRecords(store, attemptPrefix);
+    const last = chain.at(-1)!;
+    const next = makeRecord(last.seq + 1, last.hash, { type: 'checkpoint-committed', at: new Date().toISOString(), step: 99 });
+    await store.putLocked(attemptRecordKey(attemptPrefix, next.seq), jsonBytes(next));
+    const v = await check();
+    expect(v.problems).toEqual([]);
+    expect(v.warnings).toContainEqual(expect.stringMatching(new RegExp(`attempt 1 of stage sft: record ${next.seq} \\(checkpoint-committed\\) is only in the audit bucket, continuing the chain`)));
+
+    // One that does not continue the chain (a record slipped in around the workers) stays a problem.
+    const stray = makeRecord(next.seq + 1, 'f'.repeat(64), { type: 'attempt-ended', at: new Date().toISOString(), outcome: 'completed' });
+    await store.putLocked(attemptRecordKey(attemptPrefix, stray.seq), jsonBytes(stray));
+    const w = await check();
+    expect(w.problems).toContainEqual(expect.stringMatching(new RegExp(`attempt 1 of stage sft: record ${stray.seq}: is not in the main bucket`)));
+  });
+});
