@@ -8,16 +8,10 @@
  * checkpoint committed, overlapping attempts and orphans by job session).
  */
 import path from 'node:path';
-import { verifyRun } from '../client/commands/audit.js';
-import { readAttemptRecords } from '../storage/attempt-records.js';
-import { listCommittedSteps } from '../storage/checkpoints.js';
-import { verifyCommitted } from '../storage/commit.js';
-import { layout } from '../storage/layout.js';
 import { REAL_TRAINERS, runKillAndResume, type RealTrainer } from '../infra/harness/real-resume.js';
 import { writeTinyModelFixture, type TinyModelFixture } from '../infra/harness/specs.js';
-import { waitFor } from '../infra/harness/wait.js';
-import { OVERLAP_BOUND_MS, type Ctx } from './context.js';
-import { killPids } from './harness.js';
+import { checkArtifacts, checkOrphans, checkOverlaps, uncommittedCheckpoints } from './checks.js';
+import type { Ctx } from './context.js';
 import { attemptLogs } from './trial.js';
 import type { FaultRecord, RunReport } from './types.js';
 
@@ -73,45 +67,12 @@ export async function runRealTrial(ctx: Ctx, trial: number): Promise<RunReport> 
   });
   if (fault.stepsLost! > fault.bound) problems.push(`${fault.stepsLost} steps lost (killed at ${r.stepAtKill}, resumed from ${r.resumeStep}), more than the bound ${fault.bound}`);
 
-  // The same checks as every run: audit verify, every committed checkpoint.
-  const verify = await verifyRun({ runId, prefix, store: ctx.store, env: ctx.stack.env() }).catch((err: unknown) => ({
-    problems: [`audit verify failed to run: ${(err as Error).message}`],
-    checked: { artifacts: 0, inputs: 0 },
-  }));
-  problems.push(...verify.problems.map((p) => `audit verify: ${p}`));
-  let artifactsChecked = verify.checked.artifacts + verify.checked.inputs;
-  const artifactsFailed = verify.problems.filter((p) => /artifact|dataset|base model/.test(p));
-  for (const { key } of await ctx.store.list(`${prefix}/artifacts/`, false)) {
-    const artifact = key.replace(/\/$/, '');
-    for (const step of await listCommittedSteps(ctx.store, artifact)) {
-      artifactsChecked++;
-      const bad = await verifyCommitted(ctx.store, layout.checkpoint(artifact, step));
-      if (bad.length) {
-        artifactsFailed.push(...bad);
-        problems.push(`committed checkpoint does not verify: ${bad[0]}`);
-      }
-    }
-  }
-
-  // Every checkpoint the final attempt announced was committed.
-  let uncommitted: number[] = [];
-  if (final) {
-    const logs = await attemptLogs(ctx.store, prefix, runId, trainer, []);
-    const records = await readAttemptRecords(ctx.store, layout.attemptRecords(prefix, runId, trainer, final.attempt)).catch(() => []);
-    const committed = new Set(records.filter((x) => x.event.type === 'checkpoint-committed').map((x) => x.event.step as number));
-    uncommitted = (logs.get(final.attempt)?.checkpoints ?? []).filter((s) => !committed.has(s));
-    if (uncommitted.length) problems.push(`attempt ${final.attempt} announced checkpoint(s) ${uncommitted.join(', ')} that were never committed`);
-  }
-
-  const overlaps = ctx.sampler.overlaps(runId).map((o) => ({ stage: o.stageId, attempts: o.attempts, ms: o.ms }));
-  for (const o of overlaps) if (o.ms > OVERLAP_BOUND_MS) problems.push(`attempts ${o.attempts.join(' and ')} of ${o.stage} trained at the same time for ${o.ms} ms (bound ${OVERLAP_BOUND_MS} ms)`);
-  const jobSessions = ctx.sampler.ofRun(runId).length;
+  // The same checks as every run (faults/checks.ts).
+  const { artifactsChecked, artifactsFailed, auditProblems } = await checkArtifacts(ctx, { runId, prefix }, problems);
+  const announced = final ? ((await attemptLogs(ctx.store, prefix, runId, trainer, [])).get(final.attempt)?.checkpoints ?? []) : [];
+  const uncommitted = final ? await uncommittedCheckpoints(ctx, { prefix, runId, stageId: trainer, attempt: final.attempt }, announced, problems) : [];
+  const { overlaps, jobSessions } = checkOverlaps(ctx, runId, problems);
   if (jobSessions === 0) problems.push('the sampler saw no job session of the run: the orphan and overlap checks would be vacuous');
-  await waitFor(async () => (await ctx.sampler.alivePids(runId)).length === 0, 20_000, 200);
-  const orphans = await ctx.sampler.alivePids(runId);
-  if (orphans.length) {
-    problems.push(`${orphans.length} job process(es) left running: ${orphans.join(', ')}`);
-    killPids(orphans);
-  }
-  return { ...base, runId, prefix, state, fault, artifactsChecked, artifactsFailed, auditProblems: verify.problems, overlaps, uncommitted, jobSessions, orphans, problems, durationMs: Date.now() - t0 };
+  const orphans = await checkOrphans(ctx, runId, [], problems);
+  return { ...base, runId, prefix, state, fault, artifactsChecked, artifactsFailed, auditProblems, overlaps, uncommitted, jobSessions, orphans, problems, durationMs: Date.now() - t0 };
 }

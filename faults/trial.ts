@@ -4,12 +4,10 @@
  * own part (target stage setup, the injection, its extra checks) is its module in faults/kinds/.
  */
 import { readFile } from 'node:fs/promises';
-import { readRun, verifyRun } from '../client/commands/audit.js';
+import { readRun } from '../client/commands/audit.js';
 import { startRun } from '../client/commands/run.js';
 import { runStatus } from '../client/commands/manage.js';
 import { listJobLogs, readJobLog } from '../storage/job-logs.js';
-import { verifyCommitted } from '../storage/commit.js';
-import { readAttemptRecords } from '../storage/attempt-records.js';
 import { layout } from '../storage/layout.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import type { AuditRecord } from '../storage/audit-chain.js';
@@ -17,8 +15,9 @@ import type { PipelineStatus } from '../workflows/types.js';
 import { writeTestSpec } from '../infra/harness/specs.js';
 import type { WorkerProcess } from '../infra/harness/processes.js';
 import { sleep, waitFor } from '../infra/harness/wait.js';
-import { OVERLAP_BOUND_MS, SAVE_STEPS, type Ctx } from './context.js';
-import { aliveAll, jobAttempts, jobProgress, killPids, type JobProgress } from './harness.js';
+import { checkArtifacts, checkOrphans, checkOverlaps, uncommittedCheckpoints } from './checks.js';
+import { SAVE_STEPS, type Ctx } from './context.js';
+import { jobAttempts, jobProgress, type JobProgress } from './harness.js';
 import { FAULTS, type Trial, type TrialPlan } from './kinds/index.js';
 import type { FaultRecord, RunReport, TestJobFaultKind } from './types.js';
 
@@ -116,34 +115,10 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
   if (state !== expected) problems.push(`run ended ${state}${status?.error ? ` (${status.error.split('\n')[0]})` : ''}, expected ${expected}`);
 
   // --- checks ------------------------------------------------------------------------------
-  const verify = await verifyRun({ runId, prefix, store: ctx.store, env: ctx.stack.env() }).catch((err: unknown) => ({
-    ok: false,
-    problems: [`audit verify failed to run: ${(err as Error).message}`],
-    checked: { artifacts: 0, inputs: 0 },
-  }));
-  const auditProblems = verify.problems;
-  problems.push(...auditProblems.map((p) => `audit verify: ${p}`));
-  let artifactsChecked = verify.checked.artifacts + verify.checked.inputs;
-  const artifactsFailed = verify.problems.filter((p) => /artifact|dataset|base model/.test(p));
-
-  const objects = await ctx.store.list(`${prefix}/artifacts/`);
-  const outputsPerKind = new Map<string, number>();
-  for (const { key } of objects) {
-    const ckpt = /^(.*)\/checkpoints\/step-(\d+)\/_COMMITTED$/.exec(key);
-    if (ckpt) {
-      artifactsChecked++;
-      const bad = await verifyCommitted(ctx.store, key.replace(/\/_COMMITTED$/, ''));
-      if (bad.length > 0) {
-        if (ctx.corrupted.has(`${ckpt[1]}@${Number(ckpt[2])}`)) fault.notes.push(`the damaged checkpoint ${Number(ckpt[2])} is still there, still failing verification`);
-        else {
-          artifactsFailed.push(...bad);
-          problems.push(`committed checkpoint does not verify: ${bad[0]}`);
-        }
-      }
-    }
-    const out = /\/artifacts\/([a-z]+)-[^/]+\/output\/_COMMITTED$/.exec(key);
-    if (out) outputsPerKind.set(out[1]!, (outputsPerKind.get(out[1]!) ?? 0) + 1);
-  }
+  const { artifactsChecked, artifactsFailed, auditProblems, outputsPerKind } = await checkArtifacts(ctx, { runId, prefix }, problems, (step) => {
+    fault.notes.push(`the damaged checkpoint ${step} is still there, still failing verification`);
+    return true;
+  });
   let records: AuditRecord[] = [];
   try {
     records = (await readRun({ runId, prefix, store: ctx.store })).records;
@@ -187,21 +162,11 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
 
   // Every checkpoint the final attempt announced was committed (retention may have pruned it since:
   // its attempt records say it was committed).
-  let uncommitted: number[] = [];
   const last = ran.at(-1);
-  if (last && state === 'completed') {
-    const records = await readAttemptRecords(ctx.store, layout.attemptRecords(prefix, runId, target, last[0])).catch(() => []);
-    const committedSteps = new Set(records.filter((r) => r.event.type === 'checkpoint-committed').map((r) => r.event.step as number));
-    uncommitted = last[1].checkpoints.filter((s) => !committedSteps.has(s));
-    if (uncommitted.length) problems.push(`attempt ${last[0]} announced checkpoint(s) ${uncommitted.join(', ')} that were never committed`);
-  }
+  const uncommitted = last && state === 'completed' ? await uncommittedCheckpoints(ctx, { prefix, runId, stageId: target, attempt: last[0] }, last[1].checkpoints, problems) : [];
 
   // Overlap: two attempts of one stage training at once, as the sampler saw their processes.
-  const overlaps = ctx.sampler.overlaps(runId).map((o) => ({ stage: o.stageId, attempts: o.attempts, ms: o.ms }));
-  for (const o of overlaps) {
-    if (o.ms > OVERLAP_BOUND_MS) problems.push(`attempts ${o.attempts.join(' and ')} of ${o.stage} trained at the same time for ${o.ms} ms (bound ${OVERLAP_BOUND_MS} ms)`);
-  }
-  const jobSessions = ctx.sampler.ofRun(runId).length;
+  const { overlaps, jobSessions } = checkOverlaps(ctx, runId, problems);
   // Failed attempts: `attempt` events (outcome failed) since the history-v2 patch, `attempt-failed` before.
   const failures = events
     .filter((e) => e.stage === target && (e.type === 'attempt-failed' || (e.type === 'attempt' && e.outcome === 'failed')))
@@ -215,13 +180,7 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
     const pid = Number(await readFile(setup.childPidFile, 'utf8').catch(() => ''));
     if (pid > 0) extra.push(pid);
   }
-  const leftovers = async () => [...new Set([...(await ctx.sampler.alivePids(runId)), ...aliveAll(extra)])];
-  await waitFor(async () => (await leftovers()).length === 0, 20_000, 200);
-  const orphans = await leftovers();
-  if (orphans.length > 0) {
-    problems.push(`${orphans.length} job process(es) left running: ${orphans.join(', ')}`);
-    killPids(orphans);
-  }
+  const orphans = await checkOrphans(ctx, runId, extra, problems);
   return {
     trial,
     kind,

@@ -5,7 +5,7 @@
  * committing) at once: the newer one takes over the stage lease, the older one must notice and stop,
  * and nothing it commits after the takeover may land (faults/process-sampler.ts measures the overlap).
  */
-import { sleep } from '../../infra/harness/wait.js';
+import { killAndRestartTemporal } from './temporal-restart.js';
 import type { FaultKindModule } from './kind.js';
 
 /** The trial's heartbeat timeout (faults/trial.ts) is 3 s; the outage is at least twice that. */
@@ -15,19 +15,10 @@ export const temporalOutage: FaultKindModule = {
   // A long stage (0.1 s a step): still training when the server comes back, so the retry finds
   // the attempt alive and work left to do.
   setup: ({ ctx, total }) => ({ maxSteps: total + (ctx.opts.short ? 120 : 220) }),
-  async inject({ ctx, worker, aimedAt, fault, reach }) {
-    const p = await reach(worker, aimedAt);
-    if (!p) throw new Error(`the job never reached step ${aimedAt}`);
-    await ctx.stack.killTemporal();
-    const down = ctx.rng.int(2 * HEARTBEAT_S * 1000, ctx.opts.short ? 2 * HEARTBEAT_S * 1000 : 5 * HEARTBEAT_S * 1000);
-    Object.assign(fault, { stepAtFault: p.step, attemptAtFault: p.attempt });
-    await sleep(down);
-    const r0 = Date.now();
-    await ctx.stack.restartTemporal().catch((err: unknown) => {
-      ctx.fatal = `could not restart Temporal: ${(err as Error).message}`;
-      throw err;
-    });
-    fault.detail = `kill -9 Temporal at step ${p.step}; down ${(down / 1000).toFixed(1)} s (heartbeat timeout ${HEARTBEAT_S} s), +${Date.now() - r0} ms to come up`;
+  async inject(t) {
+    const { ctx } = t;
+    const { step, down, upMs } = await killAndRestartTemporal(t, () => ctx.rng.int(2 * HEARTBEAT_S * 1000, ctx.opts.short ? 2 * HEARTBEAT_S * 1000 : 5 * HEARTBEAT_S * 1000));
+    t.fault.detail = `kill -9 Temporal at step ${step}; down ${(down / 1000).toFixed(1)} s (heartbeat timeout ${HEARTBEAT_S} s), +${upMs} ms to come up`;
   },
   check({ fault }) {
     // Whether the server timed the attempt out depends on a race after the restart: its timer

@@ -35,6 +35,16 @@ beforeAll(() => {
   store = testStore();
 });
 
+/** The store, but every lease read and renewal fails (connection reset) while `broken()`: storage away for this holder only. */
+function unreachableWhile(broken: () => boolean): LeaseStore {
+  const fail = () => Promise.reject(new Error('connection reset'));
+  return {
+    putIfAbsent: (k, b) => store.putIfAbsent(k, b),
+    putIfMatch: (k, b, e) => (broken() ? fail() : store.putIfMatch(k, b, e)),
+    getWithEtag: (k) => (broken() ? fail() : store.getWithEtag(k)),
+  };
+}
+
 /** acquireOrWait, with when it settled and how, and every onWait report. */
 function contender(prefix: string, runId: string, attempt = 1, options: { isDone?: () => Promise<boolean>; ttlMs?: number } = {}) {
   const abort = new AbortController();
@@ -264,11 +274,7 @@ describe('stage lease', () => {
   it('a holder that cannot confirm a renewal for 0.9 × ttl is unconfirmed, and holds the lease again when storage answers and nobody took it', async () => {
     const prefix = artifactPrefix();
     let broken = false;
-    const flaky: LeaseStore = {
-      putIfAbsent: (k, b) => store.putIfAbsent(k, b),
-      putIfMatch: (k, b, e) => (broken ? Promise.reject(new Error('connection reset')) : store.putIfMatch(k, b, e)),
-      getWithEtag: (k) => (broken ? Promise.reject(new Error('connection reset')) : store.getWithEtag(k)),
-    };
+    const flaky = unreachableWhile(() => broken);
     const r = await acquireOrWait(flaky, prefix, localHolder('run-x', 'sft', 1), { ttlMs: TTL, pollMs: POLL, isDone: notDone });
     const lease = acquired(r);
     const lost: LeaseLostError[] = [];
@@ -294,11 +300,7 @@ describe('stage lease', () => {
   it('an unconfirmed holder whose lease a waiter took meanwhile loses it when storage answers', async () => {
     const prefix = artifactPrefix();
     let broken = false;
-    const flaky: LeaseStore = {
-      putIfAbsent: (k, b) => store.putIfAbsent(k, b),
-      putIfMatch: (k, b, e) => (broken ? Promise.reject(new Error('connection reset')) : store.putIfMatch(k, b, e)),
-      getWithEtag: (k) => (broken ? Promise.reject(new Error('connection reset')) : store.getWithEtag(k)),
-    };
+    const flaky = unreachableWhile(() => broken);
     const lease = acquired(await acquireOrWait(flaky, prefix, localHolder('run-x', 'sft', 1), { ttlMs: TTL, pollMs: POLL, isDone: notDone }));
     const lost: LeaseLostError[] = [];
     lease.startRenewing({ onLost: (e) => lost.push(e) });
