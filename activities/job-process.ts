@@ -10,7 +10,7 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { EVENTS_FD, parseJobEvent, type JobEvent } from './job-contract.js';
-import { currentJobLaunchScope, JOB_TOKEN_ENV, JobRegistry, type JobLaunchScope, type RecordedJob } from './job-registry.js';
+import { JOB_TOKEN_ENV, JobRegistry, type JobLaunchScope, type RecordedJob } from './job-registry.js';
 
 export interface JobProcessOptions {
   /** Command and arguments; never a shell string. */
@@ -32,8 +32,8 @@ export interface JobProcessOptions {
   killGraceMs?: number;
   /**
    * Where the job is recorded while it runs (activities/job-registry.ts), so that a restarted
-   * worker can reap it if it outlives both the worker and its supervisor. Default: the scope the
-   * worker set with `launchingJobsFor`; without either, the job is not recorded.
+   * worker can reap it if it outlives both the worker and its supervisor. Without it the job is not
+   * recorded.
    */
   launchScope?: JobLaunchScope;
   /** Problems that do not stop the job (its record could not be written). Default: console.warn. */
@@ -101,7 +101,7 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
   let reason: StopReason = 'exited';
   const warn = options.onWarning ?? ((message: string) => console.warn(`[job-process] ${message}`));
   // Records need /proc (start times, session ids); elsewhere the supervisor is all there is.
-  const scope = process.platform === 'linux' ? (options.launchScope ?? currentJobLaunchScope()) : undefined;
+  const scope = process.platform === 'linux' ? options.launchScope : undefined;
   // Every process of the job inherits the token: how a restarted worker tells the job's leftovers
   // from strangers once the supervisor (whose start time it also checks) is gone.
   const token = scope ? JobRegistry.newToken() : undefined;

@@ -12,11 +12,10 @@
  * stranger: the boot id, the supervisor's start time (pid reuse), and a random token that every
  * process of the job has in its environment (the supervisor may be gone).
  *
- * The training activity does not know about records: the worker sets the registry for the
- * duration of each activity (`launchingJobsFor`) and `runJobProcess` records whatever it launches
- * inside that scope.
+ * The training activity hands `runJobProcess` its registry (one per scratch dir) and what the job
+ * is (`JobLaunchScope`); `runJobProcess` writes the record when the job starts and removes it when
+ * its session is empty.
  */
-import { AsyncLocalStorage } from 'node:async_hooks';
 import { randomUUID } from 'node:crypto';
 import { mkdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { readdir, readFile, rm } from 'node:fs/promises';
@@ -179,20 +178,8 @@ export async function removeJobRecord(file: string): Promise<void> {
   await rm(file, { force: true });
 }
 
-/** Where (and as what) jobs launched in the current async scope are recorded. */
+/** Where (and as what) a job is recorded. */
 export interface JobLaunchScope {
   registry: JobRegistry;
   labels: JobLabels;
-}
-
-const launchScope = new AsyncLocalStorage<JobLaunchScope>();
-
-/** Runs `fn` so that every job `runJobProcess` launches inside it is recorded in `scope.registry`. */
-export function launchingJobsFor<T>(scope: JobLaunchScope, fn: () => T): T {
-  return launchScope.run(scope, fn);
-}
-
-/** The scope set by `launchingJobsFor`, if any. */
-export function currentJobLaunchScope(): JobLaunchScope | undefined {
-  return launchScope.getStore();
 }

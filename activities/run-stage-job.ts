@@ -29,6 +29,7 @@ import { checkGgufDirectory, GgufCheckError } from './gguf-check.js';
 import { JOB_CONTRACT_VERSION, type JobConfig, type JobEvent } from './job-contract.js';
 import { attemptOutcomeOf, throwIfJobFailed } from './job-failure.js';
 import { runJobProcess } from './job-process.js';
+import { JobRegistry } from './job-registry.js';
 import { startLogShipping } from './log-shipper.js';
 import { fetchStageInputs } from './stage-inputs.js';
 import { ProgressHeartbeat } from './stage-progress.js';
@@ -74,6 +75,9 @@ async function checkGgufExport(outputDir: string): Promise<Record<string, number
 }
 
 export function createTrainingActivities(deps: TrainingDeps) {
+  // Every job an attempt launches is recorded in the scratch dir while it runs, for a restarted
+  // worker to reap should it outlive this one (activities/job-registry.ts, worker/stale-jobs.ts).
+  const jobRegistry = new JobRegistry(deps.scratchDir);
   return {
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
       const info = activityInfo();
@@ -254,6 +258,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
             ...(deps.jobEnv?.(stage.kind) ?? {}),
           },
           logFile,
+          launchScope: { registry: jobRegistry, labels: { runId: input.runId, stageId: stage.id, attempt: info.attempt, workflowId: info.workflowExecution?.workflowId } },
           stallMs: stage.timeouts.stallMs,
           signal: stop.signal,
           killGraceMs: deps.killGraceMs,

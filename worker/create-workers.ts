@@ -3,12 +3,9 @@
  * task queue) and/or a training worker per GPU task queue. Tests use this directly.
  */
 import path from 'node:path';
-import { activityInfo } from '@temporalio/activity';
 import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
-import { JobRegistry, launchingJobsFor } from '../activities/job-registry.js';
-import type { StageJobInput } from '../workflows/types.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { REPO_ROOT } from '../config/paths.js';
@@ -78,7 +75,7 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
     );
   }
   const gpus = new GpuAllocator(options.gpus);
-  const trainingActivities = createTrainingActivities({
+  const training = createTrainingActivities({
     store: options.store,
     scratchDir: options.scratchDir,
     jobCommand: options.jobCommand ?? pythonJobCommand(options.python),
@@ -88,16 +85,6 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
     killGraceMs: options.killGraceMs,
     logFlushMs: options.logFlushMs,
   });
-  // Every job an attempt launches is recorded in the scratch dir while it runs (activities/job-registry.ts).
-  const registry = new JobRegistry(options.scratchDir);
-  const training: typeof trainingActivities = {
-    ...trainingActivities,
-    runStageJob: (input: StageJobInput) => {
-      const info = activityInfo();
-      const labels = { runId: input.runId, stageId: input.stage.id, attempt: info.attempt, workflowId: info.workflowExecution?.workflowId };
-      return launchingJobsFor({ registry, labels }, () => trainingActivities.runStageJob(input));
-    },
-  };
   for (const taskQueue of options.trainingQueues) {
     workers.push(
       await Worker.create({
