@@ -4,10 +4,11 @@ Every job ends in `contract.main(SPEC, recipe_main)`: it reads `--config` (refin
 recipe, and turns its result or its JobError into a `done` or `error` event and the contract's exit code.
 Contents:
   * small shared helpers            log, json_type, write_json_atomic
-  * errors and exit codes           JobError, config_error, data_error, unsupported
-  * events on REFINERY_EVENTS_FD    Events, numbers
-  * checkpoints                     TRAINER_STATE (written last: complete-when-marked), checkpoint_step
-  * the entry point                 main(spec, recipe_main)
+  * errors and exit codes           JobError, config_error, data_error, unsupported, out_of_memory
+  * events on REFINERY_EVENTS_FD    Events, numbers (non-finite as "NaN"/"Infinity"), finite_numbers (`done`)
+  * checkpoints                     TRAINER_STATE (written last: complete-when-marked), checkpoint_step,
+                                    CheckpointRequest (SIGUSR1: checkpoint at the next step boundary)
+  * the entry point                 main(spec, recipe_main): out-of-memory errors become category `oom`
 
 Standard library only, so that light jobs (`testjob`) start in a fraction of a second.
 """
@@ -18,6 +19,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import threading
 import traceback
@@ -31,6 +33,7 @@ CONTRACT_VERSION = 1
 EXIT_CONFIG = 2
 EXIT_DATA = 3
 EXIT_UNSUPPORTED = 4
+EXIT_OOM = 5
 EXIT_RUNTIME = 1
 
 TRAINER_STATE = "trainer_state.json"  # written last in every checkpoint-N/ (ours and transformers')
@@ -71,9 +74,10 @@ def write_json_atomic(path: str, obj: Any) -> None:
 # ----------------------------------------------------------------------------------------------
 
 class JobError(Exception):
-    """An error the job reports with an `error` event and a contract exit code (2, 3 or 4)."""
+    """An error the job reports with an `error` event and a contract exit code (2, 3, 4, 5 or 1)."""
 
-    EXIT_CODES = {"config": EXIT_CONFIG, "data": EXIT_DATA, "unsupported": EXIT_UNSUPPORTED, "runtime": EXIT_RUNTIME}
+    EXIT_CODES = {"config": EXIT_CONFIG, "data": EXIT_DATA, "unsupported": EXIT_UNSUPPORTED, "oom": EXIT_OOM,
+                  "runtime": EXIT_RUNTIME}
 
     def __init__(self, category: str, message: str, *, file: str | None = None, line: int | None = None,
                  field: str | None = None):
@@ -99,12 +103,48 @@ def unsupported(message: str) -> JobError:
     return JobError("unsupported", message)
 
 
+OOM_CLASS_NAMES = ("OutOfMemoryError", "MemoryError")  # torch.OutOfMemoryError (= torch.cuda.OutOfMemoryError), ...
+OOM_MESSAGES = ("out of memory",             # CUDA / HIP / MPS: "CUDA out of memory. Tried to allocate ..."
+                "cublas_status_alloc_failed",  # cuBLAS could not allocate its workspace
+                "can't allocate memory")      # torch's CPU allocator: "DefaultCPUAllocator: can't allocate memory"
+OOM_MESSAGE_CHARS = 500
+
+
+def out_of_memory(exc: BaseException) -> BaseException | None:
+    """The out-of-memory error behind `exc`, or None: recognised without importing torch, by class name
+    (OutOfMemoryError, MemoryError, or a subclass of one) or a RuntimeError whose text says it ran out of memory.
+    Follows the exception's cause/context chain (an OOM re-raised as another error is still an OOM)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen and len(seen) < 16:
+        seen.add(id(current))
+        if any(cls.__name__ in OOM_CLASS_NAMES for cls in type(current).__mro__):
+            return current
+        if isinstance(current, RuntimeError) and any(m in str(current).lower() for m in OOM_MESSAGES):
+            return current
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
+    return None
+
+
+def oom_error(exc: BaseException) -> JobError:
+    """JobError("oom") whose message keeps the original error's text (first OOM_MESSAGE_CHARS characters)."""
+    text = str(exc)[:OOM_MESSAGE_CHARS] or "out of memory"
+    return JobError("oom", f"{type(exc).__name__}: {text}")
+
+
 # ----------------------------------------------------------------------------------------------
 # Events
 # ----------------------------------------------------------------------------------------------
 
-def _json_number(value: Any) -> float | int | None:
-    """A finite JSON number from a Python/numpy/torch scalar, or None (NaN and inf are not JSON)."""
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}  # how events write them
+
+
+def json_number(value: Any, *, finite: bool = False) -> float | int | str | None:
+    """An event number from a Python/numpy/torch scalar, or None when it is not a number.
+
+    NaN, +inf and -inf (not JSON numbers) become the strings "NaN", "Infinity", "-Infinity"; with finite=True
+    (the `done` event) they are dropped (None) instead.
+    """
     if isinstance(value, bool):
         return int(value)
     if hasattr(value, "item"):
@@ -112,18 +152,35 @@ def _json_number(value: Any) -> float | int | None:
             value = value.item()
         except (ValueError, RuntimeError):
             return None
+    if isinstance(value, bool):
+        return int(value)
     if isinstance(value, int):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        if math.isfinite(value):
+            return value
+        if finite:
+            return None
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return None
 
 
-def numbers(metrics: dict[str, Any] | None) -> dict[str, float | int]:
-    """Keep the finite numeric entries of a metrics dict (what the contract's `metrics` objects hold)."""
+def numbers(metrics: dict[str, Any] | None) -> dict[str, float | int | str]:
+    """The numeric entries of a metrics dict (`progress.metrics`, `metrics.metrics`): non-finite values are kept
+    as "NaN" / "Infinity" / "-Infinity", anything that is not a number is dropped."""
     out = {}
     for key, value in (metrics or {}).items():
-        number = _json_number(value)
+        number = json_number(value)
+        if number is not None:
+            out[str(key)] = number
+    return out
+
+
+def finite_numbers(metrics: dict[str, Any] | None) -> dict[str, float | int]:
+    """The finite numeric entries of a metrics dict (`done.metrics`: NaN and infinities are dropped)."""
+    out = {}
+    for key, value in (metrics or {}).items():
+        number = json_number(value, finite=True)
         if number is not None:
             out[str(key)] = number
     return out
@@ -160,12 +217,18 @@ class Events:
                 written = os.write(self.fd, data)
                 data = data[written:]
 
-    def started(self, total_steps: int, resumed_from_step: int | None, device: str) -> None:
-        self.emit("started", total_steps=int(total_steps), resumed_from_step=resumed_from_step, device=device)
+    def started(self, total_steps: int, resumed_from_step: int | None, device: str,
+                checkpoint_signal: str | None = None) -> None:
+        """`checkpoint_signal` ("SIGUSR1"): the job checkpoints on request (CheckpointRequest); omit it otherwise."""
+        fields: dict[str, Any] = {"total_steps": int(total_steps), "resumed_from_step": resumed_from_step,
+                                  "device": device}
+        if checkpoint_signal is not None:
+            fields["checkpoint_signal"] = checkpoint_signal
+        self.emit("started", **fields)
 
     def progress(self, step: int, total_steps: int, loss: Any = None, metrics: dict | None = None) -> None:
         fields: dict[str, Any] = {"step": int(step), "total_steps": int(total_steps)}
-        loss = _json_number(loss)
+        loss = json_number(loss)
         if loss is not None:
             fields["loss"] = loss
         metrics = numbers(metrics)
@@ -183,7 +246,7 @@ class Events:
         self.emit("metrics", **fields)
 
     def done(self, metrics: dict | None = None) -> None:
-        self.emit("done", metrics=numbers(metrics))
+        self.emit("done", metrics=finite_numbers(metrics))
 
     def error(self, err: JobError) -> None:
         fields: dict[str, Any] = {"category": err.category, "message": err.message}
@@ -204,6 +267,45 @@ def checkpoint_step(path: str) -> int:
             return int(json.load(f)["global_step"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise config_error("resume_from", f"cannot read global_step from {path}/{TRAINER_STATE}: {e}") from None
+
+
+CHECKPOINT_SIGNAL = "SIGUSR1"  # what a job that checkpoints on request declares in `started.checkpoint_signal`
+
+
+class CheckpointRequest:
+    """Checkpoint on request (CONTRACT.md, "Checkpoint on request"): the worker sends SIGUSR1 to the job's main
+    process (a drain, a preemption notice); the job saves a complete checkpoint at the next step boundary and goes on.
+
+    `install()` (main thread, before the `started` event that declares CHECKPOINT_SIGNAL: SIGUSR1's default action
+    kills the process) sets a handler that only sets a flag; the training loop calls `take()` at every step boundary
+    and saves when it returns True. A request while the step is a scheduled save step is satisfied by that save
+    (take() it there too). Several requests before a boundary make one checkpoint.
+    """
+
+    signal_name = CHECKPOINT_SIGNAL
+
+    def __init__(self) -> None:
+        self._requested = False
+        self.count = 0  # requests received (for logs)
+
+    def install(self) -> CheckpointRequest:
+        signal.signal(getattr(signal, self.signal_name), self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:  # only sets flags: safe whatever the main thread was doing
+        self._requested = True
+        self.count += 1
+
+    @property
+    def pending(self) -> bool:
+        return self._requested
+
+    def take(self) -> bool:
+        """True once per request (then cleared): save a checkpoint at this step boundary."""
+        if self._requested:
+            self._requested = False
+            return True
+        return False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -229,8 +331,11 @@ def main(spec: JobSpec, recipe_main: Callable[[JobConfig, Events], dict | None],
         log(f"{err.category} error: {err.message}")
         events.error(err)
         sys.exit(err.exit_code)
-    except Exception as exc:  # crash: retryable by the worker's policy
+    except Exception as exc:  # out of memory (exit 5) or a crash (exit 1): retryable by the worker's policy
         traceback.print_exc()
-        events.error(JobError("runtime", f"{type(exc).__name__}: {exc}"[:2000]))
-        sys.exit(EXIT_RUNTIME)
+        oom = out_of_memory(exc)
+        err = oom_error(oom) if oom is not None else JobError("runtime", f"{type(exc).__name__}: {exc}"[:2000])
+        log(f"{err.category} error: {err.message}")
+        events.error(err)
+        sys.exit(err.exit_code)
     sys.exit(0)

@@ -1,7 +1,8 @@
 """transformers Trainer glue shared by the Trainer-based jobs (sft, dpo, reward, grpo).
 
   * training_args_kwargs            TrainingArguments from `hyper` (TRL configs accept all of them)
-  * events_callback                 a TrainerCallback that emits started/progress/metrics/checkpoint events
+  * events_callback                 a TrainerCallback that emits started/progress/metrics/checkpoint events,
+                                    checkpoints on request (SIGUSR1) and injects test faults
   * train                           trainer.train(), resuming from cfg.resume_from (every adapter restored)
   * final_evaluate, final_metrics   the last evaluation and the `done` metrics
   * save_trained_model              the final adapter or full model in output_dir
@@ -10,6 +11,22 @@ Resuming is the Trainer's own (`trainer.train(resume_from_checkpoint=...)`, thro
 the adapter that transformers skips in a multi-adapter checkpoint); the checkpoint rules (TRAINER_STATE,
 checkpoint_step) live in refinery_jobs.contract. transformers and peft are imported inside
 the functions that need them.
+
+Checkpoint on request: `started` declares checkpoint_signal "SIGUSR1"; on that signal the callback sets
+`control.should_save` at the end of the current optimizer step, so the Trainer writes a complete checkpoint-N/
+exactly like a scheduled one (on_save then emits the `checkpoint` event) and training goes on.
+
+Resuming with another batch shape (the worker's out-of-memory retry: hyper.batch_size halved,
+hyper.gradient_accumulation doubled, from the newest checkpoint) works: the Trainer restores
+optimizer/scheduler/RNG from the checkpoint, keeps the new per-device batch (it only reads the checkpoint's
+train_batch_size with auto_find_batch_size, which we never set), and skips global_step x gradient_accumulation
+micro-batches of the new size, i.e. the same samples, because the sampler's order does not depend on the batch
+size; each optimizer step then sees the same samples as before (tests/test_failures.py checks the losses).
+
+Fault injection (tests only): the environment variable REFINERY_FAULT_OOM_ABOVE_BATCH=N makes the first training
+step raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected:
+REFINERY_FAULT_OOM_ABOVE_BATCH=N)") when the per-device batch size is > N; it escapes the Trainer and
+contract.main reports it as category `oom` (exit 5).
 """
 
 from __future__ import annotations
@@ -18,8 +35,32 @@ import os
 from typing import Any
 
 from refinery_jobs.config import JobConfig
-from refinery_jobs.contract import TRAINER_STATE, Events, log, numbers
+from refinery_jobs.contract import TRAINER_STATE, CheckpointRequest, Events, JobError, finite_numbers, log
 from refinery_jobs.models import Device
+
+FAULT_OOM_ENV = "REFINERY_FAULT_OOM_ABOVE_BATCH"
+
+
+def fault_oom_above_batch() -> int | None:
+    """REFINERY_FAULT_OOM_ABOVE_BATCH as an int (None when unset); a bad value is a config error."""
+    raw = os.environ.get(FAULT_OOM_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise JobError("config", f"environment variable {FAULT_OOM_ENV}={raw!r}: expected an integer >= 0")
+    return value
+
+
+def injected_oom(limit: int, batch_size: int) -> BaseException:
+    """The torch out-of-memory error that REFINERY_FAULT_OOM_ABOVE_BATCH injects (torch.cuda's in older torch)."""
+    import torch
+    cls = getattr(torch, "OutOfMemoryError", None) or torch.cuda.OutOfMemoryError
+    log(f"{FAULT_OOM_ENV}={limit}: injecting out of memory (per-device batch {batch_size} > {limit})")
+    return cls(f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: {FAULT_OOM_ENV}={limit})")
 
 
 def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> dict[str, Any]:
@@ -51,6 +92,7 @@ def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> d
         use_cpu=device.type == "cpu",
         bf16=device.bf16,
         fp16=False,
+        logging_nan_inf_filter=False,  # a NaN/inf loss is reported as such (the worker's divergence check)
         gradient_checkpointing=device.type == "cuda",
         gradient_checkpointing_kwargs={"use_reentrant": False} if device.type == "cuda" else None,
     )
@@ -60,34 +102,56 @@ def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> d
 def events_callback(events: Events, cfg: JobConfig, device: Device):
     """A TrainerCallback that turns Trainer hooks into contract events.
 
-    started (on_train_begin), progress (every training log), metrics (evaluation logs), checkpoint (on_save,
-    which transformers calls after _save_checkpoint has written trainer_state.json, its last file).
-    The final training summary (train_runtime, train_loss, ...) is kept in `summary` for `done`.
+    started (on_train_begin, with checkpoint_signal "SIGUSR1"), progress (every training log), metrics
+    (evaluation logs), checkpoint (on_save, which transformers calls after _save_checkpoint has written
+    trainer_state.json, its last file). The final training summary (train_runtime, train_loss, ...) is kept in
+    `summary` for `done`.
+    Checkpoint on request: the SIGUSR1 handler is installed here (before `started` declares it); on_step_end
+    sets control.should_save when a request is pending. Fault injection: on_step_begin of the first step raises
+    the injected OOM (REFINERY_FAULT_OOM_ABOVE_BATCH).
     """
     from transformers import TrainerCallback
 
     resumed_from_step = cfg.resumed_from_step
+    oom_above_batch = fault_oom_above_batch()
+    request = CheckpointRequest().install()
 
     class EventsCallback(TrainerCallback):
         def __init__(self):
             self.summary: dict[str, float] = {}
             self.last_eval: dict[str, float] = {}
             self.last_eval_step: int | None = None
+            self.checkpoint_request = request
             self._started = False
+            self._stepped = False
 
         def on_train_begin(self, args, state, control, **kwargs):
+            # A resumed state holds the checkpoint's batch size; record the one this run trains with.
+            state.train_batch_size = args.train_batch_size
             if not self._started:
                 self._started = True
                 events.started(total_steps=state.max_steps, resumed_from_step=resumed_from_step,
-                               device=device.description)
+                               device=device.description, checkpoint_signal=request.signal_name)
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if not self._stepped:
+                self._stepped = True
+                batch = args.per_device_train_batch_size
+                if oom_above_batch is not None and batch > oom_above_batch:
+                    raise injected_oom(oom_above_batch, batch)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if request.take() and not control.should_save:
+                log(f"checkpoint requested ({request.signal_name}): saving at step {state.global_step}")
+                control.should_save = True
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             logs = dict(logs or {})
             if "train_runtime" in logs:
-                self.summary = numbers(logs)
+                self.summary = finite_numbers(logs)
                 return
             if any(k.startswith("eval_") for k in logs):
-                self.last_eval = numbers(logs)
+                self.last_eval = finite_numbers(logs)
                 self.last_eval_step = state.global_step
                 events.metrics(logs, step=state.global_step)
                 return
@@ -175,7 +239,7 @@ def final_metrics(callback, extra: dict | None = None) -> dict[str, float]:
         if key in callback.summary:
             out[key] = callback.summary[key]
     out.update(callback.last_eval)
-    out.update(numbers(extra))
+    out.update(finite_numbers(extra))
     return out
 
 

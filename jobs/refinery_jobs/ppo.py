@@ -2,15 +2,18 @@
 
     python -m refinery_jobs.ppo --config job.json
 
-One step = one PPO iteration on hyper.batch_size prompts:
-  1. rollout   sample a response per prompt with our own loop (left padding, explicit position ids, KV
+One step = one PPO iteration on hyper.batch_size x hyper.gradient_accumulation prompts (the step batch), handled
+hyper.batch_size prompts at a time (a chunk: what one forward pass holds in memory):
+  1. rollout   per chunk, sample a response per prompt with our own loop (left padding, explicit position ids, KV
                cache, plain temperature sampling: no top-k); tokens after EOS become pad (pad != eos)
   2. score     the reward model scores prompt + response as a whole conversation (its own tokenizer and chat
                template); optional penalty when the response never reached EOS
   3. rewards   per token: -kl_coef * (log pi - log pi_ref) (k1 estimate), plus the score at the last token
   4. GAE       gamma, lambda over the response tokens; returns = advantages + values; advantages whitened
-  5. update    params.ppo_epochs passes over params.num_mini_batches mini-batches: clipped policy loss,
-               clipped value loss (vf_coef), gradient clipping at 1.0
+               over the whole step batch
+  5. update    params.ppo_epochs passes over params.num_mini_batches mini-batches of the step batch (one
+               optimizer step each; a mini-batch's rows are forwarded chunk by chunk, gradients accumulated):
+               clipped policy loss, clipped value loss (vf_coef), gradient clipping at 1.0
 Models: the policy (inputs.model; lora or full), a frozen reference (the input policy: with lora on a full
 model, the same weights with adapters disabled; otherwise a second frozen copy), the frozen reward model
 (inputs.reward_model, a sequence classifier such as the reward job's output; an adapter needs
@@ -18,9 +21,20 @@ inputs.reward_model_base) and a value model initialised
 from the reward model (lora with a trainable score head, or full). The value model reads policy tokens,
 so the reward model must share the policy's tokenizer.
 
-checkpoint-N/ every hyper.save_steps: policy/ and value/ (adapters or full models), optimizer.pt (optimizer +
+checkpoint-N/ every hyper.save_steps, and at the next step boundary on SIGUSR1 (`started` declares
+checkpoint_signal "SIGUSR1"): policy/ and value/ (adapters or full models), optimizer.pt (optimizer +
 scheduler), rng_state.pth, then trainer_state.json last. resume_from restores all of it; a resumed run
 follows the same data order and random stream as an uninterrupted one.
+
+Batch shape and resume: the data order depends only on the step batch (batch_size x gradient_accumulation): a
+seeded permutation of the prompts per epoch, cut in step batches. The optimizer and scheduler count updates
+(total_steps x ppo_epochs x num_mini_batches), not rows. So a checkpoint resumes with another split of the same
+step batch, e.g. the worker's out-of-memory retry (batch_size halved, gradient_accumulation doubled): each step
+trains on the same prompts with the same number of updates, with half the rows per forward pass. Only the
+sampling stream differs from an uninterrupted run with the old split (responses are sampled chunk by chunk),
+so such a resume is equivalent, not bit-identical. A different step batch also resumes (the data order is then
+that of the new step batch from the resumed step on).
+params.num_mini_batches must divide the step batch.
 Output: output_dir holds the policy (adapter relative to the original base, or full model) + tokenizer.
 progress metrics: reward_mean, reward_std, kl, non_score_reward, pg_loss, vf_loss, clipfrac, approx_kl,
 entropy, response_length, eos_fraction, logprob_gap (sampling vs recomputed log-probs; ~1e-6 when correct).
@@ -40,7 +54,11 @@ Params
   missing_eos_penalty  number|null    subtracted from the score of responses that never emit EOS
   eval_max_prompts     int, 64        prompts of datasets.eval scored at the end (eval_reward_mean)
 
-Errors: config (2), data (3), unsupported (4): qlora; a reward model with another tokenizer.
+Errors: config (2), data (3), unsupported (4): qlora; a reward model with another tokenizer; oom (5).
+
+Fault injection (tests only): the environment variable REFINERY_FAULT_OOM_ABOVE_BATCH=N makes the first training
+step raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (injected:
+REFINERY_FAULT_OOM_ABOVE_BATCH=N)") when hyper.batch_size > N (contract.main: category oom, exit 5).
 """
 
 from __future__ import annotations
@@ -50,7 +68,7 @@ import math
 import os
 import random
 
-from refinery_jobs import contract, data, models
+from refinery_jobs import contract, data, hf_trainer, models
 from refinery_jobs.config import JobConfig, JobSpec, Param
 
 SPEC = JobSpec(
@@ -74,16 +92,6 @@ SPEC = JobSpec(
         "eval_max_prompts": Param(int, 64, min=1),
     },
 )
-
-
-def masked_mean(x, mask):
-    return (x * mask).sum() / mask.sum().clamp(min=1)
-
-
-def masked_whiten(x, mask):
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * (var + 1e-8).rsqrt() * mask
 
 
 def position_ids(attention_mask):
@@ -166,11 +174,16 @@ class PPORecipe:
         self.prompts = [r["prompt"] for r in rows]
         self.eval_prompts = ([r["prompt"] for r in data.load_rows(cfg.eval_path, "prompts", ("prompts",))[1]]
                              if cfg.eval_path else None)
-        self.batches_per_epoch = math.ceil(len(self.prompts) / h.batch_size)
+        self.chunk = h.batch_size                                  # rows per forward pass
+        self.step_batch = h.batch_size * h.gradient_accumulation   # prompts per step
+        self.batches_per_epoch = math.ceil(len(self.prompts) / self.step_batch)
         self.total_steps = h.max_steps or math.ceil(self.batches_per_epoch * (h.num_epochs or 1.0))
-        if h.batch_size % self.p["num_mini_batches"]:
-            raise contract.config_error("params.num_mini_batches", f"must divide hyper.batch_size ({h.batch_size})")
-        contract.log(f"ppo: {len(self.prompts)} prompts, {self.total_steps} steps of {h.batch_size}")
+        if self.step_batch % self.p["num_mini_batches"]:
+            raise contract.config_error("params.num_mini_batches", "must divide hyper.batch_size x "
+                                        f"hyper.gradient_accumulation ({self.step_batch})")
+        self.oom_above_batch = hf_trainer.fault_oom_above_batch()
+        contract.log(f"ppo: {len(self.prompts)} prompts, {self.total_steps} steps of {self.step_batch} "
+                     f"({h.gradient_accumulation} x {h.batch_size})")
 
         models.seed_everything(h.seed)
         dev = self.device.torch_device
@@ -219,8 +232,9 @@ class PPORecipe:
         self.first_reward: float | None = None
         if ckpt:
             self._restore(ckpt)
+        self.checkpoint_request = contract.CheckpointRequest().install()  # before `started` declares it
         self.events.started(total_steps=self.total_steps, resumed_from_step=cfg.resumed_from_step,
-                            device=self.device.description)
+                            device=self.device.description, checkpoint_signal=self.checkpoint_request.signal_name)
 
     def _load_policy(self, ckpt: str | None):
         from peft import PeftModel
@@ -253,15 +267,19 @@ class PPORecipe:
 
     # ---------------------------------------------------------------- data order
     def batch_prompts(self, step: int) -> list[list[dict]]:
-        """Prompts of a step (1-based): a seeded permutation per epoch, so resume follows the same order."""
-        h = self.cfg.hyper
+        """Prompts of a step (1-based): a seeded permutation per epoch cut in step batches (batch_size x
+        gradient_accumulation), so resume follows the same order, whichever split of the step batch it uses."""
+        h, size = self.cfg.hyper, self.step_batch
         epoch, index = divmod(step - 1, self.batches_per_epoch)
         order = list(range(len(self.prompts)))
         random.Random(h.seed * 1000003 + epoch).shuffle(order)
-        picked = order[index * h.batch_size:(index + 1) * h.batch_size]
-        while len(picked) < h.batch_size:  # last partial batch: wrap around to keep shapes fixed
+        picked = order[index * size:(index + 1) * size]
+        while len(picked) < size:  # last partial batch: wrap around to keep shapes fixed
             picked.append(order[len(picked) % len(order)])
         return [self.prompts[i] for i in picked]
+
+    def chunks(self, prompts: list) -> list[list]:
+        return [prompts[i:i + self.chunk] for i in range(0, len(prompts), self.chunk)]
 
     def encode_prompts(self, prompts: list[list[dict]]):
         texts = [self.tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) for p in prompts]
@@ -314,11 +332,12 @@ class PPORecipe:
         m = resp_mask.float()
         return {"sequences": sequences, "mask": mask, "prompt_len": prompt_len, "resp_mask": m,
                 "logp": logp * m, "ref_logp": ref_logp * m, "values": values * m, "score": score,
-                "has_eos": has_eos, "entropy": masked_mean(entropy, m),
-                "logprob_gap": masked_mean((sample_logp - logp).abs(), m), "texts": texts}
+                "has_eos": has_eos, "entropy_sum": (entropy * m).sum(),
+                "logprob_gap_sum": ((sample_logp - logp).abs() * m).sum(), "texts": texts}
 
     def advantages(self, r):
-        """Per-token rewards (KL penalty + score at the last token), GAE, returns, whitened advantages."""
+        """Per-token rewards (KL penalty + score at the last token), GAE, returns; advantages not yet whitened
+        (whiten_advantages does that over the whole step batch)."""
         import torch
         m = r["resp_mask"]
         kl = (r["logp"] - r["ref_logp"]) * m
@@ -335,47 +354,68 @@ class PPORecipe:
             adv[:, t] = last_gae
         adv = adv * m
         returns = adv + values
-        r.update(kl=kl, non_score_reward=(rewards * m).sum(1) - r["score"], returns=returns,
-                 advantages=masked_whiten(adv, m))
+        r.update(kl=kl, non_score_reward=(rewards * m).sum(1) - r["score"], returns=returns, raw_advantages=adv)
         return r
 
-    def update(self, r) -> dict:
+    @staticmethod
+    def whiten_advantages(rollouts: list[dict]) -> None:
+        """masked_whiten over all chunks of the step batch together (the same numbers as one big batch)."""
+        count = sum(r["resp_mask"].sum() for r in rollouts).clamp(min=1)
+        mean = sum((r["raw_advantages"] * r["resp_mask"]).sum() for r in rollouts) / count
+        var = sum((((r["raw_advantages"] - mean) ** 2) * r["resp_mask"]).sum() for r in rollouts) / count
+        for r in rollouts:
+            r["advantages"] = (r["raw_advantages"] - mean) * (var + 1e-8).rsqrt() * r["resp_mask"]
+
+    def update(self, rollouts: list[dict]) -> dict:
+        """PPO epochs over the step batch; each mini-batch is one optimizer step, its rows forwarded per chunk."""
         import torch
-        p, m = self.p, r["resp_mask"]
-        n = m.shape[0]
+        p = self.p
+        n = sum(r["resp_mask"].shape[0] for r in rollouts)
         mini = n // p["num_mini_batches"]
         stats = {"pg_loss": [], "vf_loss": [], "clipfrac": [], "approx_kl": [], "loss": []}
         self.policy.train()
         self.value.train()
+        params = [q for g in self.optimizer.param_groups for q in g["params"]]
         for _ in range(p["ppo_epochs"]):
             perm = torch.randperm(n, generator=self.generator)
             for start in range(0, n, mini):
-                idx = perm[start:start + mini].to(m.device)
-                seq, mask, mb_m = r["sequences"][idx], r["mask"][idx], m[idx]
-                with self.autocast():
-                    new_logp, _ = response_logprobs(self.policy, seq, mask, r["prompt_len"], p["temperature"])
-                    vpred = token_values(self.value, seq, mask, r["prompt_len"])
-                ratio = torch.exp((new_logp - r["logp"][idx]) * mb_m)
-                adv = r["advantages"][idx]
-                pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - p["clip_range"], 1 + p["clip_range"]))
-                pg_loss = masked_mean(pg, mb_m)
-                old_v = r["values"][idx]
-                v_clipped = old_v + (vpred - old_v).clamp(-p["clip_range_value"], p["clip_range_value"])
-                ret = r["returns"][idx]
-                vf_loss = 0.5 * masked_mean(torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2), mb_m)
-                loss = pg_loss + p["vf_coef"] * vf_loss
+                picked = perm[start:start + mini]
+                # rows of the mini-batch, grouped by the chunk that holds them (order kept within a chunk)
+                groups = []
+                for c, r in enumerate(rollouts):
+                    local = picked[(picked // self.chunk) == c] - c * self.chunk
+                    if len(local):
+                        groups.append((r, local.to(r["resp_mask"].device)))
+                total = sum(r["resp_mask"][idx].sum() for r, idx in groups).clamp(min=1)
                 self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                params = [q for g in self.optimizer.param_groups for q in g["params"]]
+                sums = {"pg_loss": 0.0, "vf_loss": 0.0, "loss": 0.0, "clipfrac": 0.0, "approx_kl": 0.0}
+                for r, idx in groups:
+                    seq, mask, mb_m = r["sequences"][idx], r["mask"][idx], r["resp_mask"][idx]
+                    with self.autocast():
+                        new_logp, _ = response_logprobs(self.policy, seq, mask, r["prompt_len"], p["temperature"])
+                        vpred = token_values(self.value, seq, mask, r["prompt_len"])
+                    ratio = torch.exp((new_logp - r["logp"][idx]) * mb_m)
+                    adv = r["advantages"][idx]
+                    pg = torch.max(-adv * ratio, -adv * ratio.clamp(1 - p["clip_range"], 1 + p["clip_range"]))
+                    pg_loss = (pg * mb_m).sum() / total
+                    old_v = r["values"][idx]
+                    v_clipped = old_v + (vpred - old_v).clamp(-p["clip_range_value"], p["clip_range_value"])
+                    ret = r["returns"][idx]
+                    vf_loss = 0.5 * ((torch.max((vpred - ret) ** 2, (v_clipped - ret) ** 2) * mb_m).sum() / total)
+                    loss = pg_loss + p["vf_coef"] * vf_loss
+                    loss.backward()  # gradients accumulate over the chunks of the mini-batch
+                    with torch.no_grad():
+                        sums["pg_loss"] += pg_loss.item()
+                        sums["vf_loss"] += vf_loss.item()
+                        sums["loss"] += loss.item()
+                        sums["clipfrac"] += ((((ratio - 1).abs() > p["clip_range"]).float() * mb_m).sum()
+                                             / total).item()
+                        sums["approx_kl"] += ((0.5 * (new_logp - r["logp"][idx]) ** 2 * mb_m).sum() / total).item()
                 torch.nn.utils.clip_grad_norm_(params, 1.0)
                 self.optimizer.step()
                 self.scheduler.step()
-                with torch.no_grad():
-                    stats["pg_loss"].append(pg_loss.item())
-                    stats["vf_loss"].append(vf_loss.item())
-                    stats["loss"].append(loss.item())
-                    stats["clipfrac"].append(masked_mean(((ratio - 1).abs() > p["clip_range"]).float(), mb_m).item())
-                    stats["approx_kl"].append(masked_mean(0.5 * (new_logp - r["logp"][idx]) ** 2, mb_m).item())
+                for key, value in sums.items():
+                    stats[key].append(value)
         return {k: sum(v) / len(v) for k, v in stats.items()}
 
     def autocast(self):
@@ -403,7 +443,8 @@ class PPORecipe:
         contract.write_json_atomic(os.path.join(path, contract.TRAINER_STATE), {
               "global_step": self.step, "max_steps": self.total_steps, "kind": "ppo",
               "reward_mean_first": self.first_reward,
-              "log_history": self.history[-self.cfg.hyper.save_steps:],
+              "log_history": self.history[-(self.cfg.hyper.save_steps or len(self.history) or 1):],
+              "batch_size": self.cfg.hyper.batch_size, "gradient_accumulation": self.cfg.hyper.gradient_accumulation,
         })
         self.events.checkpoint(self.step, path)
 
@@ -426,19 +467,31 @@ class PPORecipe:
 
     # ---------------------------------------------------------------- loop
     def train(self) -> None:
+        import torch
+        first = True
         while self.step < self.total_steps:
             step = self.step + 1
-            prompts = self.batch_prompts(step)
-            r = self.advantages(self.rollout(prompts))
-            stats = self.update(r)
-            m = r["resp_mask"]
+            if first and self.oom_above_batch is not None and self.cfg.hyper.batch_size > self.oom_above_batch:
+                raise hf_trainer.injected_oom(self.oom_above_batch, self.cfg.hyper.batch_size)
+            first = False
+            rollouts = [self.advantages(self.rollout(chunk)) for chunk in self.chunks(self.batch_prompts(step))]
+            self.whiten_advantages(rollouts)
+            stats = self.update(rollouts)
+
+            def cat(key):
+                return torch.cat([r[key] for r in rollouts])
+            score, masks = cat("score"), [r["resp_mask"] for r in rollouts]
+            count = sum(m.sum() for m in masks).clamp(min=1)
             metrics = {
-                "reward_mean": r["score"].mean().item(), "reward_std": r["score"].std().item(),
-                "kl": r["kl"].sum(1).mean().item(), "non_score_reward": r["non_score_reward"].mean().item(),
+                "reward_mean": score.mean().item(), "reward_std": score.std().item(),
+                "kl": torch.cat([r["kl"].sum(1) for r in rollouts]).mean().item(),
+                "non_score_reward": cat("non_score_reward").mean().item(),
                 "pg_loss": stats["pg_loss"], "vf_loss": stats["vf_loss"], "clipfrac": stats["clipfrac"],
-                "approx_kl": stats["approx_kl"], "entropy": r["entropy"].item(),
-                "response_length": m.sum(1).mean().item(), "eos_fraction": r["has_eos"].float().mean().item(),
-                "logprob_gap": r["logprob_gap"].item(), "learning_rate": self.scheduler.get_last_lr()[0],
+                "approx_kl": stats["approx_kl"], "entropy": (sum(r["entropy_sum"] for r in rollouts) / count).item(),
+                "response_length": torch.cat([m.sum(1) for m in masks]).mean().item(),
+                "eos_fraction": cat("has_eos").float().mean().item(),
+                "logprob_gap": (sum(r["logprob_gap_sum"] for r in rollouts) / count).item(),
+                "learning_rate": self.scheduler.get_last_lr()[0],
             }
             self.step = step
             if self.first_reward is None:
@@ -446,9 +499,13 @@ class PPORecipe:
             self.history.append({"step": step, "loss": stats["loss"], **metrics})
             self.events.progress(step, self.total_steps, loss=stats["loss"], metrics=metrics)
             contract.log(f"step {step}: reward {metrics['reward_mean']:.3f} kl {metrics['kl']:.3f} "
-                         f"| {r['texts'][0]!r}")
+                         f"| {rollouts[0]['texts'][0]!r}")
             save_steps = self.cfg.hyper.save_steps
-            if save_steps and (step % save_steps == 0 or step == self.total_steps):
+            scheduled = bool(save_steps) and (step % save_steps == 0 or step == self.total_steps)
+            requested = self.checkpoint_request.take()  # a request on a save step is satisfied by that save
+            if requested and not scheduled:
+                contract.log(f"checkpoint requested ({self.checkpoint_request.signal_name}): saving at step {step}")
+            if scheduled or requested:
                 self.save_checkpoint()
 
     def save(self) -> dict:

@@ -140,3 +140,114 @@ def reward_model() -> str:
     assert result.rc == 0, result
     reward_model.result = result
     return cfg["output_dir"]
+
+
+class RunningJob:
+    """A job started with `start_job`: its events arrive while it runs (`wait_for`), it can be signalled
+    (`signal`), and `finish` waits for the exit and returns the JobResult."""
+
+    def __init__(self, proc: subprocess.Popen, read_fd: int, start: float):
+        self.proc, self.start = proc, start
+        self.events: list[dict] = []
+        self._lines = threading.Condition()
+        self._stderr: list[str] = []
+        self._reader = threading.Thread(target=self._read_events, args=(read_fd,), daemon=True)
+        self._reader.start()
+        self._err_reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self._err_reader.start()
+
+    def _read_stderr(self) -> None:
+        with self.proc.stderr:
+            self._stderr.append(self.proc.stderr.read())
+
+    def _read_events(self, read_fd: int) -> None:
+        with os.fdopen(read_fd, encoding="utf-8") as events_pipe:
+            for line in events_pipe:
+                if line.strip():
+                    with self._lines:
+                        self.events.append(json.loads(line))
+                        self._lines.notify_all()
+        with self._lines:
+            self._lines.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 120) -> dict:
+        """The first event for which predicate(event) holds, waiting for it (AssertionError on timeout or exit)."""
+        import time
+        deadline = time.time() + timeout
+        seen = 0
+        with self._lines:
+            while True:
+                for event in self.events[seen:]:
+                    if predicate(event):
+                        return event
+                seen = len(self.events)
+                if not self._reader.is_alive():
+                    raise AssertionError(f"job ended without the awaited event: {self.events[-3:]}")
+                if time.time() >= deadline:
+                    raise AssertionError(f"timed out waiting for an event: {self.events[-3:]}")
+                self._lines.wait(timeout=min(1.0, max(0.01, deadline - time.time())))
+
+    def signal(self, signum: int) -> None:
+        os.kill(self.proc.pid, signum)  # the job's main process only, as the worker does
+
+    def finish(self, timeout: float = 300) -> JobResult:
+        import time
+        self.proc.wait(timeout=timeout)
+        self._reader.join(timeout=10)
+        self._err_reader.join(timeout=10)
+        return JobResult(self.proc.returncode, list(self.events), "".join(self._stderr), time.time() - self.start)
+
+
+def start_job(module: str, cfg: dict, *, env: dict[str, str | None] | None = None,
+              preexec_fn=None) -> RunningJob:
+    """Like run_job, but returns at once with a RunningJob (events read as they come). `preexec_fn` runs in the
+    child before the job starts (e.g. resource limits)."""
+    import time
+    path = os.path.join(cfg["output_dir"] + ".config.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+    read_fd, write_fd = os.pipe()
+    env_vars = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
+                "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "REFINERY_EVENTS_FD": str(write_fd),
+                "PYTHONPATH": JOBS_DIR}
+    for key, value in (env or {}).items():
+        if value is None:
+            env_vars.pop(key, None)
+        else:
+            env_vars[key] = value
+    start = time.time()
+    proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", "--config", path], cwd=JOBS_DIR, env=env_vars,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,),
+                            preexec_fn=preexec_fn)
+    os.close(write_fd)
+    return RunningJob(proc, read_fd, start)
+
+
+def run_tool(module: str, args: list[str] = (), *, env: dict[str, str | None] | None = None,
+             timeout: float = 300) -> JobResult:
+    """Run `python -m refinery_jobs.<module> <args>` (not a job: no --config, e.g. preflight) with an events pipe."""
+    import time
+    read_fd, write_fd = os.pipe()
+    env_vars = {**os.environ, "PYTHONUNBUFFERED": "1", "REFINERY_EVENTS_FD": str(write_fd), "PYTHONPATH": JOBS_DIR}
+    for key, value in (env or {}).items():
+        if value is None:
+            env_vars.pop(key, None)
+        else:
+            env_vars[key] = value
+    start = time.time()
+    proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", *args], cwd=JOBS_DIR, env=env_vars,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,))
+    os.close(write_fd)
+    lines: list[str] = []
+
+    def read_events():
+        with os.fdopen(read_fd, encoding="utf-8") as events_pipe:
+            lines.extend(events_pipe.read().splitlines())
+
+    reader = threading.Thread(target=read_events, daemon=True)
+    reader.start()
+    _, stderr = proc.communicate(timeout=timeout)
+    reader.join(timeout=10)
+    return JobResult(proc.returncode, [json.loads(line) for line in lines if line.strip()], stderr,
+                     time.time() - start)

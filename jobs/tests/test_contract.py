@@ -5,8 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import sys
 import tempfile
+import time
 import unittest
 from contextlib import redirect_stderr
 
@@ -154,18 +156,52 @@ class ConfigTest(unittest.TestCase):
         self.assertIn("trainer_state.json", err.message)
 
 
+def read_events(emit) -> list[str]:
+    """The event lines that emit(events) writes."""
+    read_fd, write_fd = os.pipe()
+    try:
+        emit(contract.Events(write_fd))
+    finally:
+        os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        return f.read().splitlines()
+
+
 class EventsTest(unittest.TestCase):
     def test_events_are_json_lines_on_the_fd(self):
-        read_fd, write_fd = os.pipe()
-        events = contract.Events(write_fd)
-        events.progress(3, 10, loss=float("nan"), metrics={"kl": 0.5, "bad": float("inf"), "text": "x"})
-        events.checkpoint(3, "/tmp/x/checkpoint-3")
-        os.close(write_fd)
-        with os.fdopen(read_fd) as f:
-            lines = f.read().splitlines()
-        self.assertEqual(json.loads(lines[0]), {"event": "progress", "step": 3, "total_steps": 10,
-                                                "metrics": {"kl": 0.5}})
+        def emit(events):
+            events.progress(3, 10, loss=0.25, metrics={"kl": 0.5, "text": "x", "flag": True})
+            events.checkpoint(3, "/tmp/x/checkpoint-3")
+        lines = read_events(emit)
+        self.assertEqual(json.loads(lines[0]), {"event": "progress", "step": 3, "total_steps": 10, "loss": 0.25,
+                                                "metrics": {"kl": 0.5, "flag": 1}})
         self.assertEqual(json.loads(lines[1])["path"], "/tmp/x/checkpoint-3")
+
+    def test_non_finite_numbers_are_strings_except_in_done(self):
+        nan, inf = float("nan"), float("inf")
+
+        def emit(events):
+            events.progress(3, 10, loss=nan, metrics={"kl": 0.5, "bad": inf, "worse": -inf, "text": "x"})
+            events.progress(4, 10, loss=inf)
+            events.metrics({"eval_loss": nan, "accuracy": 1.0}, step=4)
+            events.done({"final_loss": nan, "eval_loss": -inf, "accuracy": 0.5})
+        lines = read_events(emit)
+        self.assertIn('"loss":"NaN"', lines[0])
+        self.assertEqual(json.loads(lines[0]), {"event": "progress", "step": 3, "total_steps": 10, "loss": "NaN",
+                                                "metrics": {"kl": 0.5, "bad": "Infinity", "worse": "-Infinity"}})
+        self.assertEqual(json.loads(lines[1])["loss"], "Infinity")
+        self.assertEqual(json.loads(lines[2])["metrics"], {"eval_loss": "NaN", "accuracy": 1.0})
+        self.assertEqual(json.loads(lines[3])["metrics"], {"accuracy": 0.5})
+        for line in lines:  # strict JSON: no bare NaN / Infinity tokens
+            json.loads(line, parse_constant=lambda c: self.fail(f"bare {c} in {line}"))
+        self.assertEqual({k: contract.NON_FINITE[v] for k, v in (("i", "Infinity"), ("m", "-Infinity"))},
+                         {"i": inf, "m": -inf})
+
+    def test_started_declares_the_checkpoint_signal_only_when_given(self):
+        lines = read_events(lambda e: (e.started(10, None, "cpu"), e.started(10, 4, "cpu", checkpoint_signal="SIGUSR1")))
+        self.assertNotIn("checkpoint_signal", json.loads(lines[0]))
+        self.assertEqual(json.loads(lines[1]), {"event": "started", "total_steps": 10, "resumed_from_step": 4,
+                                                "device": "cpu", "checkpoint_signal": "SIGUSR1"})
 
     def test_falls_back_to_stderr_when_fd_is_closed(self):
         os.environ["REFINERY_EVENTS_FD"] = "987"
@@ -176,6 +212,101 @@ class EventsTest(unittest.TestCase):
             self.assertEqual(events.fd, 2)
         finally:
             del os.environ["REFINERY_EVENTS_FD"]
+
+
+class CheckpointRequestTest(unittest.TestCase):
+    def test_sigusr1_sets_a_flag_that_take_consumes_once(self):
+        previous = signal.getsignal(signal.SIGUSR1)
+        try:
+            request = contract.CheckpointRequest().install()
+            self.assertEqual(request.signal_name, "SIGUSR1")
+            self.assertFalse(request.take())
+            for _ in range(2):
+                os.kill(os.getpid(), signal.SIGUSR1)
+            deadline = time.time() + 5
+            while request.count < 2 and time.time() < deadline:
+                time.sleep(0.001)
+            self.assertEqual(request.count, 2)
+            self.assertTrue(request.pending)
+            self.assertTrue(request.take())   # two requests before a boundary: one checkpoint
+            self.assertFalse(request.take())
+        finally:
+            signal.signal(signal.SIGUSR1, previous)
+
+
+class MainErrorMappingTest(unittest.TestCase):
+    """contract.main turns a recipe's exception into the `error` event and exit code (out of memory: 5)."""
+
+    SPEC = config.JobSpec(kinds=("merge",), formats=(), checkpoints=False)
+
+    def run_main(self, exc: BaseException) -> tuple[int, dict]:
+        work = helpers.workdir("main-errors")
+        path = os.path.join(work, "job.json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(helpers.job_config("merge", work, checkpoint_dir=None, datasets={}), f)
+
+        def recipe(cfg, events):
+            raise exc
+        read_fd, write_fd = os.pipe()
+        os.environ["REFINERY_EVENTS_FD"] = str(write_fd)
+        try:
+            with redirect_stderr(io.StringIO()), self.assertRaises(SystemExit) as ctx:
+                contract.main(self.SPEC, recipe, ["--config", path])
+        finally:
+            del os.environ["REFINERY_EVENTS_FD"]
+            os.close(write_fd)
+        with os.fdopen(read_fd) as f:
+            lines = f.read().splitlines()
+        self.assertEqual(len(lines), 1, lines)
+        return ctx.exception.code, json.loads(lines[0])
+
+    def test_out_of_memory_errors_are_category_oom_exit_5(self):
+        class OutOfMemoryError(RuntimeError):  # what torch.OutOfMemoryError / torch.cuda.OutOfMemoryError are named
+            pass
+
+        class AcceleratorOutOfMemoryError(OutOfMemoryError):  # a subclass of one
+            pass
+        cuda = ("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.15 GiB of which "
+                "1.2 GiB is free. " + "x" * 1000)
+        cases = [
+            (RuntimeError(cuda), "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"),
+            (RuntimeError("HIP out of memory. Tried to allocate 20.00 MiB"), "RuntimeError: HIP out of memory"),
+            (RuntimeError("MPS backend out of memory (MPS allocated: 1 GB)"), "RuntimeError: MPS backend out of"),
+            (RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported"),
+             "RuntimeError: CUDA error: out of memory"),
+            (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you "
+                          "tried to allocate 1000000 bytes"), "RuntimeError: [enforce fail"),
+            (OutOfMemoryError("CUDA out of memory (the class)"), "OutOfMemoryError: CUDA out of memory (the class)"),
+            (AcceleratorOutOfMemoryError("no room"), "AcceleratorOutOfMemoryError: no room"),
+            (MemoryError(), "MemoryError: out of memory"),
+        ]
+        for exc, prefix in cases:
+            code, event = self.run_main(exc)
+            self.assertEqual((code, event["event"], event["category"]), (contract.EXIT_OOM, "error", "oom"), exc)
+            self.assertTrue(event["message"].startswith(prefix), event["message"])
+        _, event = self.run_main(RuntimeError(cuda))
+        self.assertEqual(event["message"], "RuntimeError: " + cuda[:500])  # the original text, first 500 chars
+
+    def test_an_oom_behind_another_error_is_oom(self):
+        class OutOfMemoryError(RuntimeError):
+            pass
+        try:
+            try:
+                raise OutOfMemoryError("CUDA out of memory. Tried to allocate 8.00 GiB")
+            except OutOfMemoryError as inner:
+                raise ValueError("the forward pass failed") from inner
+        except ValueError as outer:
+            code, event = self.run_main(outer)
+        self.assertEqual((code, event["category"]), (5, "oom"))
+        self.assertEqual(event["message"], "OutOfMemoryError: CUDA out of memory. Tried to allocate 8.00 GiB")
+
+    def test_other_errors_stay_runtime_or_their_category(self):
+        for exc in (RuntimeError("shape mismatch"), ValueError("out of memory"), KeyError("x")):
+            code, event = self.run_main(exc)
+            self.assertEqual((code, event["category"]), (1, "runtime"), exc)
+        code, event = self.run_main(contract.JobError("oom", "testjob: CUDA out of memory"))
+        self.assertEqual((code, event["category"], event["message"]), (5, "oom", "testjob: CUDA out of memory"))
+        self.assertEqual(contract.JobError("oom", "x").exit_code, 5)
 
 
 class TestJobTest(unittest.TestCase):
