@@ -37,12 +37,15 @@ export class CheckpointUploader {
 
   constructor(private readonly o: CheckpointUploaderOptions) {}
 
-  /** Queues the commit of checkpoint `step` (the job wrote it to `dir`). */
-  add(step: number, dir: string): void {
+  /** The newest step committed by this uploader. */
+  lastCommitted: number | null = null;
+
+  /** Queues the commit of checkpoint `step` (the job wrote it to `dir`), taken at `loss`. */
+  add(step: number, dir: string, loss?: number | string | null): void {
     this.queue = this.queue.then(async () => {
       if (this.error) return;
       try {
-        await this.commit(step, dir);
+        await this.commit(step, dir, loss);
       } catch (err) {
         this.error = err;
       }
@@ -54,12 +57,13 @@ export class CheckpointUploader {
     return this.queue;
   }
 
-  private async commit(step: number, dir: string): Promise<void> {
+  private async commit(step: number, dir: string, loss?: number | string | null): Promise<void> {
     const { store, artifactPrefix, retry } = this.o;
     // Object storage may be away for a while (restart, network): keep trying, the job trains on.
     // Fenced: the marker is written only while this attempt holds the stage lease.
-    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit, epoch: this.o.epoch, signal: this.o.signal }));
-    await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256, epoch: this.o.epoch });
+    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit, epoch: this.o.epoch, signal: this.o.signal, loss }));
+    await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256, epoch: this.o.epoch, loss: loss ?? null });
+    this.lastCommitted = step;
     this.o.onCommitted(step);
     // Fenced too: an attempt that lost its lease must not prune the new holder's checkpoints.
     await this.o.assertMayCommit();

@@ -26,17 +26,28 @@ export interface JobConfig {
   params: Record<string, unknown>;
 }
 
-const Metrics = z.record(z.string(), z.number().nullable());
+/** A number, or a non-finite one as the string JSON must carry it in (a diverged loss is "NaN"). */
+export const Reading = z.union([z.number(), z.enum(['NaN', 'Infinity', '-Infinity'])]);
+const Metrics = z.record(z.string(), Reading.nullable());
+
+/** The signal a job that declares it (`started.checkpoint_signal`) takes as "checkpoint now". */
+export const CHECKPOINT_SIGNAL = 'SIGUSR1';
 
 export const JobEvent = z.discriminatedUnion('event', [
-  z.object({ event: z.literal('started'), total_steps: z.number().int().nonnegative().nullable().optional(), resumed_from_step: z.number().int().nullable().optional(), device: z.string().optional() }),
-  z.object({ event: z.literal('progress'), step: z.number().int().nonnegative(), total_steps: z.number().int().nonnegative().nullable().optional(), loss: z.number().nullable().optional(), metrics: Metrics.optional() }),
+  z.object({
+    event: z.literal('started'),
+    total_steps: z.number().int().nonnegative().nullable().optional(),
+    resumed_from_step: z.number().int().nullable().optional(),
+    device: z.string().optional(),
+    checkpoint_signal: z.literal(CHECKPOINT_SIGNAL).optional(),
+  }),
+  z.object({ event: z.literal('progress'), step: z.number().int().nonnegative(), total_steps: z.number().int().nonnegative().nullable().optional(), loss: Reading.nullable().optional(), metrics: Metrics.optional() }),
   z.object({ event: z.literal('checkpoint'), step: z.number().int().nonnegative(), path: z.string().min(1) }),
   z.object({ event: z.literal('metrics'), metrics: Metrics, step: z.number().int().optional() }),
   z.object({ event: z.literal('done'), metrics: Metrics.optional() }),
   z.object({
     event: z.literal('error'),
-    category: z.enum(['config', 'data', 'unsupported', 'runtime']),
+    category: z.enum(['config', 'data', 'unsupported', 'runtime', 'oom']),
     message: z.string(),
     file: z.string().optional(),
     line: z.number().int().optional(),
@@ -58,15 +69,16 @@ export function parseJobEvent(line: string): JobEvent | Error | undefined {
   return parsed.success ? parsed.data : new Error(`job event does not follow the contract: ${parsed.error.issues[0]?.message ?? ''}: ${line.slice(0, 200)}`);
 }
 
-export const EXIT = { ok: 0, config: 2, data: 3, unsupported: 4 } as const;
+export const EXIT = { ok: 0, config: 2, data: 3, unsupported: 4, oom: 5 } as const;
 
-export type ExitClass = 'ok' | 'config' | 'data' | 'unsupported' | 'crash';
+export type ExitClass = 'ok' | 'config' | 'data' | 'unsupported' | 'oom' | 'crash';
 
-/** Config, data and unsupported are the user's to fix: never retried. Everything else is. */
+/** Config, data and unsupported are the user's to fix: never retried. Out of memory is retried with a smaller batch; everything else as it was. */
 export function classifyExit(exitCode: number | undefined, sawDone: boolean): ExitClass {
   if (exitCode === EXIT.ok) return sawDone ? 'ok' : 'crash';
   if (exitCode === EXIT.config) return 'config';
   if (exitCode === EXIT.data) return 'data';
   if (exitCode === EXIT.unsupported) return 'unsupported';
+  if (exitCode === EXIT.oom) return 'oom';
   return 'crash';
 }

@@ -10,7 +10,9 @@ import { createInterface } from 'node:readline';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { EVENTS_FD, parseJobEvent, type JobEvent } from './job-contract.js';
+import { hostOomKills, JOB_CGROUP_ENV, JobMemoryCgroup } from './job-memory.js';
 import { JOB_TOKEN_ENV, JobRegistry, type JobLaunchScope, type RecordedJob } from './job-registry.js';
+import { isLive, processesInSession } from './proc.js';
 
 export interface JobProcessOptions {
   /** Command and arguments; never a shell string. */
@@ -38,9 +40,21 @@ export interface JobProcessOptions {
   launchScope?: JobLaunchScope;
   /** Problems that do not stop the job (its record could not be written). Default: console.warn. */
   onWarning?: (message: string) => void;
+  /** A memory limit of the job's own (a cgroup named `name`, job-memory.ts); without it the job shares the worker's. */
+  memoryLimit?: { bytes: number; name: string };
+  /** Called once the job is launched, with what lets the caller signal it (drain: "checkpoint now"). */
+  onLaunched?: (job: LaunchedJob) => void;
 }
 
-export type StopReason = 'exited' | 'cancelled' | 'stalled';
+export interface LaunchedJob {
+  /** Stops the job (TERM, then KILL after the grace) for a reason of the caller's; the result carries it. */
+  stop(why: 'diverged' | 'drained'): void;
+  /** Sends `sig` to the job's own process (the supervisor's child), never to its group; false if it is not there. */
+  signalJob(sig: NodeJS.Signals): Promise<boolean>;
+}
+
+/** Why the worker stopped the job; 'exited' when it ended by itself. */
+export type StopReason = 'exited' | 'cancelled' | 'stalled' | 'diverged' | 'drained';
 
 export interface JobProcessResult {
   exitCode: number | undefined;
@@ -50,6 +64,8 @@ export interface JobProcessResult {
   /** Events that broke the contract (not JSON, unknown shape). */
   contractViolations: string[];
   pid: number | undefined;
+  /** The kernel's OOM killer ended it (job-memory.ts). */
+  oomKilled: boolean;
 }
 
 /** Variables a job never inherits: credentials belong to the worker, not to user code. */
@@ -75,6 +91,8 @@ const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
 const SH = ['/bin/sh', '/usr/bin/sh'].find((p) => existsSync(p));
 export const JOB_SUPERVISOR = [
   "trap 'kill -KILL 0' HUP",
+  // A memory limit of the job's own: the supervisor enters the cgroup first, so the job is born in it.
+  `[ -z "$${JOB_CGROUP_ENV}" ] || echo "$$" > "$${JOB_CGROUP_ENV}/cgroup.procs" || echo "refinery: could not enter memory cgroup $${JOB_CGROUP_ENV}" >&2`,
   "trap ':' TERM INT",
   '"$@" &',
   'job=$!',
@@ -95,6 +113,14 @@ export function withParentDeathSignal(argv: readonly [string, ...string[]]): [st
 export async function runJobProcess(options: JobProcessOptions): Promise<JobProcessResult> {
   const { signal } = options;
   const argv = withParentDeathSignal(options.argv);
+  const warnEarly = options.onWarning ?? ((message: string) => console.warn(`[job-process] ${message}`));
+  let cgroup: JobMemoryCgroup | undefined;
+  if (options.memoryLimit && process.platform === 'linux') {
+    const made = await JobMemoryCgroup.create(options.memoryLimit.name, options.memoryLimit.bytes);
+    if (made instanceof Error) warnEarly(`job runs without its memory limit: ${made.message}`);
+    else cgroup = made;
+  }
+  const hostKillsBefore = hostOomKills();
   const killGraceMs = options.killGraceMs ?? 10_000;
   const log = createWriteStream(options.logFile, { flags: 'a' });
   const contractViolations: string[] = [];
@@ -108,7 +134,7 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
 
   const child = execa(argv[0], argv.slice(1), {
     cwd: options.cwd,
-    env: jobEnvironment(process.env, token ? { ...options.env, [JOB_TOKEN_ENV]: token } : options.env),
+    env: jobEnvironment(process.env, { ...options.env, ...(token ? { [JOB_TOKEN_ENV]: token } : {}), ...(cgroup ? { [JOB_CGROUP_ENV]: cgroup.dir } : {}) }),
     extendEnv: false,
     detached: true, // own process group: we kill the whole tree, not just the leader
     stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
@@ -142,11 +168,28 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
 
   let killTimer: NodeJS.Timeout | undefined;
   const stop = (why: StopReason) => {
-    if (reason !== 'exited') return;
+    if (reason !== 'exited' || child.exitCode !== null || child.signalCode !== null) return;
     reason = why;
     killGroup(child.pid, 'SIGTERM');
     killTimer = setTimeout(() => killGroup(child.pid, 'SIGKILL'), killGraceMs);
   };
+  const supervisorPid = child.pid;
+  options.onLaunched?.({
+    stop: (why) => stop(why),
+    signalJob: async (sig) => {
+      if (supervisorPid === undefined) return false;
+      // The job is the supervisor's child (without a supervisor, the launched process itself).
+      const session = await processesInSession(supervisorPid);
+      const job = SETPRIV && SH ? session.find((p) => p.ppid === supervisorPid && isLive(p)) : session.find((p) => p.pid === supervisorPid);
+      if (!job) return false;
+      try {
+        process.kill(job.pid, sig);
+        return true;
+      } catch {
+        return false;
+      }
+    },
+  });
   const onAbort = () => stop('cancelled');
   if (signal.aborted) onAbort();
   else signal.addEventListener('abort', onAbort, { once: true });
@@ -190,14 +233,23 @@ export async function runJobProcess(options: JobProcessOptions): Promise<JobProc
     warn(`processes of job session ${recorded.record.sessionId} outlived SIGKILL; its record stays for the next worker start to reap`);
   }
   await new Promise<void>((resolve) => log.end(resolve));
+  const exitSignal = result.signal ?? undefined;
+  // A SIGKILL the worker did not send, and the kernel's OOM killer struck meanwhile: in the job's own
+  // cgroup (certain), or on the host (without a cgroup: near certain for the job that vanished).
+  const killedUnasked = exitSignal === 'SIGKILL' && reason === 'exited';
+  const hostKillsAfter = hostOomKills();
+  const oomKilled = killedUnasked && (cgroup ? cgroup.oomKills() > 0 : hostKillsBefore !== undefined && hostKillsAfter !== undefined && hostKillsAfter > hostKillsBefore);
+  await cgroup?.remove();
   return {
     exitCode: result.exitCode,
-    exitSignal: result.signal ?? undefined,
+    exitSignal,
     reason,
     contractViolations,
     pid: child.pid,
+    oomKilled,
   };
 }
+
 
 function killGroup(pid: number | undefined, sig: NodeJS.Signals): void {
   if (pid === undefined) return;

@@ -6,24 +6,26 @@
  * timeout's business, not the heartbeat timeout's. How fresh the details are is bounded by the
  * worker's heartbeat throttle (worker/create-workers.ts).
  */
-import { heartbeat } from '@temporalio/activity';
+import { Context } from '@temporalio/activity';
 import type { StageProgress } from '../workflows/types.js';
 
 export class ProgressHeartbeat {
   private ticker: NodeJS.Timeout | undefined;
+  /** The attempt's own context: updates also come from outside it (a worker's drain). */
+  private readonly context = Context.current();
 
   constructor(public progress: StageProgress) {}
 
   /** Merges `patch` into the progress and heartbeats it. */
   update(patch: Partial<StageProgress>): void {
     this.progress = { ...this.progress, ...patch };
-    heartbeat(this.progress);
+    this.context.heartbeat(this.progress);
   }
 
   /** Heartbeats the current progress every `everyMs` until stopped. */
   start(everyMs: number): void {
     this.update({});
-    this.ticker = setInterval(() => heartbeat(this.progress), everyMs);
+    this.ticker = setInterval(() => this.context.heartbeat(this.progress), everyMs);
   }
 
   stop(): void {

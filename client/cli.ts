@@ -150,15 +150,51 @@ for (const approved of [true, false]) {
     });
 }
 
-program
+const workerCommand = program
   .command('worker')
-  .description('run a worker (control queue and the default GPU queue unless told otherwise)')
+  .description('run a worker (control queue and the default GPU queue unless told otherwise); SIGTERM drains it')
   .option('--no-control', 'do not serve workflows and control activities')
   .option('--queue <taskQueue...>', 'GPU task queues to serve (default: refinery-gpu)')
   .option('--scratch <dir>', 'scratch directory for job files (one per worker process)')
   .action(async (opts: { control: boolean; queue?: string[]; scratch?: string }) => {
     const { runWorker } = await import('../worker/main.js');
     await runWorker({ control: opts.control, queues: opts.queue, scratchDir: opts.scratch });
+  });
+
+workerCommand
+  .command('drain')
+  .description('drain workers for a deploy: no new work; running jobs checkpoint now, commit, and resume elsewhere (no stage attempt used)')
+  .argument('[workerId...]', 'worker ids, as `refinery workers` lists them')
+  .option('--host <host>', 'every live worker of this host')
+  .option('--by <who>', 'who asks (recorded in the attempts it drains)')
+  .option('--no-wait', 'return once the request is left, without waiting for the drain')
+  .option('--timeout <duration>', 'how long to wait for the drain', '15m')
+  .action(async (workerIds: string[], opts: { host?: string; by?: string; wait: boolean; timeout: string }) => {
+    const { drainWorkers } = await import('./commands/fleet.js');
+    const { ObjectStore } = await import('../storage/object-store.js');
+    const { parseDuration } = await import('../spec/duration.js');
+    await drainWorkers(new ObjectStore(), { workerIds, host: opts.host, by: opts.by, wait: opts.wait, timeoutMs: parseDuration(opts.timeout), log: (line) => console.log(line) });
+  });
+
+workerCommand
+  .command('clear')
+  .description("take a host out of quarantine: its workers take GPU work again")
+  .argument('<host>')
+  .action(async (host: string) => {
+    const { clearHost } = await import('./commands/fleet.js');
+    const { ObjectStore } = await import('../storage/object-store.js');
+    console.log((await clearHost(new ObjectStore(), host)) ? `host ${host}: quarantine cleared (its workers notice within 15 s)` : `host ${host} was not quarantined`);
+  });
+
+program
+  .command('workers')
+  .description('the fleet: live workers (host, queues, state, running jobs) and quarantined hosts')
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { json?: boolean }) => {
+    const { fleetView, renderFleet } = await import('./commands/fleet.js');
+    const { ObjectStore } = await import('../storage/object-store.js');
+    const view = await fleetView(new ObjectStore());
+    print(opts.json, view, () => renderFleet(view));
   });
 
 program

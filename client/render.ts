@@ -1,13 +1,27 @@
 /** Text rendering of a run's status: one line per stage, for `status` and `run --watch`. */
-import type { PipelineStatus, StageStatus } from '../workflows/types.js';
+import type { AttemptStatus, PipelineStatus, StageStatus } from '../workflows/types.js';
 
 const BAR_WIDTH = 20;
 
 export function renderStatus(status: PipelineStatus, etas: Map<string, number | undefined> = new Map()): string {
   const width = Math.max(...status.stages.map((s) => s.id.length), 5);
   const lines = [`run ${status.runId} (${status.pipeline}): ${status.state}${status.error ? ` — ${status.error.split('\n')[0]}` : ''}${status.unchangedSince ? ` since run ${status.unchangedSince}` : ''}`];
-  for (const s of status.stages) lines.push(`  ${s.id.padEnd(width)}  ${s.kind.padEnd(6)} ${renderStage(s, etas.get(s.id))}`);
+  for (const s of status.stages) {
+    lines.push(`  ${s.id.padEnd(width)}  ${s.kind.padEnd(6)} ${renderStage(s, etas.get(s.id))}`);
+    for (const a of s.attempts ?? []) if (a.outcome !== 'completed' && a.outcome !== 'reused') lines.push(`  ${''.padEnd(width)}  ${renderAttempt(a)}`);
+  }
+  for (const q of status.quarantinedHosts ?? []) lines.push(`  host ${q.host} quarantined since ${q.since}: ${q.reason} (refinery worker clear ${q.host})`);
   return lines.join('\n');
+}
+
+/** A failed, drained or lost attempt: whose failure it was, where, and how far it got. */
+function renderAttempt(a: AttemptStatus): string {
+  const cls = a.failureClass ? `${a.failureClass}: ${(a.failureKind ?? '').replace(/-/g, ' ')}` : a.outcome;
+  const where = a.host ? ` on ${a.host}` : '';
+  const ckpt = a.lastCheckpointStep !== null ? `, last checkpoint ${a.lastCheckpointStep}` : '';
+  const adjusted = a.adjustments?.batchSize ? `, batch ${a.adjustments.batchSize} x ${a.adjustments.gradientAccumulation}` : '';
+  const reason = a.reason ? ` — ${a.reason.split('\n')[0]!.slice(0, 160)}` : '';
+  return `attempt ${a.attempt}${where}: ${a.outcome} (${cls}${ckpt}${adjusted})${reason}`;
 }
 
 function renderStage(s: StageStatus, etaSeconds: number | undefined): string {
@@ -18,7 +32,7 @@ function renderStage(s: StageStatus, etaSeconds: number | undefined): string {
     const filled = Math.round(frac * BAR_WIDTH);
     parts.push(`[${'#'.repeat(filled)}${'.'.repeat(BAR_WIDTH - filled)}] ${s.step}/${s.totalSteps}`);
   }
-  if (s.loss !== null && s.loss !== undefined) parts.push(`loss ${s.loss.toFixed(4)}`);
+  if (s.loss !== null && s.loss !== undefined) parts.push(`loss ${typeof s.loss === 'number' ? s.loss.toFixed(4) : s.loss}`);
   if (s.attempt > 1) parts.push(`attempt ${s.attempt}`);
   if (s.resumedFromStep) parts.push(`resumed@${s.resumedFromStep}`);
   if (s.state === 'running' && etaSeconds !== undefined) parts.push(`ETA ${formatSeconds(etaSeconds)}`);

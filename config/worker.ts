@@ -2,6 +2,8 @@
  * What a worker runs its jobs with: the jobs' Python, llama.cpp's tools for the gguf job, and the
  * GPUs it owns. From the environment, falling back to what infra/bootstrap.sh recorded.
  */
+import { parseMemoryLimit } from '../activities/job-memory.js';
+import { parseDuration } from '../spec/duration.js';
 import { recordedToolchain } from './toolchain.js';
 
 /** The Python that runs the jobs: $REFINERY_PYTHON, else the one infra/bootstrap.sh installed. */
@@ -45,4 +47,39 @@ export function workerGpus(env: NodeJS.ProcessEnv = process.env): number[] {
     if (!Number.isInteger(n) || n < 0) throw new Error(`REFINERY_GPUS="${raw}": expected GPU indices such as "0,1"`);
     return n;
   });
+}
+
+/** An argv as JSON (never a shell string), or undefined when the variable is unset. */
+function argvFromEnv(name: string, env: NodeJS.ProcessEnv): [string, ...string[]] | undefined {
+  const raw = env[name];
+  if (!raw) return undefined;
+  const argv: unknown = JSON.parse(raw);
+  if (!Array.isArray(argv) || argv.length === 0 || !argv.every((a) => typeof a === 'string')) {
+    throw new Error(`${name} must be a JSON array of strings, e.g. ["python","-m","refinery_jobs.preflight"]`);
+  }
+  return argv as [string, ...string[]];
+}
+
+/**
+ * The preflight run before each job: REFINERY_PREFLIGHT_COMMAND (an argv as JSON; "none" for no
+ * preflight), else the Python jobs' own (undefined here: createWorkers' default).
+ */
+export function preflightCommandOverride(env: NodeJS.ProcessEnv = process.env): [string, ...string[]] | null | undefined {
+  if (env.REFINERY_PREFLIGHT_COMMAND === 'none') return null;
+  return argvFromEnv('REFINERY_PREFLIGHT_COMMAND', env);
+}
+
+/** REFINERY_QUARANTINE_AFTER (job failures of different stages) within REFINERY_QUARANTINE_WINDOW (default 3 in 30m). */
+export function quarantinePolicy(env: NodeJS.ProcessEnv = process.env): { quarantineAfter?: number; quarantineWindowMs?: number } {
+  const after = env.REFINERY_QUARANTINE_AFTER ? Number(env.REFINERY_QUARANTINE_AFTER) : undefined;
+  if (after !== undefined && (!Number.isInteger(after) || after < 1)) throw new Error(`REFINERY_QUARANTINE_AFTER="${env.REFINERY_QUARANTINE_AFTER}": expected a whole number >= 1`);
+  return {
+    ...(after !== undefined ? { quarantineAfter: after } : {}),
+    ...(env.REFINERY_QUARANTINE_WINDOW ? { quarantineWindowMs: parseDuration(env.REFINERY_QUARANTINE_WINDOW) } : {}),
+  };
+}
+
+/** REFINERY_JOB_MEMORY_LIMIT ("64G"): each job gets a memory cgroup of its own with that limit. */
+export function jobMemoryLimit(env: NodeJS.ProcessEnv = process.env): number | undefined {
+  return env.REFINERY_JOB_MEMORY_LIMIT ? parseMemoryLimit(env.REFINERY_JOB_MEMORY_LIMIT) : undefined;
 }

@@ -15,6 +15,9 @@ export interface PlannedDataset {
   format: DatasetFormat;
 }
 
+/** `retry.infrastructure_attempts` by default, and for plans of runs started before it existed. */
+export const DEFAULT_INFRASTRUCTURE_ATTEMPTS = 20;
+
 export interface PlannedStage {
   id: string;
   kind: StageKind;
@@ -28,7 +31,9 @@ export interface PlannedStage {
   params: Record<string, unknown>;
   gpus: number;
   taskQueue: string;
-  retry: { maximumAttempts: number; initialIntervalMs: number; maximumIntervalMs: number; backoffCoefficient: number };
+  /** infrastructureAttempts, oomMinBatchSize and divergence are absent from plans of runs started before them. */
+  retry: { maximumAttempts: number; initialIntervalMs: number; maximumIntervalMs: number; backoffCoefficient: number; infrastructureAttempts?: number; oomMinBatchSize?: number };
+  divergence?: { lossSpikeFactor?: number; window: number; maxKl?: number; lrFactor: number };
   timeouts: { heartbeatMs: number; stallMs: number; startToCloseMs: number };
   gate?: { metrics: { metric: string; min?: number; max?: number }[]; approvalTimeoutMs?: number };
   /** LoRA training stages output an adapter that later stages stack on their input model. */

@@ -9,7 +9,7 @@ import type { LoadedSpec } from './load.js';
 import type { DatasetFormat, Finetuning, Hyper, PipelineSpec, Stage, StageKind } from './schema.js';
 import { Finetuning as FinetuningSchema } from './schema.js';
 import { parseDuration } from './duration.js';
-import type { ModelRef, PipelinePlan, PlannedDataset, PlannedStage } from './plan-types.js';
+import { DEFAULT_INFRASTRUCTURE_ATTEMPTS, type ModelRef, type PipelinePlan, type PlannedDataset, type PlannedStage } from './plan-types.js';
 
 export type { ModelRef, PipelinePlan, PlannedDataset, PlannedStage } from './plan-types.js';
 
@@ -109,6 +109,7 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
     const resources = { ...spec.defaults?.resources, ...stage.resources };
     const retry = { ...spec.defaults?.retry, ...stage.retry };
     const timeouts = { ...spec.defaults?.timeouts, ...stage.timeouts };
+    const divergence = { ...spec.defaults?.divergence, ...stage.divergence };
 
     const deps = [...new Set([model, rewardModel].flatMap((r) => (r && 'stage' in r ? [r.stage] : [])))];
     return {
@@ -128,6 +129,14 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
         initialIntervalMs: parseDuration(retry.initial_interval ?? '5s'),
         maximumIntervalMs: parseDuration(retry.maximum_interval ?? '5m'),
         backoffCoefficient: retry.backoff_coefficient ?? 2,
+        infrastructureAttempts: retry.infrastructure_attempts ?? DEFAULT_INFRASTRUCTURE_ATTEMPTS,
+        oomMinBatchSize: retry.oom_min_batch_size ?? 1,
+      },
+      divergence: {
+        ...(divergence.loss_spike_factor !== undefined ? { lossSpikeFactor: divergence.loss_spike_factor } : {}),
+        window: divergence.window ?? 20,
+        ...(divergence.max_kl !== undefined ? { maxKl: divergence.max_kl } : {}),
+        lrFactor: divergence.lr_factor ?? 1,
       },
       timeouts: {
         heartbeatMs: timeouts.heartbeat !== undefined ? parseDuration(timeouts.heartbeat) : DEFAULT_HEARTBEAT_MS,

@@ -69,7 +69,15 @@ export const Resources = z.strictObject({
 });
 
 export const Retry = z.strictObject({
-  maximum_attempts: z.number().int().min(1).max(100).optional(),
+  maximum_attempts: z.number().int().min(1).max(100).optional().describe('attempts the job itself may fail (crash, stall, divergence) before the stage fails; default 3'),
+  infrastructure_attempts: z
+    .number()
+    .int()
+    .min(0)
+    .max(1000)
+    .optional()
+    .describe('attempts the fleet may lose (worker lost, node failure, drain, storage) on top of those: never counted as job failures; default 20'),
+  oom_min_batch_size: z.number().int().min(1).optional().describe('out of memory: each retry halves the per-device batch (doubling gradient accumulation) down to this floor; default 1'),
   initial_interval: Duration.optional(),
   maximum_interval: Duration.optional(),
   backoff_coefficient: z.number().min(1).max(10).optional(),
@@ -79,6 +87,13 @@ export const Timeouts = z.strictObject({
   heartbeat: Duration.optional().describe('a worker that stops heartbeating for this long is presumed dead'),
   stall: Duration.optional().describe('a job with no progress event for this long is killed and retried'),
   start_to_close: Duration.optional().describe('upper bound for one attempt'),
+});
+
+export const Divergence = z.strictObject({
+  loss_spike_factor: z.number().gt(1).optional().describe('diverged when the loss exceeds this many times the median of the last `window` losses (NaN/Inf loss always is)'),
+  window: z.number().int().min(2).max(10_000).optional().describe('logged steps the spike test looks back over; default 20'),
+  max_kl: z.number().positive().optional().describe('ppo/grpo: diverged when the `kl` metric exceeds this'),
+  lr_factor: z.number().gt(0).max(1).optional().describe('the retry after a divergence multiplies the learning rate by this; default 1 (unchanged)'),
 });
 
 export const MetricGate = z.strictObject({
@@ -119,6 +134,7 @@ const Inheritable = {
   resources: Resources.optional(),
   retry: Retry.optional(),
   timeouts: Timeouts.optional(),
+  divergence: Divergence.optional().describe('when an attempt counts as diverged (NaN/Inf loss always does), and what its retry changes'),
 };
 
 export const Stage = z.strictObject({

@@ -17,10 +17,22 @@
 import { makeRecord, verifyChain, type AuditEvent, type AuditRecord } from './audit-chain.js';
 import { layout } from './layout.js';
 import { jsonBytes, type ObjectStore } from './object-store.js';
+import type { AttemptAdjustments } from '../workflows/attempt-policy.js';
+import type { FailureClass, FailureKind } from '../workflows/failures.js';
 
-export type AttemptRecordType = 'attempt-started' | 'checkpoint-committed' | 'checkpoint-skipped' | 'contract-violation' | 'attempt-ended';
+export type AttemptRecordType =
+  | 'attempt-started'
+  | 'checkpoint-committed'
+  | 'checkpoint-skipped'
+  | 'checkpoint-discarded'
+  | 'contract-violation'
+  | 'preflight'
+  | 'diverged'
+  | 'drain-requested'
+  | 'attempt-ended';
 
-export type AttemptOutcome = 'completed' | 'failed' | 'cancelled' | 'reused';
+/** 'drained': ended by its worker's drain after committing a checkpoint; 'declined': this host did not take it (placement). */
+export type AttemptOutcome = 'completed' | 'failed' | 'cancelled' | 'reused' | 'drained' | 'declined';
 
 /** The key of record `seq` of the attempt whose records live under `prefix` (layout.attemptRecords). */
 export function attemptRecordKey(prefix: string, seq: number): string {
@@ -93,6 +105,11 @@ export interface AttemptSummary {
   head: string | null;
   /** Problems with the chain itself (gaps, modified records). */
   problems: string[];
+  /** Failed, drained, declined and lost attempts: whose failure it was (workflows/failures.ts). */
+  failureClass?: FailureClass;
+  failureKind?: FailureKind;
+  /** What the attempt ran with instead of the stage's settings (out of memory, divergence). */
+  adjustments?: AttemptAdjustments;
 }
 
 /** Reads one attempt's records, in order. */
@@ -122,11 +139,14 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
     head: records.at(-1)?.hash ?? null,
     problems: verifyChain(records),
   };
+  // No end record: the worker process died or its node was lost (or its last write failed).
+  if (!records.some((r) => r.event.type === 'attempt-ended')) Object.assign(summary, { failureClass: 'infrastructure', failureKind: 'worker-lost' });
   for (const { event } of records) {
-    switch (event.type) {
+    switch (event.type as AttemptRecordType) {
       case 'attempt-started':
         summary.host = (event.host as string | undefined) ?? null;
         summary.resumedFromStep = (event.resumedFromStep as number | null | undefined) ?? null;
+        if (event.adjustments && typeof event.adjustments === 'object' && Object.keys(event.adjustments).length > 0) summary.adjustments = event.adjustments as AttemptAdjustments;
         break;
       case 'checkpoint-committed':
         summary.checkpoints.push(event.step as number);
@@ -140,6 +160,11 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
       case 'attempt-ended':
         summary.outcome = event.outcome as AttemptOutcome;
         summary.reason = (event.reason as string | null | undefined) ?? null;
+        if (event.failure && typeof event.failure === 'object') {
+          const f = event.failure as { class?: FailureClass; kind?: FailureKind };
+          if (f.class) summary.failureClass = f.class;
+          if (f.kind) summary.failureKind = f.kind;
+        }
         break;
     }
   }

@@ -13,6 +13,8 @@ export interface CheckpointRestore {
   restored?: { step: number; dir: string };
   /** Newer checkpoints that were skipped because they failed verification. */
   skipped: { step: number; reason: string }[];
+  /** Newer checkpoints passed over because `isDiscarded` said so (taken after a divergence began). */
+  discarded: number[];
 }
 
 /**
@@ -25,10 +27,12 @@ export async function commitCheckpoint(
   artifactPrefix: string,
   step: number,
   localDir: string,
-  options: Pick<CommitOptions, 'beforeCommit' | 'signal'> & { epoch?: number } = {},
+  options: Pick<CommitOptions, 'beforeCommit' | 'signal'> & { epoch?: number; loss?: number | string | null } = {},
 ): Promise<CommittedArtifact> {
-  const { epoch, ...rest } = options;
-  return commitDirectory(store, localDir, layout.checkpoint(artifactPrefix, step), { step, ...(epoch !== undefined ? { epoch } : {}) }, {
+  const { epoch, loss, ...rest } = options;
+  // The loss it was taken at: a retry after a divergence resumes from one taken before it began.
+  const meta = { step, ...(epoch !== undefined ? { epoch } : {}), ...(loss !== undefined && loss !== null ? { loss } : {}) };
+  return commitDirectory(store, localDir, layout.checkpoint(artifactPrefix, step), meta, {
     ...rest,
     ...(epoch !== undefined ? { fence: { epoch, marker: 'newer-epoch' as const } } : {}),
   });
@@ -49,33 +53,49 @@ export async function listCommittedSteps(store: ObjectStore, artifactPrefix: str
  * Downloads the newest committed checkpoint whose files all verify into `<localParent>/checkpoint-N`.
  * A corrupt or incomplete one is skipped (and its local copy removed), never used.
  */
-export async function restoreNewestCheckpoint(store: ObjectStore, artifactPrefix: string, localParent: string): Promise<CheckpointRestore> {
+export async function restoreNewestCheckpoint(
+  store: ObjectStore,
+  artifactPrefix: string,
+  localParent: string,
+  options: { isDiscarded?: (step: number, epoch: number | undefined) => boolean } = {},
+): Promise<CheckpointRestore> {
   const skipped: CheckpointRestore['skipped'] = [];
+  const discarded: number[] = [];
   for (const step of await listCommittedSteps(store, artifactPrefix)) {
     const dir = path.join(localParent, `checkpoint-${step}`);
     try {
       const artifact = await readCommitted(store, layout.checkpoint(artifactPrefix, step));
       if (!artifact) continue;
+      // Taken after a divergence began (attempt-policy.ts): never resumed from.
+      if (options.isDiscarded?.(step, artifact.epoch)) {
+        discarded.push(step);
+        continue;
+      }
       await downloadCommitted(store, artifact, dir);
-      return { restored: { step, dir }, skipped };
+      return { restored: { step, dir }, skipped, discarded };
     } catch (err) {
       if (!(err instanceof IntegrityError)) throw err;
       skipped.push({ step, reason: err.message });
       await rm(dir, { recursive: true, force: true });
     }
   }
-  return { skipped };
+  return { skipped, discarded };
+}
+
+/** Removes committed checkpoints (marker first, so a half-removed one is never read). */
+export async function removeCheckpoints(store: ObjectStore, artifactPrefix: string, steps: number[]): Promise<void> {
+  for (const step of steps) {
+    const prefix = layout.checkpoint(artifactPrefix, step);
+    await store.remove([`${prefix}/_COMMITTED`]);
+    const rest = await store.list(`${prefix}/`, true);
+    await store.remove(rest.map((o) => o.key));
+  }
 }
 
 /** Keeps the newest `keep` committed checkpoints; deletes the marker first so a half-deleted one is never read. */
 export async function pruneCheckpoints(store: ObjectStore, artifactPrefix: string, keep: number): Promise<number[]> {
   const steps = await listCommittedSteps(store, artifactPrefix);
   const doomed = steps.slice(keep);
-  for (const step of doomed) {
-    const prefix = layout.checkpoint(artifactPrefix, step);
-    await store.remove([`${prefix}/_COMMITTED`]);
-    const rest = await store.list(`${prefix}/`, true);
-    await store.remove(rest.map((o) => o.key));
-  }
+  await removeCheckpoints(store, artifactPrefix, doomed);
   return doomed;
 }

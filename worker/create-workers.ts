@@ -1,7 +1,10 @@
 /**
  * Builds the workers of one process: the control worker (workflows + control activities, CPU
- * task queue) and/or a training worker per GPU task queue. Tests use this directly.
+ * task queue) and/or the training pool (a Temporal worker per GPU task queue, paused while the
+ * host is quarantined), with what the training activity needs of its process: the host's health,
+ * the drain, the preflight. Tests use this directly.
  */
+import { hostname } from 'node:os';
 import path from 'node:path';
 import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
@@ -11,9 +14,13 @@ import { ObjectStore } from '../storage/object-store.js';
 import { REPO_ROOT } from '../config/paths.js';
 import { CONTROL_TASK_QUEUE } from '../config/temporal.js';
 import { llamaCppToolEnv } from '../config/worker.js';
+import { WorkerDrain } from './drain.js';
+import { FleetMembership } from './fleet-membership.js';
 import { GpuAllocator } from './gpu-allocator.js';
+import { HostHealth } from './host-health.js';
 import { codeVersion, jobsVersion } from './jobs-version.js';
 import { reapStaleJobs } from './stale-jobs.js';
+import { TrainingPool, type ServedWorker } from './training-pool.js';
 
 export interface WorkerOptions {
   connection: NativeConnection;
@@ -41,6 +48,28 @@ export interface WorkerOptions {
   logFlushMs?: number;
   /** Where the stale-job reaper reports what it found in the scratch dir (default: console.warn). */
   staleJobLog?: (line: string) => void;
+  /** This worker's host as the fleet knows it (default: REFINERY_HOST, else the OS host name). */
+  host?: string;
+  /** The preflight before each job (activities/preflight.ts); null: none. Default: the Python jobs' own. */
+  preflightCommand?: readonly [string, ...string[]] | null;
+  /** Job failures of different stages within `quarantineWindowMs` that quarantine the host (default 3 in 30 min). */
+  quarantineAfter?: number;
+  quarantineWindowMs?: number;
+  /** How long a drained attempt waits for its job's checkpoint (default 5 min). */
+  drainCheckpointTimeoutMs?: number;
+  /** A memory limit of each job's own (bytes), enforced by a cgroup per job. */
+  jobMemoryLimitBytes?: number;
+  /** Where fleet events (quarantine, drain) are logged (default: console.log). */
+  log?: (line: string) => void;
+}
+
+/** A worker process's workers, and the handles its owner drains and stops them with. */
+export interface RefineryWorkers extends Array<ServedWorker> {
+  drain: WorkerDrain;
+  health: HostHealth | undefined;
+  fleet: FleetMembership | undefined;
+  /** Drains (see worker/drain.ts): no new work; running attempts checkpoint, commit and end drained; then every worker stops. */
+  drainAndStop(reason: string): Promise<void>;
 }
 
 /** The most a training heartbeat (and so live progress) is held back by the SDK. */
@@ -51,11 +80,17 @@ export function pythonJobCommand(python: string): (kind: StageKind) => [string, 
   return (kind) => [python, '-m', `refinery_jobs.${kind === 'cpt' ? 'sft' : kind}`];
 }
 
-export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
+/** The preflight in the Python jobs' runtime (torch); `--runtime python` for runtimes without it. */
+export function pythonPreflightCommand(python: string, runtime: 'torch' | 'python' = 'torch'): [string, ...string[]] {
+  return [python, '-m', 'refinery_jobs.preflight', '--runtime', runtime];
+}
+
+export async function createWorkers(options: WorkerOptions): Promise<RefineryWorkers> {
   // Jobs an earlier worker on this scratch dir left running (its supervisor died with it) are
   // killed before any task queue is polled: worker/stale-jobs.ts.
   await reapStaleJobs({ scratchDir: options.scratchDir, log: options.staleJobLog });
-  const workers: Worker[] = [];
+  const log = options.log ?? ((line: string) => console.log(line));
+  const workers: ServedWorker[] = [];
   if (options.control) {
     const [jobs, code] = await Promise.all([jobsVersion(), codeVersion()]);
     workers.push(
@@ -74,37 +109,72 @@ export async function createWorkers(options: WorkerOptions): Promise<Worker[]> {
       }),
     );
   }
-  const gpus = new GpuAllocator(options.gpus);
-  const training = createTrainingActivities({
-    store: options.store,
-    scratchDir: options.scratchDir,
-    jobCommand: options.jobCommand ?? pythonJobCommand(options.python),
-    jobCwd: path.join(REPO_ROOT, 'jobs'),
-    gpus,
-    jobEnv: (kind) => (kind === 'gguf' ? llamaCppToolEnv() : {}),
-    killGraceMs: options.killGraceMs,
-    logFlushMs: options.logFlushMs,
-  });
-  for (const taskQueue of options.trainingQueues) {
-    workers.push(
-      await Worker.create({
-        connection: options.connection,
-        namespace: options.namespace,
-        taskQueue,
-        dataConverter: options.dataConverter,
-        activities: training,
-        // One job per GPU; a CPU-only worker runs one job at a time.
-        maxConcurrentActivityTaskExecutions: Math.max(1, options.gpus.length),
-        shutdownGraceTime: options.shutdownGraceTime ?? '30s',
-        // Live progress is the training activity's heartbeat details (no history events), so how
-        // often they reach the server bounds how far `status` lags the job; and the SDK's default
-        // throttle (0.8 x the heartbeat timeout, up to 60 s) leaves a short timeout only 20 % slack
-        // before a busy worker's attempt is declared dead. 2 s: fresh progress, and a 3 s heartbeat
-        // timeout still has a second to spare. Cost: one heartbeat RPC per running attempt per 2 s.
-        maxHeartbeatThrottleInterval: HEARTBEAT_THROTTLE,
-        defaultHeartbeatThrottleInterval: HEARTBEAT_THROTTLE,
-      }),
-    );
+  const drain = new WorkerDrain(options.drainCheckpointTimeoutMs);
+  const host = options.host ?? (process.env.REFINERY_HOST || hostname());
+  let health: HostHealth | undefined;
+  let fleet: FleetMembership | undefined;
+  if (options.trainingQueues.length > 0) {
+    const workerId = `${host}-${process.pid}-${Date.now().toString(36)}`;
+    health = new HostHealth({ store: options.store, host, workerId, failuresToQuarantine: options.quarantineAfter, windowMs: options.quarantineWindowMs, log });
+    fleet = new FleetMembership({ store: options.store, workerId, host, taskQueues: options.trainingQueues, gpus: options.gpus, drain, health, log });
+    await fleet.join();
+    const gpus = new GpuAllocator(options.gpus);
+    const training = createTrainingActivities({
+      store: options.store,
+      scratchDir: options.scratchDir,
+      jobCommand: options.jobCommand ?? pythonJobCommand(options.python),
+      jobCwd: path.join(REPO_ROOT, 'jobs'),
+      gpus,
+      jobEnv: (kind) => (kind === 'gguf' ? llamaCppToolEnv() : {}),
+      killGraceMs: options.killGraceMs,
+      logFlushMs: options.logFlushMs,
+      health,
+      drain,
+      preflightCommand: options.preflightCommand === undefined ? pythonPreflightCommand(options.python) : (options.preflightCommand ?? undefined),
+      devices: options.gpus,
+      jobMemoryLimitBytes: options.jobMemoryLimitBytes,
+    });
+    const buildTraining = () => Promise.all(options.trainingQueues.map((taskQueue) => trainingWorker(options, taskQueue, training)));
+    workers.push(new TrainingPool(buildTraining, health, log));
   }
-  return workers;
+  const result = Object.assign(workers, {
+    drain,
+    health,
+    fleet,
+    drainAndStop: async (reason: string) => {
+      if (!drain.draining) log(`[worker] draining (${reason}): no new work; ${drain.runningAttempts} running attempt(s) checkpoint, commit and end drained`);
+      drain.start(reason);
+      await fleet?.markDraining();
+      // Stop polling first, so no new attempt lands here while the running ones drain.
+      for (const w of workers) if (w instanceof TrainingPool) w.shutdown();
+      await drain.idle();
+      for (const w of workers) if (!(w instanceof TrainingPool) && w.getState() === 'RUNNING') w.shutdown();
+      await fleet?.leave();
+      log('[worker] drained');
+    },
+  });
+  fleet?.on('drain-requested', (r: { requestedBy: string }) => void result.drainAndStop(`refinery worker drain, by ${r.requestedBy}`));
+  return result;
+}
+
+async function trainingWorker(options: WorkerOptions, taskQueue: string, training: ReturnType<typeof createTrainingActivities>): Promise<Worker> {
+  return await Worker.create({
+    connection: options.connection,
+    namespace: options.namespace,
+    taskQueue,
+    dataConverter: options.dataConverter,
+    activities: training,
+    // One job per GPU; a CPU-only worker runs one job at a time.
+    maxConcurrentActivityTaskExecutions: Math.max(1, options.gpus.length),
+    // Stopping the pollers (a quarantine, a drain) must not cancel attempts that are running:
+    // they end by themselves or by the drain (worker/drain.ts), never by this timer.
+    shutdownGraceTime: options.shutdownGraceTime ?? '7 days',
+    // Live progress is the training activity's heartbeat details (no history events), so how
+    // often they reach the server bounds how far `status` lags the job; and the SDK's default
+    // throttle (0.8 x the heartbeat timeout, up to 60 s) leaves a short timeout only 20 % slack
+    // before a busy worker's attempt is declared dead. 2 s: fresh progress, and a 3 s heartbeat
+    // timeout still has a second to spare. Cost: one heartbeat RPC per running attempt per 2 s.
+    maxHeartbeatThrottleInterval: HEARTBEAT_THROTTLE,
+    defaultHeartbeatThrottleInterval: HEARTBEAT_THROTTLE,
+  });
 }

@@ -5,15 +5,15 @@
 import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
-import { NativeConnection } from '@temporalio/worker';
+import { NativeConnection, Runtime } from '@temporalio/worker';
 import { dataConverterFromEnv } from '../codec/data-converter.js';
 import { DEFAULT_TASK_QUEUE } from '../spec/plan.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { stateDir } from '../config/paths.js';
 import { temporalSettings } from '../config/temporal.js';
-import { jobsPython, workerGpus } from '../config/worker.js';
-import { createWorkers } from './create-workers.js';
+import { jobMemoryLimit, jobsPython, preflightCommandOverride, quarantinePolicy, workerGpus } from '../config/worker.js';
+import { createWorkers, pythonPreflightCommand } from './create-workers.js';
 import { reapStaleJobsOfHost } from './stale-jobs.js';
 
 export interface RunWorkerOptions {
@@ -37,6 +37,9 @@ function jobCommandOverride(): ((kind: StageKind) => [string, ...string[]]) | un
 }
 
 export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
+  // SIGTERM and SIGINT drain (below) instead of the SDK's immediate shutdown: installed before
+  // anything else touches the runtime.
+  Runtime.install({ shutdownSignals: [] });
   const temporal = temporalSettings();
   // A bad REFINERY_PAYLOAD_KEY stops the worker here, before it connects.
   const dataConverter = dataConverterFromEnv();
@@ -50,6 +53,7 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
   const store = new ObjectStore();
   await store.ensureBucket();
   const connection = await NativeConnection.connect({ address: temporal.address });
+  const jobCommand = jobCommandOverride();
   const workers = await createWorkers({
     connection,
     namespace: temporal.namespace,
@@ -59,12 +63,29 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
     gpus: workerGpus(),
     scratchDir,
     python: jobsPython(),
-    jobCommand: jobCommandOverride(),
+    jobCommand,
+    // Another trainer's runtime is unknown: the stdlib preflight (devices visible, arithmetic right) fits any.
+    preflightCommand: preflightCommandOverride() ?? (jobCommand ? pythonPreflightCommand(jobsPython(), 'python') : undefined),
+    ...quarantinePolicy(),
+    jobMemoryLimitBytes: jobMemoryLimit(),
     dataConverter,
   });
   const payloads = dataConverter ? 'payloads encrypted' : 'payloads not encrypted';
-  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; ${payloads}; scratch ${scratchDir}`);
-  // SIGINT/SIGTERM shut the workers down gracefully (the SDK installs the handlers).
+  const fleet = workers.fleet ? `; host ${workers.health?.host}, worker id ${workers.fleet.workerId}` : '';
+  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; ${payloads}; scratch ${scratchDir}${fleet}`);
+  // A deploy's SIGTERM (or ^C) drains: running jobs checkpoint now, commit, and their attempts end
+  // drained, to resume on another worker without losing steps or a stage attempt. A second signal
+  // stops at once (the jobs die with the worker: their supervisor's parent-death signal).
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals) => {
+    if (++signals > 1) {
+      console.log(`[worker] ${sig} again: stopping now, without draining`);
+      process.exit(130);
+    }
+    void workers.drainAndStop(sig);
+  };
+  process.on('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
   await Promise.all(workers.map((w) => w.run()));
   await connection.close();
 }

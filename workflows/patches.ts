@@ -11,3 +11,11 @@
  * anchored in the trail once per attempt when the stage ends; audit events appended in batches.
  */
 export const HISTORY_V2 = 'history-v2';
+
+/**
+ * Attempt budgets (issue #19): the stage workflow runs one activity attempt at a time and decides
+ * each retry itself (workflows/attempt-policy.ts): infrastructure failures draw on their own
+ * budget, out of memory halves the batch, divergence resumes before it began, a retry avoids the
+ * host that failed. Before it: Temporal's retry policy counted every failure alike.
+ */
+export const ATTEMPT_BUDGETS = 'attempt-budgets';

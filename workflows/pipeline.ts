@@ -96,6 +96,8 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
           host: a.host,
           outcome: a.outcome,
           reason: a.reason,
+          ...(a.failureClass ? { failureClass: a.failureClass, failureKind: a.failureKind ?? null } : {}),
+          ...(a.adjustments ? { adjustments: a.adjustments } : {}),
           resumedFromStep: a.resumedFromStep,
           checkpoints: a.checkpoints,
           skippedCheckpoints: a.skippedCheckpoints,

@@ -59,6 +59,8 @@ export function toAttemptStatus(a: AttemptSummary): AttemptStatus {
     lastCheckpointStep: a.checkpoints.at(-1) ?? null,
     skippedCheckpoints: a.skippedCheckpoints.map((c) => c.step),
     contractViolations: a.contractViolations,
+    ...(a.failureClass ? { failureClass: a.failureClass, failureKind: a.failureKind } : {}),
+    ...(a.adjustments ? { adjustments: a.adjustments } : {}),
   };
 }
 

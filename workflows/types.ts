@@ -3,6 +3,8 @@
  * workflow code.
  */
 import type { PipelinePlan, PlannedStage } from '../spec/plan-types.js';
+import type { AttemptAdjustments } from './attempt-policy.js';
+import type { FailureClass, FailureKind } from './failures.js';
 
 /** A committed artifact in the bucket, identified by the sha256 of its manifest. */
 export interface ArtifactRef {
@@ -82,6 +84,15 @@ export interface StageJobInput {
   artifactPrefix: string;
   inputs: ModelInputs;
   datasets: { train?: ArtifactRef; eval?: ArtifactRef };
+  /**
+   * Set when the stage workflow keeps the attempt budgets (workflows/attempt-policy.ts): this
+   * attempt's number. Absent (runs started before): Temporal's attempt number.
+   */
+  attempt?: number;
+  /** Hosts that should not take this attempt while another host can (the one that just failed it). */
+  avoidHosts?: string[];
+  /** What this attempt runs with instead of the stage's settings (out of memory, divergence). */
+  adjustments?: AttemptAdjustments;
 }
 
 export interface StageCacheDecision {
@@ -96,17 +107,20 @@ export interface StageCacheDecision {
  * history events — and reaches `status`, `--watch` and the Temporal UI through a describe of the
  * stage workflow (pending activity → heartbeat details): see client/live-progress.ts.
  */
+/** A loss or metric as events, heartbeats and status carry it: non-finite values as strings (JSON has no NaN). */
+export type Reading = number | 'NaN' | 'Infinity' | '-Infinity';
+
 export interface StageProgress {
-  /** 'waiting': another run trains the same cache key; this attempt waits for its output (stage-lease.ts). */
-  phase: 'waiting' | 'downloading' | 'training' | 'committing';
+  /** 'waiting': another run trains the same cache key; this attempt waits for its output (stage-lease.ts). 'draining': checkpointing before its worker stops. */
+  phase: 'waiting' | 'downloading' | 'training' | 'draining' | 'committing';
   step: number;
   totalSteps: number | null;
-  loss: number | null;
+  loss: Reading | null;
   lastCommittedStep: number | null;
   attempt: number;
   host: string;
   device?: string;
-  metrics?: Record<string, number | null>;
+  metrics?: Record<string, Reading | null>;
   /** The committed checkpoint this attempt resumed from. */
   resumedFromStep?: number | null;
   /** Newer checkpoints skipped on restore because they failed verification. */
@@ -123,8 +137,13 @@ export interface StageProgress {
 export interface AttemptStatus {
   attempt: number;
   host: string | null;
-  outcome: 'completed' | 'failed' | 'cancelled' | 'reused' | 'lost';
+  outcome: 'completed' | 'failed' | 'cancelled' | 'reused' | 'lost' | 'drained' | 'declined';
   reason: string | null;
+  /** Failed, drained and lost attempts: whose failure it was (workflows/failures.ts). */
+  failureClass?: FailureClass;
+  failureKind?: FailureKind;
+  /** What the attempt ran with instead of the stage's settings. */
+  adjustments?: AttemptAdjustments;
   resumedFromStep: number | null;
   checkpoints: number;
   lastCheckpointStep: number | null;
@@ -145,7 +164,7 @@ export interface StageJobResult {
   attempt: number;
   host: string;
   /** Where training ended: the pipeline's status shows it without live progress signals. */
-  final?: { step: number; totalSteps: number | null; loss: number | null; lastCommittedStep: number | null };
+  final?: { step: number; totalSteps: number | null; loss: Reading | null; lastCommittedStep: number | null };
   contractViolations?: number;
 }
 
@@ -159,6 +178,10 @@ export interface StageOutcome {
   final?: StageJobResult['final'];
   /** Another run trained this output while this one waited for it. */
   reusedFrom?: string | null;
+  /** The attempts that failed before this one succeeded, and why. */
+  failedAttempts?: { attempt: number; class: FailureClass; kind: FailureKind; host: string | null; message: string }[];
+  /** What the successful attempt ran with instead of the stage's settings. */
+  adjustments?: AttemptAdjustments;
 }
 
 export type StageState = 'pending' | 'running' | 'awaiting-approval' | 'completed' | 'reused' | 'failed' | 'cancelled' | 'skipped';
@@ -172,7 +195,7 @@ export interface StageStatus {
   attempt: number;
   step: number;
   totalSteps: number | null;
-  loss: number | null;
+  loss: Reading | null;
   metrics: Record<string, number | null>;
   lastCommittedStep: number | null;
   resumedFromStep: number | null;
@@ -208,6 +231,8 @@ export interface PipelineStatus {
   unchangedSince?: string;
   /** Set when an audit append failed for good: the trail stops at `auditHead`. */
   auditError?: string;
+  /** Filled by the CLI from the bucket (worker/host-health.ts): hosts that ran this run's attempts and are quarantined now. */
+  quarantinedHosts?: { host: string; since: string; reason: string }[];
 }
 
 export interface PipelineResult {

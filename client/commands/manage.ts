@@ -1,5 +1,6 @@
 /** `status`, `cancel`, `approve`/`reject` and `list`: small commands over a run's workflow. */
 import type { Client } from '@temporalio/client';
+import { listQuarantined } from '../../storage/fleet.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { approvalUpdate } from '../../workflows/messages.js';
 import type { PipelineStatus } from '../../workflows/types.js';
@@ -22,7 +23,10 @@ function storeIfConfigured(): ObjectStore | undefined {
  */
 export async function runStatus(client: Client, runId: string, store: ObjectStore | undefined = storeIfConfigured()): Promise<PipelineStatus> {
   try {
-    return await currentRunStatus(client, runId, store);
+    const status = await currentRunStatus(client, runId, store);
+    // Quarantined hosts take no GPU work: a run that waits may wait for them (storage/fleet.ts).
+    const quarantined = store ? await listQuarantined(store).catch(() => []) : [];
+    return quarantined.length > 0 ? { ...status, quarantinedHosts: quarantined.map((q) => ({ host: q.host, since: q.since, reason: q.reason })) } : status;
   } catch (err) {
     if ((err as Error).name === 'WorkflowNotFoundError') throw new CliError(`no run "${runId}"`, 'see "refinery list"');
     throw err;

@@ -66,6 +66,9 @@ export class WorkerProcess {
       ...opts.stackEnv,
       ...(opts.python ? { REFINERY_PYTHON: opts.python } : {}),
       REFINERY_JOB_COMMAND: JSON.stringify(opts.jobCommand),
+      // Tests and faults inject job crashes on purpose, all on this one host: only a test of
+      // quarantine itself (which sets it) may quarantine the host (worker/host-health.ts).
+      REFINERY_QUARANTINE_AFTER: '1000',
       ...opts.env,
     };
     const argv = ['worker', '--no-control', '--queue', opts.queue, '--scratch', opts.scratch];

@@ -6,12 +6,12 @@ import { mkdtemp } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { DataConverter } from '@temporalio/common';
-import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type Worker, type WorkflowBundle } from '@temporalio/worker';
+import { bundleWorkflowCode, DefaultLogger, NativeConnection, Runtime, type WorkflowBundle } from '@temporalio/worker';
 import type { StageKind } from '../../spec/schema.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { REPO_ROOT } from '../../config/paths.js';
 import { jobsPython } from '../../config/worker.js';
-import { createWorkers } from '../../worker/create-workers.js';
+import { createWorkers, pythonPreflightCommand, type RefineryWorkers } from '../../worker/create-workers.js';
 import type { StackInfo } from './stack.js';
 
 export type JobCommand = (kind: StageKind) => [string, ...string[]];
@@ -59,7 +59,7 @@ export function workflowBundle(options: { failureConverterPath?: string; warning
 }
 
 export interface InProcessWorkers {
-  workers: Worker[];
+  workers: RefineryWorkers;
   connection: NativeConnection;
   scratchDir: string;
   /** Rejects if a worker fails (e.g. it could not survive a server restart). */
@@ -85,6 +85,12 @@ export interface InProcessWorkerOptions {
   bundleWarnings?: boolean;
   /** shutdown() swallows a failed worker's or connection's error. */
   lenientShutdown?: boolean;
+  /** Default: the stdlib preflight for a job command of the caller's, the torch one for the Python jobs. */
+  preflightCommand?: readonly [string, ...string[]] | null;
+  host?: string;
+  quarantineAfter?: number;
+  /** A memory limit of each job's own (bytes). */
+  jobMemoryLimitBytes?: number;
 }
 
 export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddress' | 'namespace'>, options: InProcessWorkerOptions): Promise<InProcessWorkers> {
@@ -107,6 +113,12 @@ export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddr
     workflowBundle: bundle,
     shutdownGraceTime: options.shutdownGraceTime ?? '5s',
     killGraceMs: options.killGraceMs,
+    preflightCommand: options.preflightCommand !== undefined ? options.preflightCommand : pythonPreflightCommand(options.python ?? jobsPython(), options.jobCommand ? 'python' : 'torch'),
+    host: options.host,
+    // Tests inject job crashes on purpose, all on this one host (see processes.ts).
+    quarantineAfter: options.quarantineAfter ?? 1000,
+    jobMemoryLimitBytes: options.jobMemoryLimitBytes,
+    log: () => undefined,
   });
   const run = Promise.all(workers.map((w) => w.run())).then(() => undefined);
   return {
@@ -115,7 +127,8 @@ export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddr
     scratchDir,
     run,
     shutdown: async () => {
-      for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
+      await workers.fleet?.leave();
+      for (const w of workers) if (w.getState() === 'RUNNING' || w.getState() === 'PAUSED') w.shutdown();
       if (options.lenientShutdown) {
         await run.catch(() => undefined);
         await connection.close().catch(() => undefined);

@@ -54,6 +54,8 @@ export function startTestWorkers(options: {
   jobCommand?: JobCommand;
   killGraceMs?: number;
   dataConverter?: DataConverter;
+  jobMemoryLimitBytes?: number;
+  host?: string;
 }): Promise<TestWorkers> {
   return startInProcessWorkers(stack(), { ...options, store: testStore(), killGraceMs: options.killGraceMs ?? 2000, bundleWarnings: true });
 }

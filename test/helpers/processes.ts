@@ -10,10 +10,11 @@ export type { WorkerProcess } from '../../infra/harness/processes.js';
 
 const spawned: WorkerProcess[] = [];
 
-/** `refinery worker --no-control --queue <queue>` running the contract test job. */
-export async function spawnTrainingWorker(queue: string, env: Record<string, string> = {}): Promise<WorkerProcess> {
+/** `refinery worker --no-control --queue <queue>` running the contract test job (or `jobCommand`). */
+export async function spawnTrainingWorker(queue: string, env: Record<string, string> = {}, jobCommand: string[] = testJobCommand()('sft')): Promise<WorkerProcess> {
   const scratch = await mkdtemp(path.join(tmpdir(), 'refinery-worker-proc-'));
-  const w = await WorkerProcess.spawn({ name: path.basename(scratch), queue, scratch, stackEnv: testStackEnv(), jobCommand: testJobCommand()('sft'), env });
+  // Its log beside its scratch dir: `<scratch>.log` names it in a failure's message (w.logTail()).
+  const w = await WorkerProcess.spawn({ name: path.basename(scratch), queue, scratch, stackEnv: testStackEnv(), jobCommand, env, logDir: path.dirname(scratch) });
   spawned.push(w);
   return w;
 }

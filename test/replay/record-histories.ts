@@ -245,6 +245,7 @@ try {
   failed = true;
   console.error('[record] failed:', err);
 } finally {
+  await workers.fleet?.leave();
   for (const w of workers) if (w.getState() === 'RUNNING') w.shutdown();
   await running.catch(() => undefined);
   await nativeConnection.close();

@@ -31,9 +31,9 @@ describe('CONTRACT.md and the code agree', () => {
   });
 
   it('the documented exit codes are the ones classifyExit knows', () => {
-    const rows = tableAfter('## 4. Exit codes');
+    const rows = tableAfter('## 5. Exit codes');
     const codes = Object.fromEntries(rows.filter((r) => /^\d+$/.test(r[0]!)).map((r) => [Number(r[0]), r[2]]));
-    expect(codes).toEqual({ [EXIT.ok]: '—', [EXIT.config]: 'never', [EXIT.data]: 'never', [EXIT.unsupported]: 'never' });
+    expect(codes).toEqual({ [EXIT.ok]: '—', [EXIT.config]: 'never', [EXIT.data]: 'never', [EXIT.unsupported]: 'never', [EXIT.oom]: expect.stringMatching(/half the per-device batch/) });
   });
 });
 
@@ -86,7 +86,7 @@ describe('parseJobEvent refuses what breaks the contract', () => {
     ['checkpoint with empty path', '{"event": "checkpoint", "step": 1, "path": ""}', /does not follow the contract/],
     ['metrics that are not numbers', '{"event": "metrics", "metrics": {"acc": "high"}}', /does not follow the contract/],
     ['metrics missing', '{"event": "metrics"}', /does not follow the contract/],
-    ['unknown error category', '{"event": "error", "category": "oom", "message": "x"}', /does not follow the contract/],
+    ['unknown error category', '{"event": "error", "category": "disk", "message": "x"}', /does not follow the contract/],
     ['error without message', '{"event": "error", "category": "data"}', /does not follow the contract/],
   ])('%s', (_name, line, message) => {
     const parsed = parseJobEvent(line);
@@ -130,6 +130,6 @@ describe('classifyExit', () => {
   });
 
   it('EXIT matches the documented codes', () => {
-    expect(EXIT).toEqual({ ok: 0, config: 2, data: 3, unsupported: 4 });
+    expect(EXIT).toEqual({ ok: 0, config: 2, data: 3, unsupported: 4, oom: 5 });
   });
 });

@@ -139,8 +139,8 @@ describe('a valid spec', () => {
     expect(sft.taskQueue).toBe('gpu-a100');
     expect(stageOf(p, 'rm').gpus).toBe(2);
     expect(stageOf(p, 'rm').taskQueue).toBe('gpu-a100');
-    expect(sft.retry).toEqual({ maximumAttempts: 5, initialIntervalMs: 10_000, maximumIntervalMs: 30_000, backoffCoefficient: 2 });
-    expect(stageOf(p, 'dpo').retry).toEqual({ maximumAttempts: 5, initialIntervalMs: 10_000, maximumIntervalMs: 300_000, backoffCoefficient: 2 });
+    expect(sft.retry).toEqual({ maximumAttempts: 5, initialIntervalMs: 10_000, maximumIntervalMs: 30_000, backoffCoefficient: 2, infrastructureAttempts: 20, oomMinBatchSize: 1 });
+    expect(stageOf(p, 'dpo').retry).toEqual({ maximumAttempts: 5, initialIntervalMs: 10_000, maximumIntervalMs: 300_000, backoffCoefficient: 2, infrastructureAttempts: 20, oomMinBatchSize: 1 });
     expect(sft.timeouts).toEqual({ heartbeatMs: 120_000, stallMs: 900_000, startToCloseMs: 86_400_000 });
     expect(stageOf(p, 'export').timeouts).toEqual({ heartbeatMs: 120_000, stallMs: 900_000, startToCloseMs: 7 * 86_400_000 });
   });
