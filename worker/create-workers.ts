@@ -130,7 +130,8 @@ export async function createWorkers(options: WorkerOptions): Promise<RefineryWor
       logFlushMs: options.logFlushMs,
       health,
       drain,
-      preflightCommand: options.preflightCommand === undefined ? pythonPreflightCommand(options.python) : (options.preflightCommand ?? undefined),
+      // Another trainer's runtime is unknown: the stdlib preflight (devices visible, arithmetic right) fits any.
+      preflightCommand: options.preflightCommand === undefined ? pythonPreflightCommand(options.python, options.jobCommand ? 'python' : 'torch') : (options.preflightCommand ?? undefined),
       devices: options.gpus,
       jobMemoryLimitBytes: options.jobMemoryLimitBytes,
     });

@@ -13,7 +13,7 @@ import { ObjectStore } from '../storage/object-store.js';
 import { stateDir } from '../config/paths.js';
 import { temporalSettings } from '../config/temporal.js';
 import { jobMemoryLimit, jobsPython, preflightCommandOverride, quarantinePolicy, workerGpus } from '../config/worker.js';
-import { createWorkers, pythonPreflightCommand } from './create-workers.js';
+import { createWorkers } from './create-workers.js';
 import { reapStaleJobsOfHost } from './stale-jobs.js';
 
 export interface RunWorkerOptions {
@@ -64,8 +64,7 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
     scratchDir,
     python: jobsPython(),
     jobCommand,
-    // Another trainer's runtime is unknown: the stdlib preflight (devices visible, arithmetic right) fits any.
-    preflightCommand: preflightCommandOverride() ?? (jobCommand ? pythonPreflightCommand(jobsPython(), 'python') : undefined),
+    preflightCommand: preflightCommandOverride(),
     ...quarantinePolicy(),
     jobMemoryLimitBytes: jobMemoryLimit(),
     dataConverter,

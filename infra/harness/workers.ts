@@ -11,7 +11,7 @@ import type { StageKind } from '../../spec/schema.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { REPO_ROOT } from '../../config/paths.js';
 import { jobsPython } from '../../config/worker.js';
-import { createWorkers, pythonPreflightCommand, type RefineryWorkers } from '../../worker/create-workers.js';
+import { createWorkers, type RefineryWorkers } from '../../worker/create-workers.js';
 import type { StackInfo } from './stack.js';
 
 export type JobCommand = (kind: StageKind) => [string, ...string[]];
@@ -85,7 +85,7 @@ export interface InProcessWorkerOptions {
   bundleWarnings?: boolean;
   /** shutdown() swallows a failed worker's or connection's error. */
   lenientShutdown?: boolean;
-  /** Default: the stdlib preflight for a job command of the caller's, the torch one for the Python jobs. */
+  /** Default (createWorkers): the stdlib preflight for a job command of the caller's, the torch one for the Python jobs. */
   preflightCommand?: readonly [string, ...string[]] | null;
   host?: string;
   quarantineAfter?: number;
@@ -113,7 +113,7 @@ export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddr
     workflowBundle: bundle,
     shutdownGraceTime: options.shutdownGraceTime ?? '5s',
     killGraceMs: options.killGraceMs,
-    preflightCommand: options.preflightCommand !== undefined ? options.preflightCommand : pythonPreflightCommand(options.python ?? jobsPython(), options.jobCommand ? 'python' : 'torch'),
+    preflightCommand: options.preflightCommand,
     host: options.host,
     // Tests inject job crashes on purpose, all on this one host (see processes.ts).
     quarantineAfter: options.quarantineAfter ?? 1000,
