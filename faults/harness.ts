@@ -48,8 +48,11 @@ export function startControlWorker(stack: PrivateStack, python: string, scratchD
   });
 }
 
-/** A training worker process on `queue` with the contract test job as its trainer, logging to the stack's logs dir. */
-export function spawnFaultWorker(stack: PrivateStack, python: string, w: { name: string; queue: string; scratch: string }): Promise<WorkerProcess> {
+/**
+ * A training worker process on `queue` with the contract test job as its trainer, logging to the
+ * stack's logs dir; `env` adds to its environment (REFINERY_HOST, REFINERY_GPUS: a bad node).
+ */
+export function spawnFaultWorker(stack: PrivateStack, python: string, w: { name: string; queue: string; scratch: string; env?: Record<string, string> }): Promise<WorkerProcess> {
   return WorkerProcess.spawn({ ...w, logDir: path.join(stack.info.stateDir, 'logs'), stackEnv: stack.env(), python, jobCommand: testJobCommand(python)('sft') });
 }
 

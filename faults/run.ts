@@ -16,6 +16,10 @@
  *   scratch-full        fill the worker's (size-limited) scratch filesystem mid-stage
  *   job-hang            the job stops emitting events (stall detection kills and retries it)
  *   cancel              cancel the run mid-stage
+ *   drain               SIGTERM the training worker mid-stage: checkpoint now, attempt drained, resumed elsewhere; no stage attempt used
+ *   oom                 the job reports CUDA out of memory above a batch size: retries halve the batch, double accumulation, resume
+ *   divergence          the loss turns NaN: attempt diverged, the retry resumes from a checkpoint strictly before the last good step
+ *   bad-node            the first attempt lands on a host whose preflight fails: host quarantined, the stage runs on another; no stage attempt used
  *   real-worker-kill    worker-kill on the real trainers (SFT LoRA, DPO, PPO, GRPO by turn; --short: SFT), losses
  *                       and weights compared with an uninterrupted run (faults/real-trial.ts)
  *

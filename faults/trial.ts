@@ -5,6 +5,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { readRun } from '../client/commands/audit.js';
+import { summarizeAttempts } from '../storage/attempt-records.js';
 import { startRun } from '../client/commands/run.js';
 import { runStatus } from '../client/commands/manage.js';
 import { listJobLogs, readJobLog } from '../storage/job-logs.js';
@@ -45,9 +46,11 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
     const base: Record<string, unknown> = {
       id,
       kind: id,
-      hyper: { max_steps: isTarget ? (setup.maxSteps ?? total) : 6, save_steps: SAVE_STEPS },
+      hyper: isTarget ? { ...setup.hyper, max_steps: setup.maxSteps ?? total, save_steps: SAVE_STEPS } : { max_steps: 6, save_steps: SAVE_STEPS },
       params: isTarget ? targetParams : { step_seconds: 0.05 },
       ...(isTarget && Object.keys(targetTimeouts).length ? { timeouts: targetTimeouts } : {}),
+      ...(isTarget && setup.retry ? { retry: setup.retry } : {}),
+      ...(isTarget && setup.queue ? { resources: { task_queue: setup.queue } } : {}),
     };
     if (id === 'sft') base.dataset = 'chats';
     if (id === 'dpo') Object.assign(base, { from: stageIds[i - 1], dataset: 'prefs' });
@@ -171,7 +174,11 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
   const failures = events
     .filter((e) => e.stage === target && (e.type === 'attempt-failed' || (e.type === 'attempt' && e.outcome === 'failed')))
     .map((e) => String(e.reason));
-  mod.check?.(t, { events, failures });
+  const attemptSummaries = await summarizeAttempts(ctx.store, { storagePrefix: prefix, runId, stageId: target }).catch((err: unknown) => {
+    problems.push(`cannot read the attempt records of ${target}: ${(err as Error).message}`);
+    return [];
+  });
+  mod.check?.(t, { events, failures, attempts: attemptSummaries });
 
   // Orphans: no process of any job session of this run (the job's children included) may be left
   // once the run has ended; the child a job announced in its pid file must be gone too.
@@ -181,6 +188,8 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
     if (pid > 0) extra.push(pid);
   }
   const orphans = await checkOrphans(ctx, runId, extra, problems);
+  // The kind's own leftovers (extra workers, a quarantine): gone before the next trial.
+  if (mod.cleanup) await mod.cleanup(t).catch((err: unknown) => problems.push(`cleanup after the trial failed: ${(err as Error).message}`));
   return {
     trial,
     kind,
@@ -241,8 +250,8 @@ export async function attemptLogs(
     out.set(attempt, info);
   }
   for (const e of events) {
-    // An attempt that reused a committed output ran no job.
-    if ((e.type === 'attempt-started' || e.type === 'attempt') && e.outcome !== 'reused' && e.stage === stageId && typeof e.attempt === 'number' && !out.get(e.attempt)?.started) {
+    // An attempt that reused a committed output ran no job, nor did one its host declined (placement).
+    if ((e.type === 'attempt-started' || e.type === 'attempt') && e.outcome !== 'reused' && e.outcome !== 'declined' && e.stage === stageId && typeof e.attempt === 'number' && !out.get(e.attempt)?.started) {
       out.set(e.attempt, { started: true, resumedFrom: (e.resumedFromStep as number | null | undefined) ?? null, maxStep: null, checkpoints: [] });
     }
   }

@@ -1,7 +1,20 @@
 /** What the fault suite is asked to do and what it reports (faults/run.ts runs it). */
 
 /** Kinds that run the contract test job (faults/kinds/), then the real-trainer kind (faults/real-trial.ts). */
-export const TEST_JOB_FAULT_KINDS = ['worker-kill', 'temporal-restart', 'temporal-outage', 'minio-outage', 'corrupt-checkpoint', 'scratch-full', 'job-hang', 'cancel'] as const;
+export const TEST_JOB_FAULT_KINDS = [
+  'worker-kill',
+  'temporal-restart',
+  'temporal-outage',
+  'minio-outage',
+  'corrupt-checkpoint',
+  'scratch-full',
+  'job-hang',
+  'cancel',
+  'drain',
+  'oom',
+  'divergence',
+  'bad-node',
+] as const;
 export const FAULT_KINDS = [...TEST_JOB_FAULT_KINDS, 'real-worker-kill'] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 export type TestJobFaultKind = (typeof TEST_JOB_FAULT_KINDS)[number];

@@ -55,7 +55,17 @@ function infrastructureDelayMs(kind: FailureKind, n: number): number {
   return Math.min(1000 * 2 ** Math.min(n - 1, 5), 30_000);
 }
 
-export function nextAttempt(stage: Pick<PlannedStage, 'id' | 'hyper' | 'retry' | 'divergence'>, state: AttemptState, failure: ClassifiedFailure): AttemptDecision {
+/** The per-device batch must stay a multiple of this: GRPO groups `num_generations` completions of a prompt in one batch. */
+function batchMultiple(stage: Partial<Pick<PlannedStage, 'kind' | 'params'>>): number {
+  const n = stage.kind === 'grpo' ? stage.params?.num_generations : undefined;
+  return typeof n === 'number' && Number.isInteger(n) && n > 1 ? n : 1;
+}
+
+export function nextAttempt(
+  stage: Pick<PlannedStage, 'id' | 'hyper' | 'retry' | 'divergence'> & Partial<Pick<PlannedStage, 'kind' | 'params'>>,
+  state: AttemptState,
+  failure: ClassifiedFailure,
+): AttemptDecision {
   const retry = stage.retry;
   const host = failure.details?.host ?? null;
   const history = [...state.history, { attempt: state.attempt, class: failure.class, kind: failure.kind, host, message: failure.message }];
@@ -83,18 +93,19 @@ export function nextAttempt(stage: Pick<PlannedStage, 'id' | 'hyper' | 'retry' |
   // Job failures: the retry avoids the host that just failed it (when another host can take it).
   const avoidHosts = host ? [host] : [];
   if (failure.kind === 'oom') {
-    const floor = retry.oomMinBatchSize ?? 1;
+    const multiple = batchMultiple(stage);
+    const floor = Math.max(retry.oomMinBatchSize ?? 1, multiple);
     const batch = failure.details?.batchSize ?? state.adjustments.batchSize ?? stage.hyper.batch_size ?? 1;
     const accumulation = failure.details?.gradientAccumulation ?? state.adjustments.gradientAccumulation ?? stage.hyper.gradient_accumulation ?? 1;
     if (batch <= floor) {
       return {
         retry: false,
         history,
-        message: `out of memory at per-device batch size ${batch} (gradient accumulation ${accumulation}), the floor (retry.oom_min_batch_size: ${floor}): the model does not fit this worker's memory; use fewer trainable parameters (LoRA, qlora), a shorter max_length, or a larger device. Last: ${failure.message}`,
+        message: `out of memory at per-device batch size ${batch} (gradient accumulation ${accumulation}), the floor (${multiple > 1 && floor === multiple ? `params.num_generations: ${multiple}` : `retry.oom_min_batch_size: ${floor}`}): the model does not fit this worker's memory; use fewer trainable parameters (LoRA, qlora), a shorter max_length, or a larger device. Last: ${failure.message}`,
         type: 'OutOfMemory',
       };
     }
-    const halved = Math.max(floor, Math.floor(batch / 2));
+    const halved = Math.max(floor, Math.floor(batch / 2 / multiple) * multiple);
     // Same effective batch: per-device batch × accumulation stays (up to rounding at odd sizes).
     const adjustments = { ...base.adjustments, batchSize: halved, gradientAccumulation: Math.ceil((accumulation * batch) / halved) };
     return {

@@ -4,6 +4,7 @@
  */
 import type { WorkflowHandle } from '@temporalio/client';
 import type { WorkerProcess } from '../../infra/harness/processes.js';
+import type { AttemptSummary } from '../../storage/attempt-records.js';
 import type { AuditRecord } from '../../storage/audit-chain.js';
 import type { Ctx } from '../context.js';
 import type { JobProgress } from '../harness.js';
@@ -32,11 +33,20 @@ export interface TargetSetup {
   params?: Record<string, unknown>;
   timeouts?: Record<string, string>;
   maxSteps?: number;
+  /** Hyperparameters beyond `max_steps` and `save_steps` (batch_size, gradient_accumulation, …). */
+  hyper?: Record<string, unknown>;
+  /**
+   * The target stage's own retry settings over the trial's defaults (`maximum_attempts: 1`: a
+   * failure that used a job attempt would fail the stage).
+   */
+  retry?: Record<string, unknown>;
+  /** A task queue of the target stage's own (the other stages stay on the trial worker's queue). */
+  queue?: string;
   /** A file the job writes a child's pid to: that process must be gone at the end too. */
   childPidFile?: string;
 }
 
-/** A running trial: what inject() and check() work with. */
+/** A running trial: what inject(), check() and cleanup() work with. */
 export interface Trial extends TrialPlan {
   setup: TargetSetup;
   /** The target stage's params as the spec has them. */
@@ -53,6 +63,8 @@ export interface Outcome {
   events: AuditRecord['event'][];
   /** Reasons of the target stage's failed attempts, from the audit trail. */
   failures: string[];
+  /** The target stage's attempts as their own records tell them (storage/attempt-records.ts), by attempt number. */
+  attempts: AttemptSummary[];
 }
 
 export interface FaultKindModule {
@@ -65,4 +77,6 @@ export interface FaultKindModule {
   setup?(plan: TrialPlan): TargetSetup;
   inject(t: Trial): Promise<void>;
   check?(t: Trial, outcome: Outcome): void;
+  /** Undoes what the kind left beyond the run (extra workers, a quarantine), once every check is done, whether or not inject succeeded. */
+  cleanup?(t: Trial): Promise<void>;
 }

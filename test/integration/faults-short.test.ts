@@ -1,8 +1,10 @@
 /**
  * The fault-injection suite's short form (faults/run.ts --short): one fault of each kind — worker
  * kill -9, Temporal dev server kill -9 and restart, Temporal down longer than the heartbeat timeout,
- * MinIO down mid-upload, a corrupt committed checkpoint, a full scratch disk, a hung job, a cancel —
- * on its own private stack, then every invariant checked per run. No kind may be skipped unless
+ * MinIO down mid-upload, a corrupt committed checkpoint, a full scratch disk, a hung job, a cancel,
+ * a worker drained by SIGTERM, a job out of memory, a NaN loss, a node that fails its preflight, and
+ * a killed worker of a real trainer — on its own private stack, then every invariant checked per
+ * run (the kinds' own checks included: faults/kinds/). No kind may be skipped unless
  * REFINERY_FAULTS_ALLOW_SKIP names it (e.g. scratch-full on a machine without root). The long form
  * and its figures: docs/reliability.md.
  */
@@ -39,8 +41,9 @@ describe('fault injection, short form', () => {
         expect(run.fault.stepsLost!, what).toBeLessThanOrEqual(run.fault.bound);
       }
     }
-    // Faults that kill an attempt must have made the stage resume from a checkpoint.
-    for (const kind of ['worker-kill', 'corrupt-checkpoint', 'job-hang'] as const) {
+    // Faults that end an attempt must have made the stage go on in another one (drain, oom and
+    // divergence from a checkpoint; bad-node from the start, on another host).
+    for (const kind of ['worker-kill', 'corrupt-checkpoint', 'job-hang', 'drain', 'oom', 'divergence', 'bad-node'] as const) {
       const run = result.runs.find((r) => r.kind === kind)!;
       expect(run.fault.retried, `${kind} retried`).toBe(true);
     }

@@ -125,6 +125,14 @@ describe('nextAttempt', () => {
     expect(!floor.retry && floor.message).toMatch(/out of memory at per-device batch size 2 \(gradient accumulation 16\), the floor \(retry.oom_min_batch_size: 2\)/);
   });
 
+  it("GRPO's batch stays a multiple of num_generations", () => {
+    const grpo = { ...stage, kind: 'grpo' as const, params: { num_generations: 4 }, hyper: { batch_size: 12, gradient_accumulation: 1 } };
+    const d = retried(nextAttempt(grpo, firstAttempt(), failure('JobOutOfMemory', { batchSize: 12, gradientAccumulation: 1 })));
+    expect(d.state.adjustments).toMatchObject({ batchSize: 4, gradientAccumulation: 3 });
+    const floor = nextAttempt(grpo, d.state, failure('JobOutOfMemory', { batchSize: 4, gradientAccumulation: 3 }));
+    expect(!floor.retry && floor.message).toMatch(/the floor \(params.num_generations: 4\)/);
+  });
+
   it('a divergence resumes before the last good step, discarding what the diverged epoch took after it, at a lower learning rate', () => {
     const d = retried(nextAttempt(stage, firstAttempt(), failure('JobDiverged', { host: 'gpu-a', firstBadStep: 35, lastGoodStep: 34, epoch: 7 })));
     expect(d.state.adjustments).toEqual({ discard: [{ fromStep: 34, throughEpoch: 7 }], learningRate: 5e-5 });

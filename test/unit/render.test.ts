@@ -30,6 +30,32 @@ function lineOf(text: string, id: string): string {
 }
 
 describe('renderStatus', () => {
+  it('shows a NaN loss as NaN, each attempt that did not complete with its class, and quarantined hosts', () => {
+    const text = renderStatus(
+      status(
+        [
+          stage({
+            id: 'sft',
+            state: 'running',
+            attempt: 3,
+            step: 13,
+            totalSteps: 40,
+            loss: 'NaN',
+            attempts: [
+              { attempt: 1, host: 'gpu-a', outcome: 'drained', reason: 'drained at step 37', failureClass: 'infrastructure', failureKind: 'drained', resumedFromStep: null, checkpoints: 1, lastCheckpointStep: 37, skippedCheckpoints: [], contractViolations: 0 },
+              { attempt: 2, host: 'gpu-b', outcome: 'failed', reason: 'job out of memory', failureClass: 'job', failureKind: 'oom', resumedFromStep: 37, checkpoints: 0, lastCheckpointStep: null, skippedCheckpoints: [], contractViolations: 0, adjustments: { batchSize: 4, gradientAccumulation: 2 } },
+            ],
+          }),
+        ],
+        { quarantinedHosts: [{ host: 'gpu-c', since: '2026-12-02T03:00:00Z', reason: 'preflight failed: /dev/nvidia0 is missing' }] },
+      ),
+    );
+    expect(lineOf(text, 'sft')).toMatch(/loss NaN\s+attempt 3/);
+    expect(text).toMatch(/attempt 1 on gpu-a: drained \(infrastructure: drained, last checkpoint 37\) — drained at step 37/);
+    expect(text).toMatch(/attempt 2 on gpu-b: failed \(job: oom, batch 4 x 2\) — job out of memory/);
+    expect(text).toMatch(/host gpu-c quarantined since 2026-12-02T03:00:00Z: preflight failed: \/dev\/nvidia0 is missing \(refinery worker clear gpu-c\)/);
+  });
+
   it('a header with the run, the pipeline and the state, then one line per stage', () => {
     const text = renderStatus(status([stage({ id: 'sft' }), stage({ id: 'dpo', kind: 'dpo' })]));
     const lines = text.split('\n');
