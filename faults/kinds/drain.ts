@@ -13,7 +13,7 @@
  * `job`, the drained worker exited 0 within 60 s and its job ended with the drain.
  */
 import path from 'node:path';
-import { sleep, waitFor } from '../../infra/harness/wait.js';
+import { waitFor } from '../../infra/harness/wait.js';
 import { spawnFaultWorker } from '../harness.js';
 import type { FaultKindModule } from './kind.js';
 
@@ -36,7 +36,7 @@ export const drain: FaultKindModule = {
       queue: worker.queue,
       scratch: path.join(ctx.workDir, `scratch-${ctx.workerSeq}`),
     });
-    const exit = await Promise.race([worker.exited, sleep(60_000).then(() => undefined)]);
+    const exit = (await waitFor(() => !worker.alive, 60_000, 50)) ? await worker.exited : undefined;
     if (!exit) {
       problems.push(`the drained worker ${worker.name} did not exit within 60 s of SIGTERM; log tail:\n${worker.logTail(8)}`);
       await worker.kill9();
