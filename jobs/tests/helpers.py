@@ -72,9 +72,10 @@ class JobResult:
         return f"JobResult(rc={self.rc}, events={self.events[-3:]}, stderr=...{self.stderr[-2000:]})"
 
 
-def run_job(module: str, cfg: dict, *, timeout: float = 300, env: dict[str, str | None] | None = None) -> JobResult:
-    """Run `python -m refinery_jobs.<module> --config <file>` with an events pipe (REFINERY_EVENTS_FD) and
-    parse every event line, as the worker does. `env` adds variables to the job's environment (None removes one)."""
+def _launch_job(module: str, cfg: dict, env: dict[str, str | None] | None, preexec_fn=None):
+    """Write cfg next to its output dir and start `python -m refinery_jobs.<module> --config <file>` with an events
+    pipe (REFINERY_EVENTS_FD), as the worker does. `env` adds variables (None removes one). Returns
+    (process, read end of the events pipe, start time)."""
     import time
     path = os.path.join(cfg["output_dir"] + ".config.json")
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -91,9 +92,17 @@ def run_job(module: str, cfg: dict, *, timeout: float = 300, env: dict[str, str 
             env_vars[key] = value
     start = time.time()
     proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", "--config", path], cwd=JOBS_DIR, env=env_vars,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            pass_fds=(write_fd,))
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,),
+                            preexec_fn=preexec_fn)
     os.close(write_fd)
+    return proc, read_fd, start
+
+
+def run_job(module: str, cfg: dict, *, timeout: float = 300, env: dict[str, str | None] | None = None) -> JobResult:
+    """Run `python -m refinery_jobs.<module> --config <file>` with an events pipe (REFINERY_EVENTS_FD) and
+    parse every event line, as the worker does. `env` adds variables to the job's environment (None removes one)."""
+    import time
+    proc, read_fd, start = _launch_job(module, cfg, env)
     lines: list[str] = []
 
     def read_events():
@@ -202,25 +211,7 @@ def start_job(module: str, cfg: dict, *, env: dict[str, str | None] | None = Non
               preexec_fn=None) -> RunningJob:
     """Like run_job, but returns at once with a RunningJob (events read as they come). `preexec_fn` runs in the
     child before the job starts (e.g. resource limits)."""
-    import time
-    path = os.path.join(cfg["output_dir"] + ".config.json")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(cfg, f)
-    read_fd, write_fd = os.pipe()
-    env_vars = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2"),
-                "HF_HUB_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": "", "REFINERY_EVENTS_FD": str(write_fd),
-                "PYTHONPATH": JOBS_DIR}
-    for key, value in (env or {}).items():
-        if value is None:
-            env_vars.pop(key, None)
-        else:
-            env_vars[key] = value
-    start = time.time()
-    proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", "--config", path], cwd=JOBS_DIR, env=env_vars,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,),
-                            preexec_fn=preexec_fn)
-    os.close(write_fd)
+    proc, read_fd, start = _launch_job(module, cfg, env, preexec_fn)
     return RunningJob(proc, read_fd, start)
 
 
