@@ -6,7 +6,9 @@
  */
 import { WorkflowFailedError, type Client } from '@temporalio/client';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow/index.js';
+import { summarizeAttempts } from '../storage/attempt-records.js';
 import { layout } from '../storage/layout.js';
+import { toAttemptStatus } from '../workflows/status.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import { statusQuery } from '../workflows/messages.js';
 import type { PipelineInput, PipelineResult, PipelineStatus, StageProgress, StageStatus } from '../workflows/types.js';
@@ -98,7 +100,30 @@ export async function currentRunStatus(client: Client, runId: string, store?: Ob
   const description = await client.workflow.getHandle(runId).describe();
   if (description.status.name !== 'RUNNING') return finishedRunStatus(client, runId, store);
   const status = await client.workflow.getHandle(runId).query(statusQuery);
-  return withLiveProgress(client, status);
+  await withLiveProgress(client, status);
+  return store ? withRunningAttempts(client, status, store) : status;
+}
+
+/**
+ * The attempts a running stage has ended so far, from their own records in the bucket (the
+ * workflow reads them only when the stage ends): how each ended and whose failure it was, and the
+ * attempt number of the one running now.
+ */
+async function withRunningAttempts(client: Client, status: PipelineStatus, store: ObjectStore): Promise<PipelineStatus> {
+  const running = status.stages.filter((s) => s.state === 'running');
+  if (running.length === 0) return status;
+  const prefix = await storagePrefixOf(client, status.runId).catch(() => undefined);
+  if (!prefix) return status;
+  await Promise.all(
+    running.map(async (s) => {
+      const attempts = await summarizeAttempts(store, { storagePrefix: prefix, runId: status.runId, stageId: s.id }).catch(() => []);
+      const ended = attempts.filter((a) => a.records > 0 && (a.outcome !== 'lost' || a.attempt < Math.max(...attempts.map((x) => x.attempt))));
+      if (ended.length === 0) return;
+      s.attempts = ended.map(toAttemptStatus);
+      s.attempt = Math.max(s.attempt, ...attempts.map((a) => a.attempt));
+    }),
+  );
+  return status;
 }
 
 /** A failed run carries its status as the failure's details; a cancelled or terminated one does not. */

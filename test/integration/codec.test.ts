@@ -8,7 +8,7 @@
  * search attributes. With the codec the same payloads give them
  * back; so does the codec server (`refinery codec-server`), while one with another key refuses.
  */
-import { HISTORY_V2 } from '../../workflows/patches.js';
+import { ATTEMPT_BUDGETS, HISTORY_V2 } from '../../workflows/patches.js';
 import { copyFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import path from 'node:path';
@@ -137,7 +137,7 @@ describe('payload encryption', () => {
         // content is the patch id from workflows/patches.ts (code, not data). Check exactly that.
         if (e.markerRecordedEventAttributes?.markerName === 'core_patch') {
           const inMarker = payloadsIn(e.markerRecordedEventAttributes.details);
-          expect(inMarker.map((p) => JSON.parse(text(p.data)) as unknown)).toEqual([{ id: HISTORY_V2, deprecated: false }]);
+          expect(inMarker.map((p) => JSON.parse(text(p.data)) as unknown)).toEqual([{ id: id === runId ? HISTORY_V2 : ATTEMPT_BUDGETS, deprecated: false }]);
           patchMarkers++;
           continue;
         }
@@ -150,9 +150,10 @@ describe('payload encryption', () => {
         if (e.activityTaskCompletedEventAttributes?.result?.payloads?.length) count('activity result');
         if (e.workflowExecutionSignaledEventAttributes?.input?.payloads?.length) count('signal');
         if (e.childWorkflowExecutionCompletedEventAttributes?.result?.payloads?.length) count('child result');
-        // The failed first attempt is recorded as the retry's lastFailure. encodeCommonAttributes: its
-        // message and stack trace travel inside an encrypted payload.
-        const failure = e.activityTaskStartedEventAttributes?.lastFailure;
+        // The failed first attempt is an ActivityTaskFailed event (the stage workflow retries it; runs
+        // from before attempt budgets: the retry's lastFailure). encodeCommonAttributes: its message
+        // and stack trace travel inside an encrypted payload.
+        const failure = e.activityTaskFailedEventAttributes?.failure ?? e.activityTaskStartedEventAttributes?.lastFailure;
         if (failure) {
           failures++;
           expect(failure.message).toBe('Encoded failure');
@@ -166,7 +167,7 @@ describe('payload encryption', () => {
     });
     // Live progress travels in heartbeat details, not as signals in the history (docs/operations.md).
     expect(kinds.get('signal')).toBeUndefined();
-    expect(patchMarkers).toBe(1);
+    expect(patchMarkers).toBe(2); // the run's history-v2, the stage's attempt-budgets
     expect(raw.length).toBeGreaterThan(20);
     const notEncrypted = raw.filter((p) => text(p.metadata?.[METADATA_ENCODING_KEY]) !== ENCRYPTED_ENCODING);
     expect(notEncrypted.map((p) => text(p.metadata?.[METADATA_ENCODING_KEY]))).toEqual([]);

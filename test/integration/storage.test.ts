@@ -16,12 +16,14 @@ import { startRun } from '../../client/commands/run.js';
 import { commitCheckpoint, listCommittedSteps, pruneCheckpoints, restoreNewestCheckpoint } from '../../storage/checkpoints.js';
 import { commitDirectory, downloadCommitted, IntegrityError, readCommitted, verifyCommitted } from '../../storage/commit.js';
 import type { ObjectStore } from '../../storage/object-store.js';
+import { summarizeAttempts } from '../../storage/attempt-records.js';
 import { parseSpec } from '../../spec/load.js';
 import { planPipeline } from '../../spec/plan.js';
 import type { StageJobResult } from '../../workflows/types.js';
 import { GpuAllocator } from '../../worker/gpu-allocator.js';
 import { jobsPython } from '../../config/worker.js';
 import { startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { until } from '../helpers/processes.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
 let store: ObjectStore;
@@ -165,14 +167,8 @@ describe('corrupt checkpoint inside a real retry', () => {
       stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 16, save_steps: 5 }, params: { step_seconds: 0.05, fail_at_step: 12 }, resources: { task_queue: 'gpu-corrupt' }, retry: { initial_interval: '4s' } }],
     });
     const { runId, handle } = await startRun(client, file, { id: `corrupt-${Date.now()}` });
-    const child = client.workflow.getHandle(`${runId}--sft`);
-    // Wait for the first attempt to fail (the retry is in backoff), then damage checkpoint 10.
-    for (;;) {
-      const d = await child.describe().catch(() => undefined);
-      const pending = d?.raw.pendingActivities?.[0];
-      if (pending && (pending.attempt ?? 0) >= 2) break;
-      await new Promise((r) => setTimeout(r, 100));
-    }
+    // Wait for the first attempt to fail (the retry is in its 4 s backoff), then damage checkpoint 10.
+    await until('attempt 1 failed', async () => (await summarizeAttempts(store, { storagePrefix: prefix, runId, stageId: 'sft' }))[0]?.outcome === 'failed', 60_000, 100);
     const [art] = await store.list(`${prefix}/artifacts/`, false);
     const artifactPrefix = art!.key.replace(/\/$/, '');
     expect(await listCommittedSteps(store, artifactPrefix)).toEqual([10, 5]);
