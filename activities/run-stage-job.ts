@@ -16,7 +16,7 @@ import { mkdir, open, rm, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { activityInfo, cancellationSignal, Context, log } from '@temporalio/activity';
-import { ApplicationFailure } from '@temporalio/common';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { AttemptRecorder } from '../storage/attempt-records.js';
 import { removeCheckpoints, restoreNewestCheckpoint } from '../storage/checkpoints.js';
 import { CommitConflict, commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
@@ -182,7 +182,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
       // One attempt at a time trains a cache key, across runs: wait while another run trains it.
       const acquired = await acquireOrWait(store, input.artifactPrefix, localHolder(input.runId, stage.id, attempt), {
         ttlMs: deps.leaseTtlMs ?? Math.max(stage.timeouts.heartbeatMs, 10_000),
-        signal,
+        // A drain ends the wait too: another worker waits instead.
+        signal: deps.drain ? AbortSignal.any([signal, deps.drain.signal]) : signal,
         onWait: (w) => progress.update({ phase: 'waiting', waitingFor: w.description }),
         isDone: async () => (await readCommitted(store, outputPrefix)) !== undefined,
       });
@@ -198,7 +199,11 @@ export function createTrainingActivities(deps: TrainingDeps) {
       await records.record('attempt-ended', { outcome: 'completed', artifact: result.artifact.manifestSha256 });
       return result;
     } catch (caught) {
-      const err = asAttemptFailure(caught, host);
+      // Whatever a drain interrupted (a wait for the lease or a GPU) ends drained, like a stopped job.
+      const drainedMeanwhile = deps.drain?.signal.aborted && !(caught instanceof ApplicationFailure) && !(caught instanceof CancelledFailure) && !signal.aborted;
+      const err = drainedMeanwhile
+        ? ApplicationFailure.retryable(`drained before its job ran (${deps.drain?.reason ?? 'worker draining'})`, 'WorkerDrained', { host, step: 0 } satisfies FailureDetails)
+        : asAttemptFailure(caught, host);
       const ended = attemptOutcomeOf(err);
       await records.record('attempt-ended', { ...ended });
       if (ended.failure?.class === 'job') {
@@ -367,7 +372,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
       if (deps.drain?.signal.aborted) {
         throw ApplicationFailure.retryable(`drained before its job started (${deps.drain.reason ?? 'worker draining'})`, 'WorkerDrained', { host: ctx.host, step: resumeStep ?? 0, lastCommittedStep: resumeStep } satisfies FailureDetails);
       }
-      const gpuLease = await deps.gpus.acquire(stage.gpus, stop.signal);
+      const gpuLease = await deps.gpus.acquire(stage.gpus, deps.drain ? AbortSignal.any([stop.signal, deps.drain.signal]) : stop.signal);
       // Flushed to the bucket while the job runs: a killed worker loses at most the last interval.
       const shippers = [logFile, eventsFile].map((file, i) => startLogShipping({ store, file, key: i === 0 ? logKey : eventsKey, intervalMs: deps.logFlushMs }));
       // Drain (a deploy): the job checkpoints now, that checkpoint is committed, then the job stops.
