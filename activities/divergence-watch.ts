@@ -18,7 +18,7 @@ export interface Divergence {
   lastGoodStep: number | null;
 }
 
-export function isFiniteReading(v: Reading | null | undefined): v is number {
+function isFiniteReading(v: Reading | null | undefined): v is number {
   return typeof v === 'number' && Number.isFinite(v);
 }
 

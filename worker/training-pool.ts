@@ -3,7 +3,7 @@
  * host is quarantined (a worker cannot pause its pollers, so they are shut down and built again
  * once the quarantine is cleared), and stopped for good when the worker drains or shuts down.
  */
-import { Worker, type WorkerOptions } from '@temporalio/worker';
+import type { Worker } from '@temporalio/worker';
 import type { HostHealth } from './host-health.js';
 
 export interface ServedWorker {
@@ -60,5 +60,3 @@ export class TrainingPool implements ServedWorker {
     if (was === 'PAUSED' || was === 'INITIALIZED') this.wake?.();
   }
 }
-
-export type TrainingWorkerOptions = WorkerOptions;

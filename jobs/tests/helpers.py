@@ -103,6 +103,12 @@ def run_job(module: str, cfg: dict, *, timeout: float = 300, env: dict[str, str 
     parse every event line, as the worker does. `env` adds variables to the job's environment (None removes one)."""
     import time
     proc, read_fd, start = _launch_job(module, cfg, env)
+    return _wait_for_result(proc, read_fd, start, timeout)
+
+
+def _wait_for_result(proc, read_fd: int, start: float, timeout: float) -> JobResult:
+    """Read every event from the pipe while the process runs, and return its JobResult."""
+    import time
     lines: list[str] = []
 
     def read_events():
@@ -230,15 +236,4 @@ def run_tool(module: str, args: list[str] = (), *, env: dict[str, str | None] | 
     proc = subprocess.Popen([PYTHON, "-m", f"refinery_jobs.{module}", *args], cwd=JOBS_DIR, env=env_vars,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,))
     os.close(write_fd)
-    lines: list[str] = []
-
-    def read_events():
-        with os.fdopen(read_fd, encoding="utf-8") as events_pipe:
-            lines.extend(events_pipe.read().splitlines())
-
-    reader = threading.Thread(target=read_events, daemon=True)
-    reader.start()
-    _, stderr = proc.communicate(timeout=timeout)
-    reader.join(timeout=10)
-    return JobResult(proc.returncode, [json.loads(line) for line in lines if line.strip()], stderr,
-                     time.time() - start)
+    return _wait_for_result(proc, read_fd, start, timeout)

@@ -17,10 +17,9 @@ import { startRun } from '../../client/commands/run.js';
 import { jobsPython } from '../../config/worker.js';
 import { writeTinyModelFixture, type TinyModelFixture } from '../../infra/harness/specs.js';
 import { summarizeAttempts } from '../../storage/attempt-records.js';
-import { listJobLogs, readJobLog } from '../../storage/job-logs.js';
-import { layout } from '../../storage/layout.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { startTestWorkers, testClient, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
+import { attemptEvents } from '../helpers/job-events.js';
 import { killSpawnedWorkers, spawnTrainingWorker, until } from '../helpers/processes.js';
 
 let store: ObjectStore;
@@ -91,9 +90,8 @@ describe('a real trainer', () => {
     expect(drained).toBeGreaterThanOrEqual(15);
     expect(second).toMatchObject({ outcome: 'completed', resumedFromStep: drained });
     // Steps lost: trained by attempt 1 after its drain checkpoint (redone by attempt 2).
-    const refs = await listJobLogs(store, layout.run(prefix, runId), { stage: 'sft', kind: 'events' });
-    const text = ((await readJobLog(store, refs.find((r) => r.attempt === 1)!.key)) ?? Buffer.alloc(0)).toString('utf8');
-    const steps = text.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; step?: number }).filter((e) => e.event === 'progress').map((e) => e.step!);
+    const events = await attemptEvents(store, { prefix, runId, stage: 'sft', attempt: 1 });
+    const steps = events.filter((e) => e.event === 'progress').map((e) => e.step as number);
     expect(Math.max(...steps) - drained).toBeLessThanOrEqual(2);
     await b.stop();
   }, 300_000);

@@ -22,11 +22,11 @@ import { REPO_ROOT } from '../../config/paths.js';
 import { summarizeAttempts, type AttemptSummary } from '../../storage/attempt-records.js';
 import { readCommitted } from '../../storage/commit.js';
 import { listWorkers, readQuarantine } from '../../storage/fleet.js';
-import { listJobLogs, readJobLog } from '../../storage/job-logs.js';
 import { layout } from '../../storage/layout.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { startTestWorkers, testClient, testJobCommand, testStackEnv, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { killSpawnedWorkers, spawnTrainingWorker, until } from '../helpers/processes.js';
+import { attemptEvents } from '../helpers/job-events.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
 let store: ObjectStore;
@@ -71,16 +71,7 @@ async function oneStage(o: { prefix: string; queue: string; hyper?: Record<strin
 }
 
 /** The job events of one attempt, from the bucket. */
-async function jobEvents(prefix: string, runId: string, attempt: number): Promise<Record<string, unknown>[]> {
-  const refs = await listJobLogs(store, layout.run(prefix, runId), { stage: 'sft', kind: 'events' });
-  const ref = refs.find((r) => r.attempt === attempt);
-  if (!ref) return [];
-  const text = ((await readJobLog(store, ref.key)) ?? Buffer.alloc(0)).toString('utf8');
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
+const jobEvents = (prefix: string, runId: string, attempt: number) => attemptEvents(store, { prefix, runId, stage: 'sft', attempt });
 
 describe('drain for deploys', () => {
   it('SIGTERM: the job checkpoints now, the attempt ends drained, another worker resumes at that step; no attempt used', async () => {
