@@ -74,11 +74,20 @@ describe('a real trainer', () => {
   it('drains on SIGTERM: checkpoint on the signal, commit, resume elsewhere at that step, no attempt used', async () => {
     const queue = uniq('real-drain');
     const prefix = uniq('real-drain-run');
-    const file = await sftSpec({ prefix, queue, hyper: { max_steps: 80, save_steps: 1000, batch_size: 4 } });
-    const a = await spawnTrainingWorker(queue, { REFINERY_HOST: uniq('host-a') }, sft());
+    const file = await sftSpec({ prefix, queue, hyper: { max_steps: 200, save_steps: 1000, batch_size: 4 } });
+    // Both workers up before the run: the SIGTERM follows the progress at once (the real job is
+    // fast enough to finish 80 steps while a worker starts), to whichever worker took attempt 1.
+    const hosts = [uniq('host-a'), uniq('host-b')];
+    const workers = [await spawnTrainingWorker(queue, { REFINERY_HOST: hosts[0]! }, sft()), await spawnTrainingWorker(queue, { REFINERY_HOST: hosts[1]! }, sft())];
     const { runId, handle } = await startRun(client, file, { id: uniq('real-drain') });
-    await until('the real job past step 15', async () => (await runStatus(client, runId)).stages[0]!.step >= 15, 180_000, 200);
-    const b = await spawnTrainingWorker(queue, { REFINERY_HOST: uniq('host-b') }, sft());
+    let host: string | undefined;
+    await until('the real job past step 15', async () => {
+      const s = (await runStatus(client, runId)).stages[0]!;
+      host = s.host;
+      return s.step >= 15 && host !== undefined;
+    }, 180_000, 200);
+    const a = workers[hosts.indexOf(host!)]!;
+    const b = workers[1 - hosts.indexOf(host!)]!;
     a.signal('SIGTERM');
     expect((await a.exited).code).toBe(0);
     const result = await handle.result();
