@@ -24,6 +24,10 @@ export interface JobConfig {
   finetuning: Finetuning;
   hyper: Hyper;
   params: Record<string, unknown>;
+  /** Free-form settings for a job other than the built-in ones (the built-in jobs refuse any). */
+  job_params: Record<string, unknown>;
+  /** A named chat template or Jinja text; null: the model's own. */
+  chat_template: string | null;
 }
 
 /** A number, or a non-finite one as the string JSON must carry it in (a diverged loss is "NaN"). */

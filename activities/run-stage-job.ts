@@ -330,6 +330,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
         finetuning: stage.finetuning,
         hyper,
         params: stage.params,
+        job_params: stage.jobParams ?? {},
+        chat_template: stage.template ?? null,
       };
       const configPath = path.join(work, `job-config.attempt-${attempt}.json`);
       await writeFile(configPath, JSON.stringify(config, null, 2));

@@ -37,6 +37,7 @@ const FORMATS: Record<DatasetFormat, z.ZodType> = {
   preference: z
     .object({ prompt: Completion.optional(), messages: Messages.optional(), chosen: Completion, rejected: Completion })
     .refine((r) => JSON.stringify(r.chosen) !== JSON.stringify(r.rejected), { message: 'chosen and rejected are identical', path: ['rejected'] }),
+  kto: z.object({ prompt: Completion, completion: Completion, label: z.boolean() }),
   prompts: z.union([
     z.object({ prompt: Text }),
     z.object({ messages: Messages.refine((m) => m[m.length - 1]?.role === 'user', 'must end with a user message') }),

@@ -29,6 +29,10 @@ export interface PlannedStage {
   finetuning: Finetuning;
   hyper: Hyper;
   params: Record<string, unknown>;
+  /** `job_params`: free-form, for a job other than the built-in ones. */
+  jobParams?: Record<string, unknown>;
+  /** Chat template override: a name or Jinja text (absent: the model's own). */
+  template?: string;
   gpus: number;
   taskQueue: string;
   /** infrastructureAttempts, oomMinBatchSize and divergence are absent from plans of runs started before them. */

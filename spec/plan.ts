@@ -21,6 +21,8 @@ const KIND_RULES: Record<StageKind, { formats: DatasetFormat[] | null; needs: ('
   dpo: { formats: ['preference'], needs: [] },
   ppo: { formats: ['prompts'], needs: ['reward_model'] },
   grpo: { formats: ['prompts'], needs: ['reward_model'] },
+  kto: { formats: ['kto'], needs: [] },
+  orpo: { formats: ['preference'], needs: [] },
   merge: { formats: null, needs: ['from'] },
   gguf: { formats: null, needs: [] },
   eval: { formats: ['chat', 'alpaca', 'sharegpt', 'text', 'preference'], needs: [] },
@@ -37,7 +39,7 @@ export const GGUF_EXPORTER_TYPES: Readonly<Record<string, readonly string[]>> = 
 };
 const GGUF_PARAMS = ['exporter', 'types', 'check_prompts', 'check_new_tokens'];
 
-const TRAINING_KINDS: ReadonlySet<StageKind> = new Set(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo']);
+const TRAINING_KINDS: ReadonlySet<StageKind> = new Set(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo', 'kto', 'orpo']);
 
 export const DEFAULT_TASK_QUEUE = 'refinery-gpu';
 const DEFAULT_HEARTBEAT_MS = 60_000;
@@ -122,6 +124,8 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
       finetuning,
       hyper,
       params: stage.params ?? {},
+      ...(stage.job_params !== undefined ? { jobParams: stage.job_params } : {}),
+      ...((stage.template ?? spec.template) !== undefined ? { template: stage.template ?? spec.template } : {}),
       gpus: resources.gpus ?? 0,
       taskQueue: resources.task_queue ?? DEFAULT_TASK_QUEUE,
       retry: {

@@ -4,6 +4,9 @@
  * (`npm run gen:spec`). Keep descriptions short: they become the docs.
  */
 import { z } from 'zod';
+import { DataPath, Dataset } from './dataset-spec.js';
+
+export { DataPath, Dataset, DatasetFormat } from './dataset-spec.js';
 
 /** Ids end up in object keys, workflow ids and file names: no slashes, dots or spaces. */
 export const Id = z
@@ -15,24 +18,8 @@ export const Duration = z
   .union([z.number().int().positive(), z.string().regex(/^\d+(ms|s|m|h|d)$/, 'a duration such as "30s", "5m", "2h" or "7d"')])
   .describe('duration: "30s", "5m", "2h", "7d" or milliseconds');
 
-export const StageKind = z.enum(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo', 'merge', 'gguf', 'eval']);
+export const StageKind = z.enum(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo', 'kto', 'orpo', 'merge', 'gguf', 'eval']);
 export type StageKind = z.infer<typeof StageKind>;
-
-export const DatasetFormat = z.enum(['chat', 'alpaca', 'sharegpt', 'text', 'preference', 'prompts']);
-export type DatasetFormat = z.infer<typeof DatasetFormat>;
-
-/** A local path (relative to the spec file) or an s3:// URI; no "..", no shell in sight. */
-export const DataPath = z
-  .string()
-  .min(1)
-  .refine((p) => !p.split(/[\\/]/).includes('..'), 'a path without ".." segments')
-  .refine((p) => !/[\0\n\r]/.test(p), 'a path without control characters');
-
-export const Dataset = z.strictObject({
-  path: DataPath.describe('JSONL file: local path (relative to the spec), s3://bucket/key, or s3://bucket/prefix/ (the newest object under it, chosen when a run starts)'),
-  format: DatasetFormat.describe('record format (README: "Stages and data formats")'),
-});
-export type Dataset = z.infer<typeof Dataset>;
 
 export const Lora = z.strictObject({
   r: z.number().int().min(1).max(1024).default(8),
@@ -127,6 +114,13 @@ const FinetuningOverride = z.strictObject({
     .optional(),
 });
 
+/** A chat template by name (docs/models.md lists them) or as Jinja text (it contains "{%" or "{{"). */
+export const ChatTemplate = z
+  .string()
+  .min(1)
+  .max(100_000)
+  .describe('chat template: a name from docs/models.md (as LLaMA-Factory\'s `template: qwen`) or a Jinja string; default: the model\'s own');
+
 /** Settings a stage inherits from `defaults` unless it sets them itself. */
 const Inheritable = {
   finetuning: FinetuningOverride.optional(),
@@ -146,6 +140,11 @@ export const Stage = z.strictObject({
   dataset: z.union([Id, Dataset]).optional().describe('a name from `datasets` or an inline dataset'),
   eval_dataset: z.union([Id, Dataset]).optional(),
   params: z.record(z.string(), z.unknown()).optional().describe('kind-specific settings passed to the job'),
+  job_params: z
+    .record(z.string(), z.unknown())
+    .optional()
+    .describe('free-form settings for a job other than the built-in ones (a trainer of your own behind the job contract, the contract test job): passed as they are; the built-in jobs refuse any'),
+  template: ChatTemplate.optional().describe('this stage\'s chat template (overrides the pipeline\'s `template`)'),
   gate: Gate.optional(),
   ...Inheritable,
 });
@@ -155,6 +154,7 @@ export const PipelineSpec = z.strictObject({
   name: Id.describe('pipeline name (a search attribute: `refinery list --pipeline`)'),
   description: z.string().max(2000).optional(),
   base_model: DataPath.describe('Hugging Face model directory: local path or s3:// prefix'),
+  template: ChatTemplate.optional(),
   storage: z
     .strictObject({
       bucket: z.string().regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/).optional().describe("must be the deployment's bucket ($REFINERY_BUCKET): checked before the run starts"),

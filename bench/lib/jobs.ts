@@ -46,6 +46,8 @@ export function jobConfigFor(
     finetuning: stage.finetuning,
     hyper: stage.hyper,
     params: stage.params,
+    job_params: stage.jobParams ?? {},
+    chat_template: stage.template ?? null,
   };
 }
 

@@ -89,6 +89,8 @@ class JobConfig:
     lora: LoraSettings
     hyper: Hyper
     params: dict[str, Any]
+    chat_template: str | None = None        # a named template or Jinja text; None: the model's own
+    job_params: dict[str, Any] = field(default_factory=dict)  # free-form; only jobs with any_kind read them
     path: str = ""
 
     @property
@@ -278,7 +280,16 @@ def load_config(path: str, spec: JobSpec) -> JobConfig:
 
     finetuning, lora = _parse_finetuning(raw.get("finetuning"))
     hyper = _parse_hyper(raw.get("hyper"))
-    params = _parse_params(raw.get("params"), spec.params)
+    job_params = _object("job_params", raw.get("job_params"))
+    chat_template = _check_value("chat_template", raw.get("chat_template"), str, nullable=True)
+    if spec.any_kind:
+        # The contract test job stands in for any trainer: its knobs come as job_params.
+        params = _parse_params({**_object("params", raw.get("params")), **job_params}, spec.params)
+    else:
+        if job_params:
+            raise config_error(f"job_params.{next(iter(job_params))}",
+                               f"the built-in {kind} job takes no job_params (they are for a job of your own)")
+        params = _parse_params(raw.get("params"), spec.params)
 
     os.makedirs(output_dir, exist_ok=True)
     if checkpoint_dir:
@@ -286,4 +297,4 @@ def load_config(path: str, spec: JobSpec) -> JobConfig:
     return JobConfig(contract=contract, kind=kind, run_id=run_id, stage_id=stage_id, output_dir=output_dir,
                      checkpoint_dir=checkpoint_dir, resume_from=resume_from, inputs=inputs, train_path=train_path,
                      eval_path=eval_path, dataset_format=dataset_format, finetuning=finetuning, lora=lora,
-                     hyper=hyper, params=params, path=path)
+                     hyper=hyper, params=params, chat_template=chat_template, job_params=job_params, path=path)

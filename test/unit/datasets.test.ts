@@ -38,6 +38,7 @@ const GOOD: Record<DatasetFormat, string> = {
   alpaca: '{"instruction": "Add.", "input": "1+1", "output": "2"}',
   sharegpt: '{"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello!"}]}',
   text: '{"text": "Some text."}',
+  kto: '{"prompt": "Hi", "completion": "Hello!", "label": true}',
   preference: '{"prompt": "Hi", "chosen": "Hello!", "rejected": "Go away."}',
   prompts: '{"prompt": "Hi"}',
 };

@@ -123,7 +123,7 @@ describe('schema errors: line and document path', () => {
   it('an unknown stage kind lists the allowed kinds', () => {
     const problems = parseProblems(VALID.replace('kind: sft', 'kind: rlhf'));
     expect(problems).toEqual([
-      expect.objectContaining({ line: 7, field: 'stages[0].kind', message: 'expected one of "cpt" | "sft" | "reward" | "ppo" | "dpo" | "grpo" | "merge" | "gguf" | "eval"' }),
+      expect.objectContaining({ line: 7, field: 'stages[0].kind', message: 'expected one of "cpt" | "sft" | "reward" | "ppo" | "dpo" | "grpo" | "kto" | "orpo" | "merge" | "gguf" | "eval"' }),
     ]);
   });
 
