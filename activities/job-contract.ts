@@ -19,7 +19,8 @@ export interface JobConfig {
   resume_from: string | null;
   /** Local model directories: model (+ base when model is an adapter), reward_model (+ reward_model_base). */
   inputs: Record<string, string>;
-  datasets: { train: string | null; eval: string | null };
+  /** val_size: the job splits this share (< 1) or this many rows (≥ 1) of train off as its eval set. */
+  datasets: { train: string | null; eval: string | null; val_size?: number | null };
   dataset_format: DatasetFormat | null;
   finetuning: Finetuning;
   hyper: Hyper;

@@ -325,7 +325,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
         checkpoint_dir: dirs.checkpoints,
         resume_from: restore.restored?.dir ?? null,
         inputs: local.inputs,
-        datasets: local.datasets,
+        datasets: { ...local.datasets, val_size: stage.evalDataset ? null : (stage.dataset?.valSize ?? null) },
         dataset_format: stage.dataset?.format ?? null,
         finetuning: stage.finetuning,
         hyper,

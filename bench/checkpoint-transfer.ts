@@ -309,7 +309,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
             name: 'test job (sleeps 50 ms a step)',
             argv: testJobArgv(),
             cycles: 2,
-            config: jobConfigFor({ ...sft, hyper: { ...sft.hyper, max_steps: 100000, save_steps: 100000 }, params: { step_seconds: 0.05 } }, { output: path.join(work, 't/out'), checkpoints: path.join(work, 't/ck') }, {}, { train: null, eval: null }),
+            config: jobConfigFor({ ...sft, hyper: { ...sft.hyper, max_steps: 100000, save_steps: 100000 }, jobParams: { step_seconds: 0.05 } }, { output: path.join(work, 't/out'), checkpoints: path.join(work, 't/ck') }, {}, { train: null, eval: null }),
           }]),
     ];
     for (const job of jobs) {

@@ -86,9 +86,9 @@ async function main(): Promise<void> {
       },
       defaults: { hyper: { max_steps: STEPS, save_steps: STEPS } },
       stages: [
-        { id: 'sft', kind: 'sft', dataset: 'chats', params },
-        { id: 'dpo', kind: 'dpo', from: 'sft', dataset: 'prefs', params },
-        { id: 'merge', kind: 'merge', from: 'dpo', params },
+        { id: 'sft', kind: 'sft', dataset: 'chats', job_params: params },
+        { id: 'dpo', kind: 'dpo', from: 'sft', dataset: 'prefs', job_params: params },
+        { id: 'merge', kind: 'merge', from: 'dpo', job_params: params },
       ],
     }));
     const { plan } = await validateSpec(specFile);

@@ -98,7 +98,8 @@ async function main(): Promise<void> {
         spec.stages = spec.stages.map((s) => (s.kind === 'gguf' ? { id: s.id, kind: 'eval', from: s.from, dataset: 'chats' } : s));
         for (const s of spec.stages) {
           delete s.gate;
-          s.params = { step_seconds: STEP_SECONDS }; // the test job takes no kind-specific params
+          delete s.params; // the test job has knobs of its own
+          s.job_params = { step_seconds: STEP_SECONDS };
         }
       }
       const file = path.join(work, `pipeline-${prefix}.yaml`);

@@ -152,7 +152,7 @@ async function main(): Promise<void> {
           kind: 'sft',
           dataset: 'chats',
           hyper: { max_steps: 100000, save_steps: SAVE_STEPS, save_total_limit: 2 },
-          params: { step_seconds: STEP_SECONDS },
+          job_params: { step_seconds: STEP_SECONDS },
           resources: { task_queue: QUEUE },
           timeouts: { heartbeat },
           retry: { initial_interval: '1s', maximum_attempts: 5 },

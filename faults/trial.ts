@@ -47,7 +47,7 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
       id,
       kind: id,
       hyper: isTarget ? { ...setup.hyper, max_steps: setup.maxSteps ?? total, save_steps: SAVE_STEPS } : { max_steps: 6, save_steps: SAVE_STEPS },
-      params: isTarget ? targetParams : { step_seconds: 0.05 },
+      job_params: isTarget ? targetParams : { step_seconds: 0.05 },
       ...(isTarget && Object.keys(targetTimeouts).length ? { timeouts: targetTimeouts } : {}),
       ...(isTarget && setup.retry ? { retry: setup.retry } : {}),
       ...(isTarget && setup.queue ? { resources: { task_queue: setup.queue } } : {}),

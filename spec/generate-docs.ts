@@ -7,11 +7,14 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { z } from 'zod';
+import { jobConfigJsonSchema } from './job-config.js';
 import { PipelineSpec } from './schema.js';
+import { HYPER_UNUSED, STAGE_PARAMS } from './stage-params.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const SCHEMA_FILE = path.join(ROOT, 'spec', 'pipeline.schema.json');
 export const FIELDS_FILE = path.join(ROOT, 'docs', 'spec-fields.md');
+export const JOB_CONFIG_SCHEMA_FILE = path.join(ROOT, 'jobs', 'refinery_jobs', 'job_config.schema.json');
 
 type JsonSchema = {
   type?: string | string[];
@@ -28,10 +31,24 @@ type JsonSchema = {
   pattern?: string;
   const?: unknown;
   $ref?: string;
+  allOf?: unknown[];
 };
 
 export function jsonSchema(): JsonSchema {
-  return z.toJSONSchema(PipelineSpec, { io: 'input', unrepresentable: 'any' }) as JsonSchema;
+  const schema = z.toJSONSchema(PipelineSpec, { io: 'input', unrepresentable: 'any' }) as JsonSchema;
+  // A stage's params depend on its kind: say so, so that editors check them too.
+  const stage = schema.properties?.stages?.items;
+  if (stage) stage.allOf = Object.keys(STAGE_PARAMS).map((kind) => ({ if: { properties: { kind: { const: kind } }, required: ['kind'] }, then: { properties: { params: paramsSchema(kind) } } }));
+  return schema;
+}
+
+function paramsSchema(kind: string): JsonSchema {
+  const { $schema: _ignored, ...schema } = z.toJSONSchema(STAGE_PARAMS[kind as keyof typeof STAGE_PARAMS], { io: 'input', unrepresentable: 'any' }) as JsonSchema & { $schema?: string };
+  return schema;
+}
+
+export function jobConfigSchemaText(): string {
+  return JSON.stringify(jobConfigJsonSchema(), null, 2) + '\n';
 }
 
 export function schemaText(): string {
@@ -50,6 +67,10 @@ export function fieldsMarkdown(): string {
     if (arr && objectOf(arr)?.properties) walk(arr, `${at}[]`, false);
   };
   walk(jsonSchema(), '', true);
+  const paramRows = Object.keys(STAGE_PARAMS).flatMap((kind) => {
+    const schema = paramsSchema(kind);
+    return Object.entries(schema.properties ?? {}).map(([name, field]) => `| ${kind} | \`${name}\` | ${typeOf(field)} | ${[field.description, bounds(field)].filter(Boolean).join('; ').replace(/\|/g, '\\|')} |`);
+  });
   return [
     '# Pipeline spec: field reference',
     '',
@@ -59,6 +80,20 @@ export function fieldsMarkdown(): string {
     '| field | type | required | notes |',
     '| --- | --- | --- | --- |',
     ...rows,
+    '',
+    '## Stage params by kind',
+    '',
+    '`stages[].params` takes these keys for each kind (anything else is refused before the run starts).',
+    '',
+    '| kind | param | type | notes |',
+    '| --- | --- | --- | --- |',
+    ...paramRows,
+    '',
+    '## Hyper fields a kind does not use',
+    '',
+    'Setting one of these in a stage of that kind is refused; one inherited from `defaults.hyper` is dropped.',
+    '',
+    ...Object.entries(HYPER_UNUSED).map(([kind, unused]) => `- ${kind}: ${unused === 'all' ? 'all (it does not train)' : unused.map((f) => `\`${f}\``).join(', ')}`),
     '',
   ].join('\n');
 }
@@ -88,5 +123,6 @@ function bounds(s: JsonSchema): string {
 if (process.argv[1] && fileURLToPath(import.meta.url) === path.resolve(process.argv[1])) {
   await writeFile(SCHEMA_FILE, schemaText());
   await writeFile(FIELDS_FILE, fieldsMarkdown());
-  console.log(`wrote ${path.relative(ROOT, SCHEMA_FILE)} and ${path.relative(ROOT, FIELDS_FILE)}`);
+  await writeFile(JOB_CONFIG_SCHEMA_FILE, jobConfigSchemaText());
+  console.log(`wrote ${[SCHEMA_FILE, FIELDS_FILE, JOB_CONFIG_SCHEMA_FILE].map((f) => path.relative(ROOT, f)).join(', ')}`);
 }

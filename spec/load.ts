@@ -9,6 +9,7 @@ import { isMap, isNode, isPair, isScalar, LineCounter, parseDocument, type Docum
 import type { z } from 'zod';
 import { formatPath, InputError, type InputProblem } from './errors.js';
 import { PipelineSpec } from './schema.js';
+import { HYPER_ALIASES } from './stage-params.js';
 
 export interface LoadedSpec {
   spec: PipelineSpec;
@@ -73,10 +74,17 @@ function problemFromIssue(
       file,
       line: lineOf(at),
       field: formatPath(at),
-      message: `unknown key${issue.keys.length > 1 ? `s ${issue.keys.map((k) => `"${k}"`).join(', ')}` : ''}`,
+      message: `unknown key${issue.keys.length > 1 ? `s ${issue.keys.map((k) => `"${k}"`).join(', ')}` : ''}${aliasHint(issue.path, issue.keys)}`,
     };
   }
   return { file, line: lineOf(issue.path), field: formatPath(issue.path) || '(document)', message: describeIssue(issue) };
+}
+
+/** TrainingArguments names where Refinery has its own: say which. */
+function aliasHint(at: readonly PropertyKey[], keys: readonly string[]): string {
+  if (at[at.length - 1] !== 'hyper') return '';
+  const hints = keys.filter((k) => Object.hasOwn(HYPER_ALIASES, k)).map((k) => `TrainingArguments' ${k}: Refinery's is ${HYPER_ALIASES[k]}`);
+  return hints.length > 0 ? ` (${hints.join('; ')})` : '';
 }
 
 function describeIssue(issue: z.core.$ZodIssue): string {

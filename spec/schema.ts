@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { DataPath, Dataset } from './dataset-spec.js';
+import { Hyper, HYPER_UNUSED, STAGE_PARAMS } from './stage-params.js';
 
 export { DataPath, Dataset, DatasetFormat } from './dataset-spec.js';
 
@@ -34,21 +35,7 @@ export const Finetuning = z.strictObject({
 });
 export type Finetuning = z.infer<typeof Finetuning>;
 
-export const Hyper = z.strictObject({
-  learning_rate: z.number().positive().max(1).optional(),
-  num_epochs: z.number().positive().max(1000).optional(),
-  max_steps: z.number().int().positive().max(10_000_000).optional(),
-  batch_size: z.number().int().min(1).max(4096).optional(),
-  gradient_accumulation: z.number().int().min(1).max(4096).optional(),
-  max_length: z.number().int().min(8).max(1_048_576).optional(),
-  scheduler: z.enum(['linear', 'cosine', 'constant', 'constant_with_warmup']).optional(),
-  warmup_ratio: z.number().min(0).max(1).optional(),
-  weight_decay: z.number().min(0).max(1).optional(),
-  save_steps: z.number().int().min(1).optional().describe('checkpoint interval in steps: at most this much work is lost to a crash'),
-  save_total_limit: z.number().int().min(1).max(1000).optional().describe('committed checkpoints kept in object storage'),
-  seed: z.number().int().min(0).max(2 ** 31 - 1).optional(),
-});
-export type Hyper = z.infer<typeof Hyper>;
+export { Hyper } from './stage-params.js';
 
 export const Resources = z.strictObject({
   gpus: z.number().int().min(0).max(64).optional().describe('GPUs the job needs (0 runs on CPU)'),
@@ -131,23 +118,36 @@ const Inheritable = {
   divergence: Divergence.optional().describe('when an attempt counts as diverged (NaN/Inf loss always does), and what its retry changes'),
 };
 
-export const Stage = z.strictObject({
-  id: Id.describe('unique within the pipeline'),
-  kind: StageKind,
-  from: z.string().optional().describe('model input: "base" or a stage id (default "base")'),
-  policy: z.string().optional().describe('ppo/grpo: the policy to train ("base" or a stage id)'),
-  reward_model: z.string().optional().describe('ppo/grpo/eval: a reward stage id'),
-  dataset: z.union([Id, Dataset]).optional().describe('a name from `datasets` or an inline dataset'),
-  eval_dataset: z.union([Id, Dataset]).optional(),
-  params: z.record(z.string(), z.unknown()).optional().describe('kind-specific settings passed to the job'),
-  job_params: z
-    .record(z.string(), z.unknown())
-    .optional()
-    .describe('free-form settings for a job other than the built-in ones (a trainer of your own behind the job contract, the contract test job): passed as they are; the built-in jobs refuse any'),
-  template: ChatTemplate.optional().describe('this stage\'s chat template (overrides the pipeline\'s `template`)'),
-  gate: Gate.optional(),
-  ...Inheritable,
-});
+export const Stage = z
+  .strictObject({
+    id: Id.describe('unique within the pipeline'),
+    kind: StageKind,
+    from: z.string().optional().describe('model input: "base" or a stage id (default "base")'),
+    policy: z.string().optional().describe('ppo/grpo: the policy to train ("base" or a stage id)'),
+    reward_model: z.string().optional().describe('ppo/grpo/eval: a reward stage id'),
+    dataset: z.union([Id, Dataset]).optional().describe('a name from `datasets` or an inline dataset'),
+    eval_dataset: z.union([Id, Dataset]).optional(),
+    params: z.record(z.string(), z.unknown()).optional().describe('kind-specific settings passed to the job'),
+    job_params: z
+      .record(z.string(), z.unknown())
+      .optional()
+      .describe('free-form settings for a job other than the built-in ones (a trainer of your own behind the job contract, the contract test job): passed as they are; the built-in jobs refuse any'),
+    template: ChatTemplate.optional().describe('this stage\'s chat template (overrides the pipeline\'s `template`)'),
+    gate: Gate.optional(),
+    ...Inheritable,
+  })
+  .superRefine((stage, ctx) => {
+    // Each kind's params are checked against that kind's schema (spec/stage-params.ts), so a typo
+    // in the last stage is refused before the first one trains.
+    const params = STAGE_PARAMS[stage.kind].safeParse(stage.params ?? {}, { reportInput: true });
+    if (!params.success) for (const issue of params.error.issues) ctx.addIssue({ ...issue, path: ['params', ...issue.path] } as z.core.$ZodRawIssue);
+    const unused = HYPER_UNUSED[stage.kind];
+    for (const key of Object.keys(stage.hyper ?? {})) {
+      if (unused === 'all' || unused?.includes(key as keyof Hyper)) {
+        ctx.addIssue({ code: 'custom', path: ['hyper', key], input: stage.hyper, message: unused === 'all' ? `a ${stage.kind} stage does not train and takes no hyper` : `the ${stage.kind} job does not use hyper.${key}` });
+      }
+    }
+  });
 export type Stage = z.infer<typeof Stage>;
 
 export const PipelineSpec = z.strictObject({

@@ -1,14 +1,21 @@
 """The job config (jobs/CONTRACT.md section 2): what a job declares it accepts, and the validated config it gets.
 
-A job declares, at the top of its script, `SPEC = JobSpec(kinds=..., inputs=..., formats=..., params={...})`
-with one `Param` per kind-specific setting; `load_config(path, SPEC)` (called by `contract.main`) reads the
-JSON file, rejects unknown keys and bad values with a config error (exit 2) naming the field, and returns a
-JobConfig. Standard library only.
+Every field's type, bounds and default is defined once, in the zod schema (spec/job-config.ts,
+spec/stage-params.ts), and generated into job_config.schema.json beside this file (`npm run gen:spec`).
+`load_config(path, SPEC)` (called by `contract.main`) validates the JSON file against that schema, fills in
+the defaults it gives, then checks what only the job can know (its kinds, inputs and formats, paths on disk),
+and returns a JobConfig; any problem is a config error (exit 2) naming the field.
+
+A job declares, at the top of its script, `SPEC = JobSpec(kinds=..., inputs=..., formats=...)`. Its params
+are those of its kind in the schema. Only a job that stands in for any trainer (`any_kind`, the contract test
+job) declares params of its own (`Param`), which it reads from `job_params`.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -18,14 +25,12 @@ from typing import Any
 from refinery_jobs.contract import CONTRACT_VERSION, TRAINER_STATE, checkpoint_step, config_error, json_type
 from refinery_jobs.data import FORMATS
 
-FINETUNING_TYPES = ("lora", "full", "qlora")
-SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
-              "inverse_sqrt", "cosine_with_min_lr", "warmup_stable_decay")
+SCHEMA_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "job_config.schema.json")
 
 
 @dataclass(frozen=True)
 class Param:
-    """One entry of a job's `params`: type, default and bounds. `type` is float, int, bool, str or list."""
+    """One setting of an `any_kind` job (read from `job_params`): type, default and bounds."""
     type: type
     default: Any
     choices: tuple | None = None
@@ -44,10 +49,12 @@ class JobSpec:
     formats: tuple[str, ...] = ()           # accepted dataset formats; () = no datasets
     needs_train: bool = True                # datasets.train is required (when formats is not empty)
     checkpoints: bool = True                # the job writes checkpoint-N/ and can resume
-    params: dict[str, Param] = field(default_factory=dict)
+    params: dict[str, Param] = field(default_factory=dict)  # only for any_kind jobs; others: the schema's
     any_kind: bool = False                  # testjob: stands in for any stage kind
 
 
+# The field names of these two are the schema's (a test keeps them in step); their defaults are too,
+# filled in by load_config from the schema: the values below only serve code that builds one by hand.
 @dataclass
 class LoraSettings:
     r: int = 8
@@ -59,16 +66,26 @@ class LoraSettings:
 @dataclass
 class Hyper:
     learning_rate: float = 1e-4
-    max_steps: int | None = None
     num_epochs: float | None = None
+    max_steps: int | None = None
     batch_size: int = 4
     gradient_accumulation: int = 1
     max_length: int = 512
     scheduler: str = "linear"
     warmup_ratio: float = 0.0
+    warmup_steps: int | None = None
     weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    optim: str = "adamw_torch"
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    precision: str = "auto"
+    gradient_checkpointing: bool | str = "auto"
+    neftune_noise_alpha: float | None = None
     save_steps: int | None = 50
-    save_total_limit: int | None = None  # retention of committed checkpoints: the worker's business, ignored here
+    save_total_limit: int | None = 3  # retention of committed checkpoints: the worker's business, ignored here
+    eval_steps: int | None = None
     seed: int = 42
 
 
@@ -91,6 +108,7 @@ class JobConfig:
     params: dict[str, Any]
     chat_template: str | None = None        # a named template or Jinja text; None: the model's own
     job_params: dict[str, Any] = field(default_factory=dict)  # free-form; only jobs with any_kind read them
+    val_size: float | None = None           # split this share (< 1) or this many rows (>= 1) of train off as eval
     path: str = ""
 
     @property
@@ -142,68 +160,74 @@ def _object(name: str, value: Any, *, nullable=True) -> dict:
     return value
 
 
-def _abs_path(name: str, value: Any, *, nullable=False) -> str | None:
-    value = _check_value(name, value, str, nullable=nullable)
-    if value is None:
-        return None
-    if not os.path.isabs(value):
-        raise config_error(name, f"expected an absolute path, got {json.dumps(value)}")
-    return value
+@functools.cache
+def job_config_schema() -> dict:
+    with open(SCHEMA_FILE, encoding="utf-8") as f:
+        return json.load(f)
 
 
-def _parse_hyper(raw: Any) -> Hyper:
-    raw = _object("hyper", raw)
-    defaults = Hyper()
-    _check_keys("hyper", raw, {f.name for f in dataclasses.fields(Hyper)})
-    spec: dict[str, tuple] = {
-        # name: (type, nullable, choices, lo, hi)
-        "learning_rate": (float, False, None, 0.0, None),
-        "max_steps": (int, True, None, 1, None),
-        "num_epochs": (float, True, None, 0.0, None),
-        "batch_size": (int, False, None, 1, None),
-        "gradient_accumulation": (int, False, None, 1, None),
-        "max_length": (int, False, None, 8, None),
-        "scheduler": (str, False, SCHEDULERS, None, None),
-        "warmup_ratio": (float, False, None, 0.0, 1.0),
-        "weight_decay": (float, False, None, 0.0, None),
-        "save_steps": (int, True, None, 1, None),
-        "save_total_limit": (int, True, None, 1, None),
-        "seed": (int, False, None, 0, 2**32 - 1),
-    }
-    values = {}
-    for name, (typ, nullable, choices, lo, hi) in spec.items():
-        value = raw.get(name, getattr(defaults, name))
-        values[name] = _check_value(f"hyper.{name}", value, typ, nullable=nullable, choices=choices, lo=lo, hi=hi)
-    hyper = Hyper(**values)
-    if hyper.learning_rate <= 0 and "learning_rate" in raw:
-        raise config_error("hyper.learning_rate", f"must be > 0, got {hyper.learning_rate}")
-    if hyper.num_epochs is not None and hyper.num_epochs <= 0:
-        raise config_error("hyper.num_epochs", f"must be > 0, got {hyper.num_epochs}")
-    return hyper
+def params_schema(kind: str) -> dict | None:
+    """The JSON Schema of a kind's params (None for a kind the schema does not know)."""
+    return job_config_schema()["$defs"].get(f"params_{kind}")
 
 
-def _parse_finetuning(raw: Any) -> tuple[str, LoraSettings]:
-    raw = _object("finetuning", raw)
-    _check_keys("finetuning", raw, {"type", "lora"})
-    kind = _check_value("finetuning.type", raw.get("type", "lora"), str, choices=FINETUNING_TYPES)
-    lora_raw = _object("finetuning.lora", raw.get("lora"))
-    _check_keys("finetuning.lora", lora_raw, {f.name for f in dataclasses.fields(LoraSettings)})
-    d = LoraSettings()
-    target = lora_raw.get("target_modules", d.target_modules)
-    if isinstance(target, list):
-        for i, item in enumerate(target):
-            _check_value(f"finetuning.lora.target_modules[{i}]", item, str)
-        if not target:
-            raise config_error("finetuning.lora.target_modules", "must not be empty")
-    else:
-        _check_value("finetuning.lora.target_modules", target, str)
-    lora = LoraSettings(
-        r=_check_value("finetuning.lora.r", lora_raw.get("r", d.r), int, lo=1),
-        alpha=_check_value("finetuning.lora.alpha", lora_raw.get("alpha", d.alpha), float, lo=0.0),
-        dropout=_check_value("finetuning.lora.dropout", lora_raw.get("dropout", d.dropout), float, lo=0.0, hi=0.99),
-        target_modules=target,
-    )
-    return kind, lora
+def _field_path(path) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(root)"
+
+
+def _schema_message(error) -> str:
+    """jsonschema's message, in the words of the rest of the config errors."""
+    v = error.validator
+    if v == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        return f"unknown field {', '.join(map(json.dumps, extra))} (accepted: {', '.join(sorted(error.schema.get('properties', {})))})"
+    if v == "enum":
+        return f"expected one of {'|'.join(map(str, error.validator_value))}, got {json.dumps(error.instance)}"
+    if v in ("minimum", "exclusiveMinimum"):
+        return f"must be {'>=' if v == 'minimum' else '>'} {error.validator_value}, got {error.instance}"
+    if v in ("maximum", "exclusiveMaximum"):
+        return f"must be {'<=' if v == 'maximum' else '<'} {error.validator_value}, got {error.instance}"
+    if v == "type":
+        return f"expected {error.validator_value}, got {json_type(error.instance)} {json.dumps(error.instance)[:60]}"
+    return error.message
+
+
+def _validate(instance: Any, schema: dict, root: dict, prefix: tuple = ()) -> None:
+    """Raise a config error for the most relevant schema violation of `instance`, if any."""
+    import jsonschema  # imported here: the module stays cheap for code that only builds configs
+
+    validator = jsonschema.Draft202012Validator(schema | {"$defs": root["$defs"]} if schema is not root else schema)
+    error = jsonschema.exceptions.best_match(validator.iter_errors(instance))
+    if error is None:
+        return
+    # For an anyOf (a nullable number, a union), report the branch that matched the type.
+    while error.context:
+        error = jsonschema.exceptions.best_match(error.context)
+    path = (*prefix, *error.absolute_path)
+    if error.validator == "additionalProperties":
+        extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
+        path = (*path, extra[0]) if extra else path
+    elif error.validator == "required":
+        missing = [k for k in error.validator_value if k not in error.instance]
+        path = (*path, missing[0]) if missing else path
+        raise config_error(_field_path(path), "required")
+    raise config_error(_field_path(path), _schema_message(error))
+
+
+def _with_defaults(value: Any, schema: dict) -> Any:
+    """A copy of `value` with every missing property that has a default in `schema` filled in (deeply)."""
+    if not isinstance(value, dict) or "properties" not in schema:
+        return value
+    out = dict(value)
+    for name, prop in schema["properties"].items():
+        if name not in out and "default" in prop:
+            out[name] = copy.deepcopy(prop["default"])
+        if name in out:
+            out[name] = _with_defaults(out[name], prop)
+    return out
 
 
 def _parse_params(raw: Any, spec: dict[str, Param]) -> dict[str, Any]:
@@ -235,11 +259,33 @@ def load_config(path: str, spec: JobSpec) -> JobConfig:
     kind = _check_value("kind", raw.get("kind"), str)
     if not spec.any_kind and kind not in spec.kinds:
         raise config_error("kind", f"expected one of {'|'.join(spec.kinds)} for this job, got {json.dumps(kind)}")
-    run_id = _check_value("run_id", raw.get("run_id"), str)
-    stage_id = _check_value("stage_id", raw.get("stage_id"), str)
-    output_dir = _abs_path("output_dir", raw.get("output_dir"))
-    checkpoint_dir = _abs_path("checkpoint_dir", raw.get("checkpoint_dir"), nullable=not spec.checkpoints)
-    resume_from = _abs_path("resume_from", raw.get("resume_from"), nullable=True)
+
+    # Types, bounds and defaults: the generated schema. The contract test job stands in for any trainer:
+    # its own knobs (spec.params) may come as job_params or params; the rest of params must suit the kind.
+    schema = job_config_schema()
+    knobs: dict[str, Any] = {}
+    if spec.any_kind:
+        own = _object("params", raw.get("params"))
+        knobs = {k: v for k, v in own.items() if k in spec.params}
+        kind_known = params_schema(kind) is not None
+        raw = {**raw, "kind": kind if kind_known else "sft",
+               "params": {k: v for k, v in own.items() if k not in spec.params} if kind_known else {}}
+    _validate(raw, schema, schema)
+    values = _with_defaults(raw, schema)
+    params = _with_defaults(values["params"], params_schema(values["kind"]))
+    if spec.any_kind:
+        params = _parse_params({**knobs, **values["job_params"]}, spec.params)
+        values["kind"] = kind
+    elif values["job_params"]:
+        raise config_error(f"job_params.{next(iter(values['job_params']))}",
+                           f"the built-in {kind} job takes no job_params (they are for a job of your own)")
+
+    run_id, stage_id = values["run_id"], values["stage_id"]
+    output_dir = values["output_dir"]
+    checkpoint_dir = values["checkpoint_dir"]
+    if checkpoint_dir is None and spec.checkpoints:
+        raise config_error("checkpoint_dir", "required: this job writes checkpoints")
+    resume_from = values["resume_from"]
     if resume_from is not None:
         if not spec.checkpoints:
             raise config_error("resume_from", f"a {kind} job does not checkpoint and cannot resume")
@@ -249,52 +295,44 @@ def load_config(path: str, spec: JobSpec) -> JobConfig:
             raise config_error("resume_from", f"not a complete checkpoint ({TRAINER_STATE} missing): {resume_from}")
         checkpoint_step(resume_from)  # readable?
 
-    inputs_raw = _object("inputs", raw.get("inputs"))
+    inputs_raw = values["inputs"]
     _check_keys("inputs", inputs_raw, set(spec.inputs) | set(spec.optional_inputs))
     inputs: dict[str, str] = {}
     for name in (*spec.inputs, *spec.optional_inputs):
-        value = _abs_path(f"inputs.{name}", inputs_raw.get(name), nullable=name not in spec.inputs)
+        value = inputs_raw.get(name)
         if value is None:
+            if name in spec.inputs:
+                raise config_error(f"inputs.{name}", "required")
             continue
         if not os.path.isdir(value):
             raise config_error(f"inputs.{name}", f"directory not found: {value}")
         inputs[name] = value
 
-    datasets_raw = _object("datasets", raw.get("datasets"))
-    _check_keys("datasets", datasets_raw, {"train", "eval"})
+    datasets = values["datasets"]
     if not spec.formats:
-        for key, value in datasets_raw.items():
-            if value is not None:
+        for key in ("train", "eval"):
+            if datasets[key] is not None:
                 raise config_error(f"datasets.{key}", f"a {kind} job takes no dataset")
-    train_path = _abs_path("datasets.train", datasets_raw.get("train"),
-                           nullable=not (spec.formats and spec.needs_train))
-    eval_path = _abs_path("datasets.eval", datasets_raw.get("eval"), nullable=True)
+    train_path, eval_path = datasets["train"], datasets["eval"]
+    if train_path is None and spec.formats and spec.needs_train:
+        raise config_error("datasets.train", "required")
     for name, p in (("datasets.train", train_path), ("datasets.eval", eval_path)):
         if p is not None and not os.path.isfile(p):
             raise config_error(name, f"file not found: {p}")
-    dataset_format = _check_value("dataset_format", raw.get("dataset_format"), str, nullable=True,
-                                  choices=FORMATS)
+    dataset_format = values["dataset_format"]
     if dataset_format is not None and spec.formats and dataset_format not in spec.formats:
         raise config_error("dataset_format",
                            f"a {kind} job accepts {'|'.join(spec.formats)}, got {json.dumps(dataset_format)}")
 
-    finetuning, lora = _parse_finetuning(raw.get("finetuning"))
-    hyper = _parse_hyper(raw.get("hyper"))
-    job_params = _object("job_params", raw.get("job_params"))
-    chat_template = _check_value("chat_template", raw.get("chat_template"), str, nullable=True)
-    if spec.any_kind:
-        # The contract test job stands in for any trainer: its knobs come as job_params.
-        params = _parse_params({**_object("params", raw.get("params")), **job_params}, spec.params)
-    else:
-        if job_params:
-            raise config_error(f"job_params.{next(iter(job_params))}",
-                               f"the built-in {kind} job takes no job_params (they are for a job of your own)")
-        params = _parse_params(raw.get("params"), spec.params)
+    ft = values["finetuning"]
+    lora = LoraSettings(**ft["lora"])
+    hyper = Hyper(**values["hyper"])
 
     os.makedirs(output_dir, exist_ok=True)
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
     return JobConfig(contract=contract, kind=kind, run_id=run_id, stage_id=stage_id, output_dir=output_dir,
                      checkpoint_dir=checkpoint_dir, resume_from=resume_from, inputs=inputs, train_path=train_path,
-                     eval_path=eval_path, dataset_format=dataset_format, finetuning=finetuning, lora=lora,
-                     hyper=hyper, params=params, chat_template=chat_template, job_params=job_params, path=path)
+                     eval_path=eval_path, dataset_format=dataset_format, finetuning=ft["type"], lora=lora,
+                     hyper=hyper, params=params, chat_template=values["chat_template"],
+                     job_params=values["job_params"], val_size=datasets["val_size"], path=path)

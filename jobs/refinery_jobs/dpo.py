@@ -22,17 +22,13 @@ Errors: config (2), data (3), unsupported (4): qlora without CUDA or bitsandbyte
 from __future__ import annotations
 
 from refinery_jobs import contract, data, hf_trainer, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
     kinds=("dpo",),
     inputs=("model",),
     optional_inputs=("base",),
     formats=("preference",),
-    params={
-        "beta": Param(float, 0.1, min=0.0),
-        "loss_type": Param(str, "sigmoid", choices=("sigmoid", "ipo", "hinge", "robust", "sigmoid_norm")),
-    },
 )
 
 
@@ -44,8 +40,7 @@ class DPORecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        _, train_rows = data.load_rows(cfg.train_path, "preference", ("preference",))
-        eval_rows = data.load_rows(cfg.eval_path, "preference", ("preference",))[1] if cfg.eval_path else None
+        _, train_rows, eval_rows = hf_trainer.train_and_eval_rows(cfg, ("preference",), "preference")
         contract.log(f"dpo: {len(train_rows)} pairs" + (f", {len(eval_rows)} eval pairs" if eval_rows else ""))
 
         models.seed_everything(cfg.hyper.seed)

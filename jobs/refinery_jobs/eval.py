@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 
 from refinery_jobs import contract, data, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
     kinds=("eval",),
@@ -31,11 +31,6 @@ SPEC = JobSpec(
     optional_inputs=("model", "base", "reward_model", "reward_model_base"),
     formats=data.FORMATS,
     checkpoints=False,
-    params={
-        "max_rows": Param(int, None, min=1),
-        "max_new_tokens": Param(int, 64, min=1),
-        "do_sample": Param(bool, False),
-    },
 )
 
 

@@ -28,21 +28,13 @@ Errors: config (2) incl. a batch size that is not a multiple of num_generations,
 from __future__ import annotations
 
 from refinery_jobs import contract, data, hf_trainer, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
     kinds=("grpo",),
     inputs=("model", "reward_model"),
     optional_inputs=("base", "reward_model_base"),
     formats=("prompts",),
-    params={
-        "num_generations": Param(int, 4, min=2),
-        "max_completion_length": Param(int, 32, min=1),
-        "temperature": Param(float, 1.0, min=1e-3),
-        "beta": Param(float, 0.0, min=0.0),
-        "num_iterations": Param(int, 1, min=1),
-        "epsilon": Param(float, 0.2, min=0.0),
-    },
 )
 
 

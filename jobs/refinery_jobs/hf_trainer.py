@@ -35,7 +35,7 @@ import os
 from typing import Any
 
 from refinery_jobs.config import JobConfig
-from refinery_jobs.contract import TRAINER_STATE, CheckpointRequest, Events, JobError, finite_numbers, log
+from refinery_jobs.contract import TRAINER_STATE, CheckpointRequest, Events, JobError, finite_numbers, log, unsupported
 from refinery_jobs.models import Device
 
 FAULT_OOM_ENV = "REFINERY_FAULT_OOM_ABOVE_BATCH"
@@ -63,9 +63,44 @@ def injected_oom(limit: int, batch_size: int) -> BaseException:
     return cls(f"CUDA out of memory. Tried to allocate 2.00 GiB (injected: {FAULT_OOM_ENV}={limit})")
 
 
+def train_and_eval_rows(cfg: JobConfig, accepted: tuple[str, ...], fmt: str | None = None):
+    """(format, train rows, eval rows or None): the eval set is datasets.eval, or val_size rows held out of train."""
+    from refinery_jobs import data
+    fmt, train = data.load_rows(cfg.train_path, fmt or cfg.dataset_format, accepted)
+    if cfg.eval_path:
+        return fmt, train, data.load_rows(cfg.eval_path, fmt, (fmt,))[1]
+    if cfg.val_size:
+        train, held = data.split_validation(train, cfg.val_size, cfg.hyper.seed)
+        log(f"val_size {cfg.val_size}: {len(held)} of {len(train) + len(held)} rows held out as the eval set")
+        return fmt, train, held
+    return fmt, train, None
+
+
+def precision_flags(cfg: JobConfig, device: Device) -> dict[str, bool]:
+    """hyper.precision as TrainingArguments' bf16/fp16: auto = bf16 where the GPU has it, fp32 on CPU."""
+    p = cfg.hyper.precision
+    if p == "auto":
+        return {"bf16": device.bf16, "fp16": False}
+    if p in ("bf16", "fp16") and device.type != "cuda":
+        raise unsupported(f"hyper.precision {p!r} needs a CUDA GPU; this job runs on {device.description} "
+                                   f"(use precision auto or fp32)")
+    return {"bf16": p == "bf16", "fp16": p == "fp16"}
+
+
+def gradient_checkpointing(cfg: JobConfig, device: Device) -> bool:
+    """hyper.gradient_checkpointing: auto = on a GPU (memory is what runs out there), off on CPU."""
+    g = cfg.hyper.gradient_checkpointing
+    return device.type == "cuda" if g == "auto" else bool(g)
+
+
 def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> dict[str, Any]:
-    """TrainingArguments shared by every Trainer-based job (TRL configs accept all of them)."""
+    """TrainingArguments shared by every Trainer-based job (TRL configs accept all of them).
+
+    Every `hyper` field of the job config reaches the trainer here (jobs/tests/test_params.py checks each).
+    """
     h = cfg.hyper
+    checkpointing = gradient_checkpointing(cfg, device)
+    eval_steps = h.eval_steps or h.save_steps
     kwargs: dict[str, Any] = dict(
         output_dir=cfg.checkpoint_dir,
         learning_rate=h.learning_rate,
@@ -75,8 +110,15 @@ def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> d
         per_device_eval_batch_size=h.batch_size,
         gradient_accumulation_steps=h.gradient_accumulation,
         lr_scheduler_type=h.scheduler,
-        warmup_steps=min(h.warmup_ratio, 0.9999),  # transformers 5: a float < 1 is a ratio of the total steps
+        # transformers 5: a float < 1 is a ratio of the total steps, an int a number of steps
+        warmup_steps=h.warmup_steps if h.warmup_steps is not None else min(h.warmup_ratio, 0.9999),
         weight_decay=h.weight_decay,
+        max_grad_norm=h.max_grad_norm,
+        optim=h.optim,
+        adam_beta1=h.adam_beta1,
+        adam_beta2=h.adam_beta2,
+        adam_epsilon=h.adam_epsilon,
+        neftune_noise_alpha=h.neftune_noise_alpha,
         seed=h.seed,
         data_seed=h.seed,
         logging_strategy="steps",
@@ -84,17 +126,16 @@ def training_args_kwargs(cfg: JobConfig, device: Device, *, has_eval: bool) -> d
         save_strategy="steps" if h.save_steps else "no",
         save_steps=h.save_steps or 500,
         save_total_limit=None,  # the worker prunes checkpoints once they are committed
-        eval_strategy="steps" if has_eval and h.save_steps else "no",
-        eval_steps=h.save_steps if has_eval and h.save_steps else None,
+        eval_strategy="steps" if has_eval and eval_steps else "no",
+        eval_steps=eval_steps if has_eval and eval_steps else None,
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=device.type == "cpu",
-        bf16=device.bf16,
-        fp16=False,
+        **precision_flags(cfg, device),
         logging_nan_inf_filter=False,  # a NaN/inf loss is reported as such (the worker's divergence check)
-        gradient_checkpointing=device.type == "cuda",
-        gradient_checkpointing_kwargs={"use_reentrant": False} if device.type == "cuda" else None,
+        gradient_checkpointing=checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if checkpointing else None,
     )
     return kwargs
 

@@ -23,7 +23,7 @@ import json
 import os
 
 from refinery_jobs import contract, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
     kinds=("merge",),
@@ -31,7 +31,6 @@ SPEC = JobSpec(
     optional_inputs=("base",),
     formats=(),
     checkpoints=False,
-    params={"dtype": Param(str, "auto", choices=("auto", "float32", "bfloat16", "float16"))},
 )
 
 

@@ -69,28 +69,13 @@ import os
 import random
 
 from refinery_jobs import contract, data, hf_trainer, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
     kinds=("ppo",),
     inputs=("model", "reward_model"),
     optional_inputs=("base", "reward_model_base"),
     formats=("prompts",),
-    params={
-        "kl_coef": Param(float, 0.05, min=0.0),
-        "max_new_tokens": Param(int, 32, min=1),
-        "temperature": Param(float, 1.0, min=1e-3),
-        "ppo_epochs": Param(int, 4, min=1),
-        "num_mini_batches": Param(int, 1, min=1),
-        "clip_range": Param(float, 0.2, min=0.0),
-        "clip_range_value": Param(float, 0.2, min=0.0),
-        "vf_coef": Param(float, 0.1, min=0.0),
-        "gamma": Param(float, 1.0, min=0.0, max=1.0),
-        "lam": Param(float, 0.95, min=0.0, max=1.0),
-        "value_learning_rate": Param(float, None, min=0.0),
-        "missing_eos_penalty": Param(float, None, min=0.0),
-        "eval_max_prompts": Param(int, 64, min=1),
-    },
 )
 
 
@@ -220,10 +205,12 @@ class PPORecipe:
         self.optimizer = torch.optim.AdamW([
             {"params": [q for q in self.policy.parameters() if q.requires_grad], "lr": h.learning_rate},
             {"params": [q for q in self.value.parameters() if q.requires_grad], "lr": value_lr},
-        ], weight_decay=h.weight_decay)
+        ], weight_decay=h.weight_decay, betas=(h.adam_beta1, h.adam_beta2), eps=h.adam_epsilon)
         from transformers import get_scheduler
         updates = self.total_steps * self.p["ppo_epochs"] * self.p["num_mini_batches"]
-        self.scheduler = get_scheduler(h.scheduler, self.optimizer, num_warmup_steps=int(h.warmup_ratio * updates),
+        warmup = h.warmup_steps * self.p["ppo_epochs"] * self.p["num_mini_batches"] if h.warmup_steps is not None \
+            else int(h.warmup_ratio * updates)
+        self.scheduler = get_scheduler(h.scheduler, self.optimizer, num_warmup_steps=warmup,
                                        num_training_steps=updates)
         self.generator = torch.Generator(device="cpu")
         self.generator.manual_seed(h.seed)
@@ -411,7 +398,8 @@ class PPORecipe:
                         sums["clipfrac"] += ((((ratio - 1).abs() > p["clip_range"]).float() * mb_m).sum()
                                              / total).item()
                         sums["approx_kl"] += ((0.5 * (new_logp - r["logp"][idx]) ** 2 * mb_m).sum() / total).item()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                if self.cfg.hyper.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, self.cfg.hyper.max_grad_norm)
                 self.optimizer.step()
                 self.scheduler.step()
                 for key, value in sums.items():
@@ -422,8 +410,9 @@ class PPORecipe:
         import contextlib
 
         import torch
-        if self.device.type == "cuda" and self.device.bf16:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        flags = hf_trainer.precision_flags(self.cfg, self.device)
+        if flags["bf16"] or flags["fp16"]:
+            return torch.autocast("cuda", dtype=torch.bfloat16 if flags["bf16"] else torch.float16)
         return contextlib.nullcontext()
 
     # ---------------------------------------------------------------- checkpoints

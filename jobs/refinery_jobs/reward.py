@@ -21,14 +21,13 @@ Errors: config (2), data (3), unsupported (4): qlora (not supported for reward m
 from __future__ import annotations
 
 from refinery_jobs import contract, data, hf_trainer, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
     kinds=("reward",),
     inputs=("model",),
     optional_inputs=("base",),
     formats=("preference",),
-    params={"center_rewards_coefficient": Param(float, None, min=0.0)},
 )
 
 
@@ -40,8 +39,7 @@ class RewardRecipe:
 
     def setup(self) -> None:
         cfg = self.cfg
-        _, self.train_rows = data.load_rows(cfg.train_path, "preference", ("preference",))
-        self.eval_rows = data.load_rows(cfg.eval_path, "preference", ("preference",))[1] if cfg.eval_path else None
+        _, self.train_rows, self.eval_rows = hf_trainer.train_and_eval_rows(cfg, ("preference",), "preference")
         contract.log(f"reward: {len(self.train_rows)} pairs" +
                      (f", {len(self.eval_rows)} eval pairs" if self.eval_rows else ""))
 

@@ -60,8 +60,8 @@ beforeAll(async () => {
     name: 'audit-tamper-test',
     storage: { prefix: PREFIX },
     stages: [
-      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, params: { step_seconds: 0.02 } },
-      { id: 'merge', kind: 'merge', from: 'sft', params: { step_seconds: 0.01 } },
+      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, job_params: { step_seconds: 0.02 } },
+      { id: 'merge', kind: 'merge', from: 'sft', job_params: { step_seconds: 0.01 } },
     ],
   });
   const started = await startRun(client, file, { id: `tamper-${Date.now()}`, by: 'auditor' });
@@ -245,7 +245,7 @@ describe('the audit trail against the workers\' S3 key', () => {
     const { file } = await writeTestSpec({
       name: 'audit-tamper-ahead',
       storage: { prefix: PREFIX },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 2, save_steps: 2 }, params: { step_seconds: 0.01 } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 2, save_steps: 2 }, job_params: { step_seconds: 0.01 } }],
     });
     const id = `ahead-${Date.now()}`;
     const key = auditKey(layout.run(PREFIX, id), 1);
@@ -331,7 +331,7 @@ describe('a worker killed between a record\'s two writes', () => {
     const { file } = await writeTestSpec({
       name: 'audit-crash-test',
       storage: { prefix: PREFIX },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, params: { step_seconds: 0.02 } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, job_params: { step_seconds: 0.02 } }],
     });
     const started = await startRun(client, file, { id: `tamper-crash-${Date.now()}`, by: 'auditor' });
     await started.handle.result();

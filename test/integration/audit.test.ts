@@ -47,8 +47,8 @@ beforeAll(async () => {
     name: 'audit-test',
     storage: { prefix: PREFIX },
     stages: [
-      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, params: { step_seconds: 0.02 } },
-      { id: 'merge', kind: 'merge', from: 'sft', params: { step_seconds: 0.01 } },
+      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, job_params: { step_seconds: 0.02 } },
+      { id: 'merge', kind: 'merge', from: 'sft', job_params: { step_seconds: 0.01 } },
     ],
   });
   const started = await startRun(client, file, { id: `audit-${Date.now()}`, by: 'auditor' });
@@ -238,8 +238,8 @@ describe('refinery logs', () => {
       name: 'logs-follow-test',
       storage: { prefix: PREFIX },
       stages: [
-        { id: 'a', kind: 'sft', dataset: 'chats', hyper: { max_steps: 10 }, params: { step_seconds: 0.1 } },
-        { id: 'b', kind: 'merge', from: 'a', params: { step_seconds: 0.05 } },
+        { id: 'a', kind: 'sft', dataset: 'chats', hyper: { max_steps: 10 }, job_params: { step_seconds: 0.1 } },
+        { id: 'b', kind: 'merge', from: 'a', job_params: { step_seconds: 0.05 } },
       ],
     });
     const { runId: id, handle } = await startRun(client, file, { id: `logs-follow-${Date.now()}` });

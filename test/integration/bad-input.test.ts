@@ -238,12 +238,12 @@ describe('shell metacharacters in every string field', () => {
     }
   });
 
-  it('free-text fields (description, params) keep the payload verbatim as data', async () => {
-    for (const at of [['description'], ['stages', 1, 'params', 'note']]) {
+  it('free-text fields (description, job_params) keep the payload verbatim as data', async () => {
+    for (const at of [['description'], ['stages', 1, 'job_params', 'note']]) {
       const { file } = await mutated(at, payload());
       try {
         const { plan } = await validateSpec(file);
-        if (at[0] === 'stages') expect(plan.stages.find((s) => s.id === 'dpo')!.params.note).toBe(payload());
+        if (at[0] === 'stages') expect(plan.stages.find((s) => s.id === 'dpo')!.jobParams?.note).toBe(payload());
       } finally {
         await rm(file, { force: true });
       }
@@ -264,7 +264,7 @@ describe('shell metacharacters in every string field', () => {
 describe('bin/refinery validate', () => {
   it.each([
     ['out-of-range.yaml', `error: ${fixture('out-of-range.yaml')}:13: stages[0].hyper.learning_rate: Too big: expected number to be <=1`],
-    ['data-unknown-role.yaml', `error: ${fixture('data/unknown-role.jsonl')}:2: messages[1].role: expected one of "system" | "user" | "assistant"`],
+    ['data-unknown-role.yaml', `error: ${fixture('data/unknown-role.jsonl')}:2: messages[1].role: expected one of "system" | "user" | "assistant" | "tool"`],
   ])('%s: exit code 2 and one line naming file, line and field', async (spec, expected) => {
     const r = await execa(path.join(REPO_ROOT, 'bin', 'refinery'), ['validate', fixture(spec)], { reject: false });
     expect(r.exitCode).toBe(2);

@@ -112,7 +112,7 @@ describe('payload encryption', () => {
       storage: { prefix: markers.prefix },
       datasets: { chats: { path: `data/${markers.dataset}`, format: 'chat' } },
       defaults: { resources: { task_queue: queue }, retry: { initial_interval: '1s' }, timeouts: { heartbeat: '10s' } },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, params: { step_seconds: 0.02, fail_at_step: 4 } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, job_params: { step_seconds: 0.02, fail_at_step: 4 } }],
     });
     await copyFile(path.join(dir, 'data', 'sft.jsonl'), path.join(dir, 'data', markers.dataset));
     const run = await startRun(client, file, { id: `codec-${Date.now()}` });

@@ -86,7 +86,7 @@ describe('deploying new workflow code under a running run', () => {
       name: 'deploy-test',
       storage: { prefix: 'it-deploy' },
       stages: [
-        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 30, save_steps: 5 }, params: { step_seconds: 0.2 } },
+        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 30, save_steps: 5 }, job_params: { step_seconds: 0.2 } },
         { id: 'merge', kind: 'merge', from: 'sft', gate: { approval: { timeout: '1h' } } },
       ],
     });

@@ -135,7 +135,7 @@ describe('a partitioned worker', () => {
           kind: 'sft',
           dataset: 'chats',
           hyper: { max_steps: 70, save_steps: 5, save_total_limit: 30 },
-          params: { step_seconds: 0.1 },
+          job_params: { step_seconds: 0.1 },
           resources: { task_queue: queue },
           timeouts: { heartbeat: '3s' },
           retry: { initial_interval: '1s', maximum_attempts: 3 },

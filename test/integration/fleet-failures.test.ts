@@ -50,7 +50,7 @@ afterAll(async () => {
 const attemptsOf = (prefix: string, runId: string, stageId = 'sft'): Promise<AttemptSummary[]> => summarizeAttempts(store, { storagePrefix: prefix, runId, stageId });
 
 /** A one-stage spec of the test job on its own queue. */
-async function oneStage(o: { prefix: string; queue: string; hyper?: Record<string, unknown>; params?: Record<string, unknown>; retry?: Record<string, unknown>; divergence?: Record<string, unknown>; timeouts?: Record<string, unknown> }) {
+async function oneStage(o: { prefix: string; queue: string; hyper?: Record<string, unknown>; job_params?: Record<string, unknown>; retry?: Record<string, unknown>; divergence?: Record<string, unknown>; timeouts?: Record<string, unknown> }) {
   return writeTestSpec({
     name: 'fleet-test',
     storage: { prefix: o.prefix },
@@ -60,7 +60,7 @@ async function oneStage(o: { prefix: string; queue: string; hyper?: Record<strin
         kind: 'sft',
         dataset: 'chats',
         hyper: { max_steps: 30, save_steps: 5, ...o.hyper },
-        params: { step_seconds: 0.05, ...o.params },
+        job_params: { step_seconds: 0.05, ...o.job_params },
         resources: { task_queue: o.queue },
         timeouts: { heartbeat: '4s', ...o.timeouts },
         retry: { maximum_attempts: 1, initial_interval: '1s', ...o.retry },
@@ -78,7 +78,7 @@ describe('drain for deploys', () => {
     const queue = uniq('drain');
     const prefix = uniq('drain-run');
     // Scheduled checkpoints are far apart: only the drain's own request can save ~0 steps.
-    const { file } = await oneStage({ prefix, queue, hyper: { max_steps: 400, save_steps: 1000 }, params: { step_seconds: 0.05 } });
+    const { file } = await oneStage({ prefix, queue, hyper: { max_steps: 400, save_steps: 1000 }, job_params: { step_seconds: 0.05 } });
     const a = await spawnTrainingWorker(queue, { REFINERY_HOST: uniq('host-a') });
     const { runId, handle } = await startRun(client, file, { id: uniq('drain') });
     await until('the job past step 40', async () => (await runStatus(client, runId)).stages[0]!.step >= 40, 60_000, 100);
@@ -118,7 +118,7 @@ describe('drain for deploys', () => {
     const queue = uniq('cli-drain');
     const prefix = uniq('cli-drain-run');
     const hostA = uniq('host-a');
-    const { file } = await oneStage({ prefix, queue, hyper: { max_steps: 300, save_steps: 20 }, params: { step_seconds: 0.05 } });
+    const { file } = await oneStage({ prefix, queue, hyper: { max_steps: 300, save_steps: 20 }, job_params: { step_seconds: 0.05 } });
     const a = await spawnTrainingWorker(queue, { REFINERY_HOST: hostA });
     const { runId, handle } = await startRun(client, file, { id: uniq('cli-drain') });
     await until('the job past step 30', async () => (await runStatus(client, runId)).stages[0]!.step >= 30, 60_000, 100);
@@ -157,7 +157,7 @@ describe('out of memory', () => {
 
   it('the job says CUDA OOM: the retries halve the batch and double accumulation, resuming from the checkpoint; no attempt used', async () => {
     const prefix = uniq('oom-run');
-    const { file } = await oneStage({ prefix, queue, hyper: { batch_size: 8, gradient_accumulation: 1 }, params: { oom_above_batch: 2, oom_at_step: 7 } });
+    const { file } = await oneStage({ prefix, queue, hyper: { batch_size: 8, gradient_accumulation: 1 }, job_params: { oom_above_batch: 2, oom_at_step: 7 } });
     const { runId, handle } = await startRun(client, file, { id: uniq('oom') });
     const result = await handle.result();
     expect(result.status.stages[0]!.state).toBe('completed');
@@ -175,7 +175,7 @@ describe('out of memory', () => {
   it('the kernel kills the job (OOM killer, per-job memory limit): recognised, and retried with a smaller batch', async () => {
     const prefix = uniq('kernel-oom-run');
     // batch x 100 MiB: 400 MiB is killed under the 300 MiB limit, 200 MiB fits.
-    const { file } = await oneStage({ prefix, queue, hyper: { max_steps: 12, batch_size: 4 }, params: { mb_per_sample: 100 } });
+    const { file } = await oneStage({ prefix, queue, hyper: { max_steps: 12, batch_size: 4 }, job_params: { mb_per_sample: 100 } });
     const { runId, handle } = await startRun(client, file, { id: uniq('kernel-oom') });
     const result = await handle.result();
     expect(result.status.stages[0]!.state).toBe('completed');
@@ -189,7 +189,7 @@ describe('out of memory', () => {
 
   it('at the floor it fails with a clear message', async () => {
     const prefix = uniq('oom-floor-run');
-    const { file } = await oneStage({ prefix, queue, hyper: { batch_size: 8 }, params: { oom_above_batch: 1 }, retry: { oom_min_batch_size: 4, maximum_attempts: 5 } });
+    const { file } = await oneStage({ prefix, queue, hyper: { batch_size: 8 }, job_params: { oom_above_batch: 1 }, retry: { oom_min_batch_size: 4, maximum_attempts: 5 } });
     const { handle } = await startRun(client, file, { id: uniq('oom-floor') });
     await expect(handle.result()).rejects.toThrow();
     const status = (await runStatus(client, handle.workflowId)).stages[0]!;
@@ -213,7 +213,7 @@ describe('divergence', () => {
       prefix,
       queue,
       hyper: { max_steps: 24, save_steps: 4, learning_rate: 1e-3 },
-      params: { nan_at_step: 13, nan_above_lr: 5e-4 },
+      job_params: { nan_at_step: 13, nan_above_lr: 5e-4 },
       retry: { maximum_attempts: 2 },
       divergence: { lr_factor: 0.1 },
     });
@@ -297,7 +297,7 @@ describe('bad nodes', () => {
     const queue = uniq('flaky');
     const prefix = uniq('flaky-run');
     const bad = uniq('node-flaky');
-    const stage = (id: string) => ({ id, kind: 'sft', dataset: 'chats', hyper: { max_steps: 8 }, params: { step_seconds: 0.05 }, resources: { task_queue: queue }, timeouts: { heartbeat: '4s' }, retry: { maximum_attempts: 6, initial_interval: '1s' } });
+    const stage = (id: string) => ({ id, kind: 'sft', dataset: 'chats', hyper: { max_steps: 8 }, job_params: { step_seconds: 0.05 }, resources: { task_queue: queue }, timeouts: { heartbeat: '4s' }, retry: { maximum_attempts: 6, initial_interval: '1s' } });
     const { file } = await writeTestSpec({ name: 'flaky-test', storage: { prefix }, stages: [stage('a'), stage('b'), { ...stage('c'), from: 'a' }] });
     const badWorker = await spawnTrainingWorker(queue, { REFINERY_HOST: bad, REFINERY_TESTJOB_CRASH_AT_STEP: '2', REFINERY_QUARANTINE_AFTER: '2' });
     const { runId, handle } = await startRun(client, file, { id: uniq('flaky') });

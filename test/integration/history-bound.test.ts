@@ -45,7 +45,7 @@ async function historyLength(runId: string, stageIds: string[]): Promise<{ total
 const stage = (name: string, params: Record<string, unknown>, hyper: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
   name,
   storage: { prefix: `it-hist-${name}` },
-  stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper, params, ...extra }],
+  stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper, job_params: params, ...extra }],
 });
 
 describe('history does not grow with training time', () => {

@@ -42,7 +42,7 @@ function spec(name: string, queue: string, params: Record<string, unknown>) {
     name,
     storage: { prefix: `it-same-${name}` },
     stages: [
-      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 20, save_steps: 4 }, params, resources: { task_queue: queue }, timeouts: { heartbeat: '8s' }, retry: { maximum_attempts: 4, initial_interval: '1s' } },
+      { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 20, save_steps: 4 }, job_params: params, resources: { task_queue: queue }, timeouts: { heartbeat: '8s' }, retry: { maximum_attempts: 4, initial_interval: '1s' } },
       { id: 'merge', kind: 'merge', from: 'sft', resources: { task_queue: queue } },
     ],
   });

@@ -64,7 +64,7 @@ describe('live job logs', () => {
           dataset: 'chats',
           // ~40 s of training: four flush intervals and then some.
           hyper: { max_steps: 400, save_steps: 20 },
-          params: { step_seconds: 0.1 },
+          job_params: { step_seconds: 0.1 },
           resources: { task_queue: queue },
           timeouts: { heartbeat: '3s' },
           retry: { initial_interval: '1s' },

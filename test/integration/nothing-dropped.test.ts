@@ -41,7 +41,7 @@ describe('nothing dropped', () => {
     const { file } = await writeTestSpec({
       name: 'dropped',
       storage: { prefix: 'it-dropped' },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 8, save_steps: 2 }, params: { step_seconds: 0.3, fail_at_step: 5, bad_event_at_step: 2 }, retry: { maximum_attempts: 3, initial_interval: '4s' } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 8, save_steps: 2 }, job_params: { step_seconds: 0.3, fail_at_step: 5, bad_event_at_step: 2 }, retry: { maximum_attempts: 3, initial_interval: '4s' } }],
     });
     const { runId, handle } = await startRun(client, file, { id: `dropped-${Date.now()}` });
     // Attempt 1 commits checkpoints 2 and 4, then fails at step 5; corrupt checkpoint 4 before the retry.

@@ -28,10 +28,10 @@ afterAll(async () => {
 });
 
 const stages = (extra: Record<string, unknown> = {}) => [
-  { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, params: { step_seconds: 0.02 }, ...extra },
-  { id: 'rm', kind: 'reward', dataset: { path: 'data/preference.jsonl', format: 'preference' }, hyper: { max_steps: 4 }, params: { step_seconds: 0.02 } },
-  { id: 'ppo', kind: 'ppo', policy: 'sft', reward_model: 'rm', dataset: { path: 'data/prompts.jsonl', format: 'prompts' }, hyper: { max_steps: 4 }, params: { step_seconds: 0.02 } },
-  { id: 'merge', kind: 'merge', from: 'ppo', params: {} },
+  { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, job_params: { step_seconds: 0.02 }, ...extra },
+  { id: 'rm', kind: 'reward', dataset: { path: 'data/preference.jsonl', format: 'preference' }, hyper: { max_steps: 4 }, job_params: { step_seconds: 0.02 } },
+  { id: 'ppo', kind: 'ppo', policy: 'sft', reward_model: 'rm', dataset: { path: 'data/prompts.jsonl', format: 'prompts' }, hyper: { max_steps: 4 }, job_params: { step_seconds: 0.02 } },
+  { id: 'merge', kind: 'merge', from: 'ppo', job_params: {} },
 ];
 
 describe('pipeline workflow on the real stack', () => {
@@ -76,7 +76,7 @@ describe('pipeline workflow on the real stack', () => {
   });
 
   it('refuses to start a run whose id is running', async () => {
-    const { file } = await writeTestSpec({ name: 'dup-test', stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 30 }, params: { step_seconds: 0.1 } }] });
+    const { file } = await writeTestSpec({ name: 'dup-test', stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 30 }, job_params: { step_seconds: 0.1 } }] });
     const id = `dup-${Date.now()}`;
     const { handle } = await startRun(client, file, { id });
     await expect(startRun(client, file, { id })).rejects.toThrow(/already running/);
@@ -87,7 +87,7 @@ describe('pipeline workflow on the real stack', () => {
     const { file } = await writeTestSpec({
       name: 'gate-test',
       stages: [
-        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 3 }, params: { step_seconds: 0.01 }, gate: { metrics: [{ metric: 'final_loss', max: -1 }] } },
+        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 3 }, job_params: { step_seconds: 0.01 }, gate: { metrics: [{ metric: 'final_loss', max: -1 }] } },
         { id: 'merge', kind: 'merge', from: 'sft' },
       ],
     });
@@ -103,7 +103,7 @@ describe('pipeline workflow on the real stack', () => {
   it('fails a data error once, without retrying, naming the job error', async () => {
     const { file } = await writeTestSpec({
       name: 'data-error-test',
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', retry: { maximum_attempts: 5, initial_interval: '1s' }, params: { exit_code: 3 } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', retry: { maximum_attempts: 5, initial_interval: '1s' }, job_params: { exit_code: 3 } }],
     });
     const { runId, handle } = await startRun(client, file, { id: `dataerr-${Date.now()}` });
     await expect(handle.result()).rejects.toThrow();

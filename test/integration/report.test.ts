@@ -45,11 +45,11 @@ beforeAll(async () => {
         kind: 'sft',
         dataset: 'chats',
         hyper: { max_steps: 8, save_steps: 2 },
-        params: { step_seconds: 0.05, fail_at_step: 5 },
+        job_params: { step_seconds: 0.05, fail_at_step: 5 },
         retry: { maximum_attempts: 3, initial_interval: '1s' },
       },
-      { id: 'rm', kind: 'reward', dataset: 'prefs', hyper: { max_steps: 4 }, params: { step_seconds: 0.02 }, gate: { metrics: [{ metric: 'final_loss', max: 5 }], approval: { timeout: '5m' } } },
-      { id: 'merge', kind: 'merge', from: 'sft', params: { step_seconds: 0.01 } },
+      { id: 'rm', kind: 'reward', dataset: 'prefs', hyper: { max_steps: 4 }, job_params: { step_seconds: 0.02 }, gate: { metrics: [{ metric: 'final_loss', max: 5 }], approval: { timeout: '5m' } } },
+      { id: 'merge', kind: 'merge', from: 'sft', job_params: { step_seconds: 0.01 } },
     ],
   });
   const started = await startRun(client, file, { id: `report-${Date.now()}`, by: WHO });

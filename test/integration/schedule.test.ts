@@ -90,7 +90,7 @@ describe('scheduled runs on the real stack', () => {
       storage: { prefix },
       datasets: { chats: { path: `s3://${stack().bucket}/${dataPrefix}`, format: 'chat' } },
       stages: [
-        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, params: { step_seconds: 0.02 } },
+        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4, save_steps: 2 }, job_params: { step_seconds: 0.02 } },
         { id: 'merge', kind: 'merge', from: 'sft' },
       ],
     });
@@ -175,7 +175,7 @@ describe('scheduled runs on the real stack', () => {
     const { file } = await writeTestSpec({
       name: `overlap-${uniq}`,
       storage: { prefix: 'it-sched' },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 400 }, params: { step_seconds: 0.1 }, timeouts: { heartbeat: '2s' } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 400 }, job_params: { step_seconds: 0.1 }, timeouts: { heartbeat: '2s' } }],
     });
     const id = `overlap-${uniq}`;
     created.push(id);

@@ -97,9 +97,9 @@ describe('secrets', () => {
       datasets: { chats: { path: 'data/sft.jsonl', format: 'chat' }, prefs: { path: 'data/preference.jsonl', format: 'preference' } },
       defaults: { resources: { task_queue: queue }, retry: { initial_interval: '1s' }, timeouts: { heartbeat: '10s' } },
       stages: [
-        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, params: { step_seconds: 0.02, dump_env: true } },
+        { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, job_params: { step_seconds: 0.02, dump_env: true } },
         // Fails once (a failure and a retry in the history and the audit trail), then resumes.
-        { id: 'dpo', kind: 'dpo', from: 'sft', dataset: 'prefs', hyper: { max_steps: 6, save_steps: 2 }, params: { step_seconds: 0.02, fail_at_step: 4, dump_env: true } },
+        { id: 'dpo', kind: 'dpo', from: 'sft', dataset: 'prefs', hyper: { max_steps: 6, save_steps: 2 }, job_params: { step_seconds: 0.02, fail_at_step: 4, dump_env: true } },
       ],
     });
     const { runId, handle } = await startRun(client, file, { id: `secrets-${Date.now()}` });

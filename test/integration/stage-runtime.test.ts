@@ -66,7 +66,7 @@ describe('stage runtime', () => {
           kind: 'sft',
           dataset: 'chats',
           hyper: { max_steps: 60, save_steps: 5 },
-          params: { step_seconds: 0.1 },
+          job_params: { step_seconds: 0.1 },
           resources: { task_queue: queue },
           timeouts: { heartbeat: '3s' },
           retry: { initial_interval: '1s' },
@@ -103,7 +103,7 @@ describe('stage runtime', () => {
     const childPidFile = path.join(w.scratch, 'child.pid');
     const { file } = await writeTestSpec({
       name: 'cancel-test',
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 1000 }, params: { step_seconds: 0.1, child_pid_file: childPidFile, ignore_sigterm: true }, resources: { task_queue: queue }, timeouts: { heartbeat: '2s' } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 1000 }, job_params: { step_seconds: 0.1, child_pid_file: childPidFile, ignore_sigterm: true }, resources: { task_queue: queue }, timeouts: { heartbeat: '2s' } }],
     });
     const { runId, handle } = await startRun(client, file, { id: `cancel-${Date.now()}` });
     await until('the job to make progress', async () => (await runStatus(client, runId)).stages[0]!.step >= 3);
@@ -127,7 +127,7 @@ describe('stage runtime', () => {
     const childPidFile = path.join(w.scratch, 'child.pid');
     const { file } = await writeTestSpec({
       name: 'orphan-test',
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 1000 }, params: { step_seconds: 0.1, child_pid_file: childPidFile }, resources: { task_queue: queue }, timeouts: { heartbeat: '3s' }, retry: { maximum_attempts: 1 } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 1000 }, job_params: { step_seconds: 0.1, child_pid_file: childPidFile }, resources: { task_queue: queue }, timeouts: { heartbeat: '3s' }, retry: { maximum_attempts: 1 } }],
     });
     const { runId, handle } = await startRun(client, file, { id: `orphans-${Date.now()}` });
     await until('the job to make progress', async () => (await runStatus(client, runId)).stages[0]!.step >= 3);
@@ -155,7 +155,7 @@ describe('stage runtime', () => {
           kind: 'sft',
           dataset: 'chats',
           hyper: { max_steps: 12, save_steps: 4 },
-          params: { step_seconds: 0.05, hang_at_step: 6 },
+          job_params: { step_seconds: 0.05, hang_at_step: 6 },
           resources: { task_queue: queue },
           timeouts: { stall: '2s', heartbeat: '5s' },
           retry: { initial_interval: '1s' },

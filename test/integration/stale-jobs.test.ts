@@ -160,7 +160,7 @@ describe('stale jobs', () => {
     const childPidFile = path.join(logDir, 'child.pid');
     const { file } = await writeTestSpec({
       name: 'stale-test',
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 5000 }, params: { step_seconds: 0.1, child_pid_file: childPidFile, hang_at_step: 4 }, resources: { task_queue: queue }, timeouts: { heartbeat: '3s', stall: '10m' }, retry: { maximum_attempts: 1 } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 5000 }, job_params: { step_seconds: 0.1, child_pid_file: childPidFile, hang_at_step: 4 }, resources: { task_queue: queue }, timeouts: { heartbeat: '3s', stall: '10m' }, retry: { maximum_attempts: 1 } }],
     });
     const { runId, handle } = await startRun(client, file, { id: `stale-${Date.now()}` });
     // The job stops writing at step 4 (in the middle of a long step, as it were): a job writing to
@@ -231,7 +231,7 @@ describe('stale jobs', () => {
     // A job that ends is recorded while it runs, and its record is gone once its session is.
     const { file: short } = await writeTestSpec({
       name: 'stale-short',
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 30 }, params: { step_seconds: 0.1 }, resources: { task_queue: queue } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 30 }, job_params: { step_seconds: 0.1 }, resources: { task_queue: queue } }],
     });
     const run = await startRun(client, short, { id: `stale-short-${Date.now()}` });
     const live = await until('the running job\'s record', async () => {

@@ -132,7 +132,7 @@ describe('stage runtime idempotency', () => {
       '/bin/sh', '-c', `echo run >> '${counter}'; exec "$0" "$@"`, ...testJobCommand()('sft'),
     ];
     const training = createTrainingActivities({ store, scratchDir: scratch, jobCommand: () => countingJob, jobCwd: path.resolve('jobs'), gpus: new GpuAllocator([]) });
-    const planned = planPipeline(parseSpec('name: idem\nbase_model: /b\nstages:\n  - {id: sft, kind: sft, dataset: {path: /d.jsonl, format: chat}, hyper: {max_steps: 3}, params: {step_seconds: 0}}\n', '/s.yaml'));
+    const planned = planPipeline(parseSpec('name: idem\nbase_model: /b\nstages:\n  - {id: sft, kind: sft, dataset: {path: /d.jsonl, format: chat}, hyper: {max_steps: 3}, job_params: {step_seconds: 0}}\n', '/s.yaml'));
     const input = { runId: 'idem', storagePrefix: uniq(), stage: planned.stages[0]!, cacheKey: 'k1', artifactPrefix: `${uniq()}/art`, inputs: {}, datasets: {} };
     const env = new MockActivityEnvironment({ attempt: 1 });
     env.on('heartbeat', () => undefined);
@@ -164,7 +164,7 @@ describe('corrupt checkpoint inside a real retry', () => {
     const { file } = await writeTestSpec({
       name: 'corrupt-test',
       storage: { prefix },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 16, save_steps: 5 }, params: { step_seconds: 0.05, fail_at_step: 12 }, resources: { task_queue: 'gpu-corrupt' }, retry: { initial_interval: '4s' } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 16, save_steps: 5 }, job_params: { step_seconds: 0.05, fail_at_step: 12 }, resources: { task_queue: 'gpu-corrupt' }, retry: { initial_interval: '4s' } }],
     });
     const { runId, handle } = await startRun(client, file, { id: `corrupt-${Date.now()}` });
     // Wait for the first attempt to fail (the retry is in its 4 s backoff), then damage checkpoint 10.

@@ -88,9 +88,9 @@ const step = { step_seconds: 0.05 };
 /** The demo's shape: sft → reward (metric gate) → ppo → merge (approval gate); the gguf stage is left out (its
  * llama.cpp check needs a real model, and its workflow path is every other stage's). */
 const demoStages = [
-  { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 8, save_steps: 2 }, params: step },
-  { id: 'reward', kind: 'reward', from: 'sft', dataset: { path: 'data/preference.jsonl', format: 'preference' }, hyper: { max_steps: 4 }, params: step, gate: { metrics: [{ metric: 'final_loss', max: 100 }] } },
-  { id: 'ppo', kind: 'ppo', policy: 'sft', reward_model: 'reward', dataset: { path: 'data/prompts.jsonl', format: 'prompts' }, hyper: { max_steps: 4, save_steps: 2 }, params: step },
+  { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 8, save_steps: 2 }, job_params: step },
+  { id: 'reward', kind: 'reward', from: 'sft', dataset: { path: 'data/preference.jsonl', format: 'preference' }, hyper: { max_steps: 4 }, job_params: step, gate: { metrics: [{ metric: 'final_loss', max: 100 }] } },
+  { id: 'ppo', kind: 'ppo', policy: 'sft', reward_model: 'reward', dataset: { path: 'data/prompts.jsonl', format: 'prompts' }, hyper: { max_steps: 4, save_steps: 2 }, job_params: step },
   { id: 'merge', kind: 'merge', from: 'ppo', gate: { approval: { timeout: '1h' } } },
 ];
 
@@ -154,7 +154,7 @@ const scenarios: { name: string; description: string; run: () => Promise<string>
       const { file } = await writeTestSpec({
         name: 'replay-retried',
         storage: { prefix: 'replay' },
-        stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, retry: { maximum_attempts: 3, initial_interval: '1s' }, params: { ...step, fail_at_step: 3 } }],
+        stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 6, save_steps: 2 }, retry: { maximum_attempts: 3, initial_interval: '1s' }, job_params: { ...step, fail_at_step: 3 } }],
       });
       const { runId, handle } = await startRun(client, file, { id: 'replay-retried', by: 'recorder' });
       await settle(handle);
@@ -169,7 +169,7 @@ const scenarios: { name: string; description: string; run: () => Promise<string>
         name: 'replay-rejected',
         storage: { prefix: 'replay' },
         stages: [
-          { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 3 }, params: step, gate: { approval: { timeout: '1h' } } },
+          { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 3 }, job_params: step, gate: { approval: { timeout: '1h' } } },
           { id: 'merge', kind: 'merge', from: 'sft' },
         ],
       });
@@ -188,7 +188,7 @@ const scenarios: { name: string; description: string; run: () => Promise<string>
         name: 'replay-cancelled',
         storage: { prefix: 'replay' },
         stages: [
-          { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 200, save_steps: 5 }, params: { step_seconds: 0.1 } },
+          { id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 200, save_steps: 5 }, job_params: { step_seconds: 0.1 } },
           { id: 'merge', kind: 'merge', from: 'sft' },
         ],
       });
@@ -207,7 +207,7 @@ const scenarios: { name: string; description: string; run: () => Promise<string>
       const { file } = await writeTestSpec({
         name: 'replay-data-error',
         storage: { prefix: 'replay' },
-        stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', retry: { maximum_attempts: 3, initial_interval: '1s' }, params: { exit_code: 3 } }],
+        stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', retry: { maximum_attempts: 3, initial_interval: '1s' }, job_params: { exit_code: 3 } }],
       });
       const { runId, handle } = await startRun(client, file, { id: 'replay-data-error', by: 'recorder' });
       await settle(handle);
