@@ -7,20 +7,22 @@
  *                     its write-once copy first, in the audit bucket (it anchors the trail's head)
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { createReadStream, createWriteStream } from 'node:fs';
+import { once } from 'node:events';
 import { mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
 import { activityInfo, cancellationSignal, heartbeat, log } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { formatProblem, type InputProblem } from '../spec/errors.js';
-import { validateJsonlFile } from '../spec/datasets.js';
+import { mixCounts, mixRows, rowsOfFile, validateDatasetFile, validateJsonlFile, type CanonicalRow } from '../spec/datasets.js';
+import type { DatasetSource } from '../spec/dataset-info.js';
 import type { PipelinePlan, PlannedDataset, PlannedStage } from '../spec/plan-types.js';
 import { commitDirectory, readCommitted, type CommitOptions, type CommitProgress, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import { canonicalJson } from '../storage/canonical-json.js';
 import { isNotFound, jsonBytes, LockedCopyConflict, type ObjectStore } from '../storage/object-store.js';
-import { RunManifest, runManifestKey } from '../storage/run-manifest.js';
+import { RunManifest, runManifestKey, type DatasetMixRecord, type RunManifestDataset } from '../storage/run-manifest.js';
 import type { ArtifactRef, LastSuccess, ModelInputs, PipelineStatus, PreparedDataset, PreparedRun, StageCacheDecision } from '../workflows/types.js';
 import { isDatasetPrefix, pickNewestObject, runFingerprint } from './scheduled-inputs.js';
 import { isTransientStorageError } from './storage-retry.js';
@@ -41,8 +43,8 @@ export interface PrepareProgress {
   phase: 'datasets' | 'base-model';
   /** The dataset being worked on (phase "datasets"). */
   dataset?: string;
-  step?: 'downloading' | 'validating' | 'hashing' | 'uploading' | 'done';
-  /** Valid records read so far (step "validating"). */
+  step?: 'downloading' | 'validating' | 'mixing' | 'hashing' | 'uploading' | 'done';
+  /** Valid records read so far (step "validating"), rows written (step "mixing"). */
   rowsDone?: number;
   files?: number;
   filesDone?: number;
@@ -80,46 +82,124 @@ export function createControlActivities(deps: ControlDeps) {
     return (await readCommitted(store, key)) ?? (await commit({ resume: true, deterministic: true, onProgress, signal: activitySignal() }));
   }
 
-  async function storeDataset(ds: PlannedDataset, prefix: string, beat: (p: PrepareProgress) => void): Promise<PreparedDataset> {
-    const at = (p: Omit<PrepareProgress, 'phase' | 'dataset'>) => beat({ phase: 'datasets', dataset: ds.name, ...p });
-    let file = ds.path;
-    let sourceKey: string | undefined;
-    let cleanup: string | undefined;
-    try {
-      if (ds.path.startsWith('s3://')) {
-        sourceKey = isDatasetPrefix(ds.path) ? await newestObjectKey(ds) : bucketKey(store, ds.path, ds.name);
-        const uri = store.uri(sourceKey);
-        cleanup = await mkdtemp(path.join(tmpdir(), 'refinery-ds-'));
-        file = path.join(cleanup, 'data.jsonl');
-        at({ step: 'downloading' });
-        await store.getFile(sourceKey, file).catch((err: unknown) => {
-          if (isNotFound(err)) throw inputFailure([{ file: uri, message: 'dataset object not found' }]);
-          throw err;
-        });
-      } else if (!(await stat(file).then((s) => s.isFile()).catch(() => false))) {
+  /** A dataset's source as a local file: the file itself, or the s3:// object downloaded (named as its key, for its layout). */
+  async function fetchSource(ds: Pick<PlannedDataset, 'name' | 'path'>, at: (p: Omit<PrepareProgress, 'phase' | 'dataset'>) => void, tmp: string): Promise<FetchedSource> {
+    if (!ds.path.startsWith('s3://')) {
+      if (!(await stat(ds.path).then((s) => s.isFile()).catch(() => false))) {
         throw inputFailure([{ file: ds.path, message: `dataset "${ds.name}" does not exist or is not a file` }]);
       }
-      const source = sourceKey === undefined ? ds.path : store.uri(sourceKey);
-      const { size } = await stat(file);
+      return { file: ds.path, source: ds.path };
+    }
+    const sourceKey = isDatasetPrefix(ds.path) ? await newestObjectKey(ds as PlannedDataset) : bucketKey(store, ds.path, ds.name);
+    const uri = store.uri(sourceKey);
+    const file = path.join(await mkdtemp(path.join(tmp, 'src-')), path.posix.basename(sourceKey) || 'data.jsonl');
+    at({ step: 'downloading' });
+    await store.getFile(sourceKey, file).catch((err: unknown) => {
+      if (isNotFound(err)) throw inputFailure([{ file: uri, message: 'dataset object not found' }]);
+      throw err;
+    });
+    return { file, source: uri, sourceKey };
+  }
+
+  /**
+   * Stores one dataset content-addressed: its source validated and converted, streaming, into
+   * canonical JSONL (spec/datasets.ts; a general dataset mixed in when the spec says so), which is
+   * what is committed as data.jsonl and what the jobs read. Plans from before canonical datasets
+   * (no `source`) commit the validated file as it is, as they did.
+   */
+  async function storeDataset(ds: PlannedDataset, prefix: string, beat: (p: PrepareProgress) => void): Promise<StoredDataset> {
+    const at = (p: Omit<PrepareProgress, 'phase' | 'dataset'>) => beat({ phase: 'datasets', dataset: ds.name, ...p });
+    const tmp = await mkdtemp(path.join(tmpdir(), 'refinery-ds-'));
+    try {
+      const fetched = await fetchSource(ds, at, tmp);
+      const { size } = await stat(fetched.file);
+      const validating = (bytes: number, offset = 0) => (p: { rows: number; bytesRead: number }) => at({ step: 'validating', rowsDone: p.rows, bytes, bytesDone: offset + p.bytesRead });
       at({ step: 'validating', rowsDone: 0, bytes: size, bytesDone: 0 });
-      const report = await validateJsonlFile(file, ds.format, source, {
-        onProgress: (p) => at({ step: 'validating', rowsDone: p.rows, bytes: size, bytesDone: p.bytesRead }),
-      });
-      if (report.problems.length > 0) throw inputFailure(report.problems);
-      const sha256 = await hashFile(file, (bytesDone) => at({ step: 'hashing', bytes: size, bytesDone }));
+
+      let file = fetched.file;
+      let rows: number;
+      let sourceSha256: string;
+      let mixRecord: DatasetMixRecord | undefined;
+      if (ds.source === undefined) {
+        const report = await validateJsonlFile(fetched.file, ds.format, fetched.source, { onProgress: validating(size) });
+        if (report.problems.length > 0) throw inputFailure(report.problems);
+        rows = report.rows;
+        sourceSha256 = await hashFile(fetched.file, (bytesDone) => at({ step: 'hashing', bytes: size, bytesDone }));
+      } else if (ds.mix === undefined) {
+        // One pass: read, validate, convert, write, hash the source.
+        file = path.join(tmp, 'data.jsonl');
+        const sourceHash = createHash('sha256');
+        const out = jsonlWriter(file);
+        const report = await validateDatasetFile(fetched.file, ds, fetched.source, { onProgress: validating(size), onRow: out.write, onBytes: (b) => sourceHash.update(b) });
+        await out.close();
+        if (report.problems.length > 0) throw inputFailure(report.problems);
+        rows = report.rows;
+        sourceSha256 = sourceHash.digest('hex');
+      } else {
+        // Mixing needs both row counts first: a validating pass over each, then the mixed one.
+        const general = ds.mix.dataset;
+        const generalFile = await fetchSource(general, at, tmp);
+        const generalSize = (await stat(generalFile.file)).size;
+        const [own, mixed] = [createHash('sha256'), createHash('sha256')];
+        const ownReport = await validateDatasetFile(fetched.file, ds, fetched.source, { onProgress: validating(size + generalSize), onBytes: (b) => own.update(b) });
+        const generalReport = await validateDatasetFile(generalFile.file, general, generalFile.source, { onProgress: validating(size + generalSize, size), onBytes: (b) => mixed.update(b) });
+        const problems = [...ownReport.problems, ...generalReport.problems];
+        if (problems.length > 0) throw inputFailure(problems);
+        sourceSha256 = own.digest('hex');
+        const counts = mixCounts(ownReport.rows, generalReport.rows, ds.mix.ratio, ds.mix.seed);
+        const taken = counts.reduce((a, b) => a + b, 0);
+        file = path.join(tmp, 'data.jsonl');
+        const out = jsonlWriter(file);
+        rows = 0;
+        for await (const row of mixRows(rowsOfFile(fetched.file, ds), ownReport.rows, rowsOfFile(generalFile.file, general), counts, ds.mix.seed)) {
+          await out.write(row);
+          if (++rows % 10_000 === 0) at({ step: 'mixing', rowsDone: rows });
+        }
+        await out.close();
+        mixRecord = {
+          dataset: general.name,
+          ratio: ds.mix.ratio,
+          seed: ds.mix.seed,
+          rows: { [ds.name]: ownReport.rows, [general.name]: taken },
+          generalRows: generalReport.rows,
+          source: generalFile.source,
+          ...(generalFile.sourceKey !== undefined ? { sourceKey: generalFile.sourceKey } : {}),
+          sourceSha256: mixed.digest('hex'),
+        };
+      }
+      const committedSize = (await stat(file)).size;
+      const sha256 = file === fetched.file ? sourceSha256 : await hashFile(file, (bytesDone) => at({ step: 'hashing', bytes: committedSize, bytesDone }));
       const prefixKey = layout.dataset(prefix, sha256);
       // Only facts of the content in the manifest (the same bytes may be read from anywhere, as any
       // format that accepts them): where this run read it, and as what, is in its run.json.
       let uploaded: CommitProgress | undefined;
       const artifact = await commitInput(
         prefixKey,
-        (options) => commitSingleFile(store, file, 'data.jsonl', prefixKey, { rows: report.rows }, { ...options, knownSha256: new Map([['data.jsonl', sha256]]) }),
+        (options) => commitSingleFile(store, file, 'data.jsonl', prefixKey, { rows }, { ...options, knownSha256: new Map([['data.jsonl', sha256]]) }),
         (p) => at({ step: 'uploading', ...(uploaded = p) }),
       );
-      at({ step: 'done', rowsDone: report.rows, ...uploaded });
-      return { ...refOf(artifact), sha256, source, ...(sourceKey !== undefined ? { sourceKey } : {}) };
+      at({ step: 'done', rowsDone: rows, ...uploaded });
+      const prepared: PreparedDataset = {
+        ...refOf(artifact),
+        sha256,
+        source: fetched.source,
+        ...(fetched.sourceKey !== undefined ? { sourceKey: fetched.sourceKey } : {}),
+        ...(sha256 !== sourceSha256 ? { sourceSha256 } : {}),
+        ...(mixRecord ? { mix: mixRecord } : {}),
+      };
+      return {
+        prepared,
+        record: {
+          path: ds.path,
+          ...prepared,
+          sourceSha256,
+          ...(ds.source !== undefined ? { sourceFormat: describeSource(ds.source), format: ds.format } : { format: ds.format }),
+          rows,
+          ...(mixRecord ? { mix: mixRecord } : {}),
+        },
+      };
     } finally {
-      if (cleanup) await rm(cleanup, { recursive: true, force: true });
+      await rm(tmp, { recursive: true, force: true });
     }
   }
 
@@ -151,13 +231,16 @@ export function createControlActivities(deps: ControlDeps) {
       const { plan } = input;
       const prefix = plan.storage.prefix;
       const datasets: PreparedRun['datasets'] = {};
+      const records: Record<string, RunManifestDataset> = {};
       const seen = new Map<string, PlannedDataset>();
       for (const stage of plan.stages) for (const ds of [stage.dataset, stage.evalDataset]) if (ds) seen.set(ds.name, ds);
       const baseModel = await withHeartbeats({ phase: 'datasets' }, async (beat) => {
         const problems: InputProblem[] = [];
         for (const ds of seen.values()) {
           try {
-            datasets[ds.name] = await storeDataset(ds, prefix, beat);
+            const stored = await storeDataset(ds, prefix, beat);
+            datasets[ds.name] = stored.prepared;
+            records[ds.name] = stored.record;
           } catch (err) {
             if (err instanceof ApplicationFailure && err.type === 'InputError') problems.push(...((err.details?.[0] as InputProblem[]) ?? []));
             else throw err;
@@ -185,8 +268,9 @@ export function createControlActivities(deps: ControlDeps) {
         scheduleId: input.scheduleId ?? null,
         fingerprint,
         baseModel: { source: plan.baseModel, ...baseModel },
-        // `path` as the spec gives it; `source`/`sourceKey` the exact file or object read.
-        datasets: Object.fromEntries(Object.entries(datasets).map(([name, d]) => [name, { path: seen.get(name)!.path, ...d }])),
+        // `path` as the plan gives it; `source`/`sourceKey` the exact file or object read, `sha256`
+        // what was committed (canonical rows), `sourceSha256` the bytes read; `mix` what was mixed in.
+        datasets: records,
         versions: { code: deps.codeVersion, jobs: deps.jobsVersion, node: process.version },
         controlHost: hostname(),
         plan,
@@ -411,4 +495,48 @@ async function commitSingleFile(
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
+}
+
+interface FetchedSource {
+  /** A local file: the dataset's own, or its s3:// object downloaded. */
+  file: string;
+  /** The exact file or object read. */
+  source: string;
+  sourceKey?: string;
+}
+
+interface StoredDataset {
+  prepared: PreparedDataset;
+  /** What run.json records of it. */
+  record: RunManifestDataset;
+}
+
+/** How run.json describes a dataset's source format (LLaMA-Factory: the entry and the attributes read). */
+function describeSource(source: DatasetSource): Record<string, unknown> & { kind: string } {
+  if (source.kind === 'refinery') return { kind: 'refinery', format: source.format };
+  return {
+    kind: 'llama-factory',
+    ...(source.datasetInfo !== undefined ? { datasetInfo: source.datasetInfo, entry: source.entry } : {}),
+    formatting: source.attrs.formatting,
+    ranking: source.attrs.ranking,
+    columns: source.attrs.columns,
+    tags: source.attrs.tags,
+  };
+}
+
+/** Canonical rows to a JSONL file, one write at a time, waiting when the stream says so. */
+function jsonlWriter(file: string): { write: (row: CanonicalRow) => Promise<void>; close: () => Promise<void> } {
+  const out = createWriteStream(file);
+  let failed: Error | undefined;
+  out.on('error', (err) => (failed = err));
+  return {
+    write: async (row) => {
+      if (failed) throw failed;
+      if (!out.write(`${JSON.stringify(row)}\n`)) await once(out, 'drain');
+    },
+    close: async () => {
+      if (failed) throw failed;
+      await new Promise<void>((resolve, reject) => out.end((err?: Error | null) => (err ? reject(err) : resolve())));
+    },
+  };
 }

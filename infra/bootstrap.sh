@@ -5,7 +5,7 @@
 # version, so fresh clones reuse it. Prints one line per step.
 #
 #   bash infra/bootstrap.sh                 # everything
-#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, python, llama.cpp, npm)
+#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, python, llama.cpp, llama-factory, npm)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +15,7 @@ CACHE="${REFINERY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/refinery}"
 STATE="${REFINERY_STATE_DIR:-$ROOT/.refinery}"
 mkdir -p "$CACHE" "$STATE"
 
-STEPS="${*:-temporal minio python llama.cpp npm}"
+STEPS="${*:-temporal minio python llama.cpp llama-factory npm}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 step() { printf '[bootstrap] %-28s %s\n' "$1" "$2"; }
 t0=$(date +%s)
@@ -105,6 +105,33 @@ else
   step "llama.cpp" "done ($(elapsed))"
 fi
 
+# --- LLaMA-Factory's demo data: the datasets its users start from, for the dataset tests ----------
+# data/ of the llamafactory sdist on PyPI (dataset_info.json and the files its local entries name),
+# checked against a pinned sha256; the multimodal demo's media (mllm_demo_data) are left out:
+# Refinery trains on text. Tests read it from toolchain.json's `llamaFactoryData`.
+LLAMA_FACTORY_VERSION="${LLAMA_FACTORY_VERSION:-0.9.5}"
+LLAMA_FACTORY_SHA256="${LLAMA_FACTORY_SHA256:-1702c0bfb864e80577a59521d2edcacd2aab05ec6aee06188fcba335a589681f}"
+LLAMA_FACTORY_DIR="$CACHE/llamafactory-data-$LLAMA_FACTORY_VERSION"
+if ! want llama-factory || [[ -f "$LLAMA_FACTORY_DIR/.complete" ]]; then
+  step "llama-factory data" "cached ($LLAMA_FACTORY_DIR)"
+else
+  step "llama-factory data" "llamafactory==$LLAMA_FACTORY_VERSION sdist -> data/"
+  rm -rf "$LLAMA_FACTORY_DIR.tmp"; mkdir -p "$LLAMA_FACTORY_DIR.tmp/data"
+  PIP=(python3 -m pip); [[ -x "$PYENV/bin/pip" ]] && PIP=("$PYENV/bin/pip")
+  "${PIP[@]}" download -q --no-deps --no-binary :all: "llamafactory==$LLAMA_FACTORY_VERSION" -d "$LLAMA_FACTORY_DIR.tmp/download"
+  SDIST="$LLAMA_FACTORY_DIR.tmp/download/llamafactory-$LLAMA_FACTORY_VERSION.tar.gz"
+  echo "$LLAMA_FACTORY_SHA256  $SDIST" | sha256sum -c --quiet - \
+    || { echo "[bootstrap] llama-factory data: $SDIST does not match the pinned sha256" >&2; exit 1; }
+  tar -xzf "$SDIST" -C "$LLAMA_FACTORY_DIR.tmp/data" --strip-components=2 \
+    --exclude="llamafactory-$LLAMA_FACTORY_VERSION/data/mllm_demo_data" "llamafactory-$LLAMA_FACTORY_VERSION/data"
+  [[ -f "$LLAMA_FACTORY_DIR.tmp/data/dataset_info.json" ]] \
+    || { echo "[bootstrap] llama-factory data: no data/dataset_info.json in $SDIST" >&2; exit 1; }
+  rm -rf "$LLAMA_FACTORY_DIR.tmp/download"
+  touch "$LLAMA_FACTORY_DIR.tmp/.complete"
+  rm -rf "$LLAMA_FACTORY_DIR"; mv "$LLAMA_FACTORY_DIR.tmp" "$LLAMA_FACTORY_DIR"
+  step "llama-factory data" "done ($(elapsed))"
+fi
+
 # --- npm packages --------------------------------------------------------------------------------
 if want npm; then
   if [[ -d "$ROOT/node_modules" && "$ROOT/node_modules/.package-lock.json" -nt "$ROOT/package-lock.json" ]]; then
@@ -124,7 +151,8 @@ cat > "$STATE/toolchain.json" <<JSON
   "minio": "$MINIO_DIR/minio",
   "python": "$PYENV/bin/python",
   "llamaCppConvert": "$LLAMA_DIR/src/convert_hf_to_gguf.py",
-  "llamaQuantize": "$LLAMA_DIR/bin/llama-quantize"
+  "llamaQuantize": "$LLAMA_DIR/bin/llama-quantize",
+  "llamaFactoryData": "$LLAMA_FACTORY_DIR/data"
 }
 JSON
 step "toolchain" "ready in $(elapsed) -> $STATE/toolchain.json"

@@ -10,9 +10,20 @@ export type ModelRef = { base: true } | { stage: string };
 export interface PlannedDataset {
   /** Name in the spec's `datasets` (or the path of an inline dataset). */
   name: string;
-  /** Local absolute path or s3:// URI. */
+  /** The source file: local absolute path or s3:// URI. */
   path: string;
+  /**
+   * The canonical format the job reads (spec/datasets.ts): what prepareRun commits as data.jsonl.
+   * In plans without `source` (runs started before canonical datasets), the file's own format:
+   * it is committed as it is and read so.
+   */
   format: DatasetFormat;
+  /** How the source file is read: a Refinery format, or LLaMA-Factory attributes (from a dataset_info.json entry or inline). */
+  source?: import('./dataset-info.js').DatasetSource;
+  /** Eval rows held out of this dataset by the job, as LLaMA-Factory's val_size: a fraction (< 1) or a count. */
+  valSize?: number;
+  /** A general dataset mixed in when the canonical file is written: `ratio` of its rows per row of this one, sampled with `seed`. */
+  mix?: { dataset: Omit<PlannedDataset, 'mix' | 'valSize'>; ratio: number; seed: number };
 }
 
 /** `retry.infrastructure_attempts` by default, and for plans of runs started before it existed. */

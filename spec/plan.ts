@@ -9,6 +9,8 @@ import type { LoadedSpec } from './load.js';
 import type { DatasetFormat, Finetuning, Hyper, PipelineSpec, Stage, StageKind } from './schema.js';
 import { Finetuning as FinetuningSchema } from './schema.js';
 import { parseDuration } from './duration.js';
+import { planDataset } from './dataset-info.js';
+import { HYPER_DEFAULTS, HYPER_UNUSED, STAGE_PARAMS, type HyperField } from './stage-params.js';
 import { DEFAULT_INFRASTRUCTURE_ATTEMPTS, type ModelRef, type PipelinePlan, type PlannedDataset, type PlannedStage } from './plan-types.js';
 
 export type { ModelRef, PipelinePlan, PlannedDataset, PlannedStage } from './plan-types.js';
@@ -27,17 +29,6 @@ const KIND_RULES: Record<StageKind, { formats: DatasetFormat[] | null; needs: ('
   gguf: { formats: null, needs: [] },
   eval: { formats: ['chat', 'alpaca', 'sharegpt', 'text', 'preference'], needs: [] },
 };
-
-/**
- * gguf params, checked before any stage runs (the job checks them again; keep in step with
- * jobs/refinery_jobs/gguf.py): a typo in the last stage of a pipeline should not surface after
- * hours of training. Types each exporter can write:
- */
-export const GGUF_EXPORTER_TYPES: Readonly<Record<string, readonly string[]>> = {
-  'gguf-py': ['f32', 'f16', 'bf16', 'q8_0', 'q4_0'],
-  'llama.cpp': ['f32', 'f16', 'bf16', 'q8_0', 'q4_0', 'q4_1', 'q5_0', 'q5_1', 'q2_k', 'q3_k_s', 'q3_k_m', 'q3_k_l', 'q4_k_s', 'q4_k_m', 'q5_k_s', 'q5_k_m', 'q6_k'],
-};
-const GGUF_PARAMS = ['exporter', 'types', 'check_prompts', 'check_new_tokens'];
 
 const TRAINING_KINDS: ReadonlySet<StageKind> = new Set(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo', 'kto', 'orpo']);
 
@@ -88,8 +79,6 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
       problem(at('from'), `stage "${stage.from}" trains the full model: there is no adapter to merge`);
     }
 
-    if (stage.kind === 'gguf') checkGgufParams(stage.params ?? {}, (p, m) => problem([...at('params'), ...p], m));
-
     const model = modelRef(stage.policy !== undefined ? 'policy' : 'from', stage.policy ?? stage.from ?? 'base') ?? { base: true };
     const rewardModel = modelRef('reward_model', stage.reward_model);
 
@@ -106,8 +95,7 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
     }
 
     const finetuning = finetuningOf(spec, stage);
-    const hyper: Hyper = { ...spec.defaults?.hyper, ...stage.hyper };
-    if (hyper.max_steps === undefined && hyper.num_epochs === undefined && TRAINING_KINDS.has(stage.kind)) hyper.num_epochs = 1;
+    const hyper = hyperOf(spec, stage);
     const resources = { ...spec.defaults?.resources, ...stage.resources };
     const retry = { ...spec.defaults?.retry, ...stage.retry };
     const timeouts = { ...spec.defaults?.timeouts, ...stage.timeouts };
@@ -123,7 +111,8 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
       evalDataset,
       finetuning,
       hyper,
-      params: stage.params ?? {},
+      // Schema-checked already (spec/schema.ts); parsed again here for the defaults.
+      params: STAGE_PARAMS[stage.kind].parse(stage.params ?? {}) as Record<string, unknown>,
       ...(stage.job_params !== undefined ? { jobParams: stage.job_params } : {}),
       ...((stage.template ?? spec.template) !== undefined ? { template: stage.template ?? spec.template } : {}),
       gpus: resources.gpus ?? 0,
@@ -172,25 +161,17 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
   };
 }
 
-function checkGgufParams(params: Record<string, unknown>, problem: (p: (string | number)[], m: string) => void): void {
-  for (const key of Object.keys(params)) {
-    if (!GGUF_PARAMS.includes(key)) problem([key], `unknown gguf param (accepted: ${GGUF_PARAMS.join(', ')})`);
-  }
-  const exporter = params.exporter ?? 'gguf-py';
-  const allowed = typeof exporter === 'string' && Object.hasOwn(GGUF_EXPORTER_TYPES, exporter) ? GGUF_EXPORTER_TYPES[exporter] : undefined;
-  if (!allowed) {
-    problem(['exporter'], `expected one of ${Object.keys(GGUF_EXPORTER_TYPES).map((e) => `"${e}"`).join(' | ')}, got ${JSON.stringify(exporter)}`);
-    return;
-  }
-  const types = params.types;
-  if (types === undefined) return;
-  if (!Array.isArray(types) || types.length === 0) {
-    problem(['types'], 'expected a non-empty array of GGUF types');
-    return;
-  }
-  types.forEach((t: unknown, j) => {
-    if (typeof t !== 'string' || !allowed.includes(t)) problem(['types', j], `expected one of ${allowed.join(' | ')} with exporter "${exporter as string}", got ${JSON.stringify(t)}`);
-  });
+/**
+ * The stage's hyper: its own fields over `defaults.hyper` over HYPER_DEFAULTS, without the fields
+ * its kind's job has no use for (a default inherited from `defaults` is not an error there).
+ */
+function hyperOf(spec: PipelineSpec, stage: Stage): Hyper {
+  const unused = HYPER_UNUSED[stage.kind];
+  if (unused === 'all') return {};
+  const merged: Record<string, unknown> = { ...HYPER_DEFAULTS, ...spec.defaults?.hyper, ...stage.hyper };
+  if (merged.max_steps == null && merged.num_epochs == null) merged.num_epochs = 1;
+  for (const key of Object.keys(merged)) if (merged[key] === null || unused?.includes(key as HyperField)) delete merged[key];
+  return merged as Hyper;
 }
 
 function finetuningOf(spec: PipelineSpec, stage: Stage): Finetuning {
@@ -207,15 +188,26 @@ function resolveDataset(
   problem: (p: (string | number)[], m: string) => void,
 ): PlannedDataset | undefined {
   if (ref === undefined) return undefined;
-  if (typeof ref === 'string') {
-    const named = spec.datasets?.[ref];
-    if (!named) {
-      problem(at, `no dataset named "${ref}" in datasets`);
-      return undefined;
-    }
-    return { name: ref, path: resolvePath(specFile, named.path), format: named.format };
+  const dataset = typeof ref === 'string' ? spec.datasets?.[ref] : ref;
+  if (!dataset) {
+    problem(at, `no dataset named "${ref as string}" in datasets`);
+    return undefined;
   }
-  return { name: `${at[1]}-${String(at[2])}`.replace(/_/g, '-'), path: resolvePath(specFile, ref.path), format: ref.format };
+  // Problems with a named dataset are reported where it is declared.
+  const where = typeof ref === 'string' ? ['datasets', ref] : at;
+  const name = typeof ref === 'string' ? ref : `${at[1]}-${String(at[2])}`.replace(/_/g, '-');
+  const resolve = (p: string) => resolvePath(specFile, p);
+  const planned = planDataset(name, dataset, resolve, (p, m) => problem([...where, ...p], m));
+  if (!planned || !dataset.mix) return planned;
+  const general = spec.datasets?.[dataset.mix.dataset];
+  const mixAt = [...where, 'mix', 'dataset'];
+  if (!general) return void problem(mixAt, `no dataset named "${dataset.mix.dataset}" in datasets`);
+  if (general.mix) return void problem(mixAt, `dataset "${dataset.mix.dataset}" is mixed itself; mix in a plain dataset`);
+  const mixed = planDataset(dataset.mix.dataset, general, resolve, (p, m) => problem(['datasets', dataset.mix!.dataset, ...p], m));
+  if (!mixed) return undefined;
+  if (mixed.format !== planned.format) return void problem(mixAt, `dataset "${dataset.mix.dataset}" reads as ${mixed.format} data, this one as ${planned.format}: mix datasets of one format`);
+  const { valSize: _v, ...mixedDataset } = mixed;
+  return { ...planned, mix: { dataset: mixedDataset, ratio: dataset.mix.ratio, seed: dataset.mix.seed ?? 42 } };
 }
 
 /** s3:// URIs stay as they are; local paths become absolute, relative to the spec file. */

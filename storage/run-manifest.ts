@@ -5,7 +5,8 @@
  * readers (client/run-records.ts; `audit verify` reports a run.json that does not parse).
  *
  * Fields older runs lack are optional: `scheduleId`, `fingerprint` and a dataset's `path` and
- * `sourceKey` were added with nightly schedules (7c933d4). The plan is kept whole
+ * `sourceKey` were added with nightly schedules (7c933d4); `sourceSha256`, `sourceFormat`, `format`,
+ * `rows` and `mix` with canonical datasets (LLaMA-Factory sources, mixing). The plan is kept whole
  * (every field passes through); readers rely only on its stage ids, kinds and deps.
  */
 import { z } from 'zod';
@@ -17,16 +18,42 @@ const storedRef = {
   manifestSha256: z.string(),
 };
 
+/** A general dataset mixed into a run's dataset when its canonical file was written (spec `mix`). */
+export const DatasetMixRecord = z.object({
+  /** The general dataset's name in the spec. */
+  dataset: z.string(),
+  /** General rows per row of the dataset, and the seed of the sampling and interleaving. */
+  ratio: z.number(),
+  seed: z.number(),
+  /** Rows in the committed file from each dataset, by name. */
+  rows: z.record(z.string(), z.number()),
+  /** Valid rows the general dataset has (it gave rows[dataset] of them). */
+  generalRows: z.number(),
+  /** The general dataset's file or object read, and the sha256 of its bytes. */
+  source: z.string(),
+  sourceKey: z.string().optional(),
+  sourceSha256: z.string(),
+});
+
 export const RunManifestDataset = z.object({
-  /** The dataset's path as the spec gives it. */
+  /** The dataset's path as the plan gives it (absolute, or s3://). */
   path: z.string().optional(),
   ...storedRef,
-  /** sha256 of the stored data.jsonl. */
+  /** sha256 of the stored data.jsonl: canonical rows (spec/datasets.ts), or, before them, the file as read. */
   sha256: z.string(),
   /** The exact file or object read (for an s3:// prefix ending in "/", the newest object under it). */
   source: z.string().optional(),
   /** That object's key in the bucket (s3:// datasets only). */
   sourceKey: z.string().optional(),
+  /** sha256 of the source bytes read (equal to sha256 when they were committed as they are). */
+  sourceSha256: z.string().optional(),
+  /** How the source was read: {kind: "refinery", format} or {kind: "llama-factory", datasetInfo?, entry?, formatting, ranking, columns, tags}. */
+  sourceFormat: z.looseObject({ kind: z.string() }).optional(),
+  /** The format of the committed rows (what the jobs read). */
+  format: z.string().optional(),
+  /** Rows committed. */
+  rows: z.number().optional(),
+  mix: DatasetMixRecord.optional(),
 });
 
 /** What readers use of the plan: stage order, kinds, deps. */
@@ -65,6 +92,7 @@ export const RunManifest = z.object({
 
 export type RunManifest = z.infer<typeof RunManifest>;
 export type RunManifestDataset = z.infer<typeof RunManifestDataset>;
+export type DatasetMixRecord = z.infer<typeof DatasetMixRecord>;
 
 /** The manifest's key under a run's key (`<prefix>/runs/<runId>`). */
 export const runManifestKey = (runKey: string): string => `${runKey}/run.json`;

@@ -74,7 +74,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   }
   audit.append('run-prepared', {
     baseModel: { uri: prepared.baseModel.uri, manifestSha256: prepared.baseModel.manifestSha256 },
-    datasets: Object.fromEntries(Object.entries(prepared.datasets).map(([k, d]) => [k, { uri: d.uri, sha256: d.sha256, manifestSha256: d.manifestSha256, source: d.source ?? null, sourceKey: d.sourceKey ?? null }])),
+    datasets: Object.fromEntries(Object.entries(prepared.datasets).map(([k, d]) => [k, { uri: d.uri, sha256: d.sha256, manifestSha256: d.manifestSha256, source: d.source ?? null, sourceKey: d.sourceKey ?? null, ...(d.sourceSha256 !== undefined ? { sourceSha256: d.sourceSha256 } : {}), ...(d.mix !== undefined ? { mix: d.mix } : {}) }])),
     jobsVersion: prepared.jobsVersion,
     fingerprint: prepared.fingerprint ?? null,
   });

@@ -2,6 +2,7 @@
  * Types shared by workflows, activities and the CLI. Type-only imports keep this safe to use from
  * workflow code.
  */
+import type { DatasetMixRecord } from '../storage/run-manifest.js';
 import type { PipelinePlan, PlannedStage } from '../spec/plan-types.js';
 import type { AttemptAdjustments } from './attempt-policy.js';
 import type { FailureClass, FailureKind } from './failures.js';
@@ -45,6 +46,10 @@ export type PreparedDataset = ArtifactRef & {
   source?: string;
   /** That object's key in the bucket (s3:// datasets only). */
   sourceKey?: string;
+  /** sha256 of the source bytes, when what was committed is their canonical form (runs since canonical datasets). */
+  sourceSha256?: string;
+  /** The general dataset mixed in, and the rows taken from each (data mixing). */
+  mix?: DatasetMixRecord;
 };
 
 export interface PreparedRun {

@@ -126,7 +126,7 @@ describe('prepareRun', () => {
     const { dir, file } = await writeTestSpec({
       name: 'prep-test',
       storage: { prefix },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 2 }, params: {} }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 2 }, job_params: {} }],
     });
     const base = path.join(dir, 'base');
     await writeFile(path.join(base, 'model.safetensors'), randomBytes(3 * MiB));
@@ -238,7 +238,7 @@ describe('two runs of the same spec started together', () => {
     const { dir, file } = await writeTestSpec({
       name: 'twins-test',
       storage: { prefix },
-      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 40 }, params: { step_seconds: 0.25 }, resources: { task_queue: 'gpu-twins' } }],
+      stages: [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 40 }, job_params: { step_seconds: 0.25 }, resources: { task_queue: 'gpu-twins' } }],
     });
     // A base model that takes a moment to upload: the two commits overlap.
     await writeFile(path.join(dir, 'base', 'model.safetensors'), randomBytes(40 * MiB));

@@ -7,7 +7,8 @@ import path from 'node:path';
 import { Readable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { MAX_LINE_BYTES, validateJsonl, validateJsonlFile } from '../../spec/datasets.js';
+import { MAX_LINE_BYTES, mixCounts, mixRows, validateDatasetFile, validateJsonl, validateJsonlFile, validateRecords, type CanonicalRow, type DatasetReading } from '../../spec/datasets.js';
+import { llamaFactoryAttrs } from '../../spec/dataset-info.js';
 import type { DatasetFormat } from '../../spec/schema.js';
 
 const DEMO = fileURLToPath(new URL('../../demo/data/', import.meta.url));
@@ -71,7 +72,7 @@ describe('demo data is valid', () => {
 describe('bad data: one problem, its line and its field', () => {
   it.each([
     ['chat-invalid-json.jsonl', 'chat', 3, undefined, /^invalid JSON \(/],
-    ['chat-unknown-role.jsonl', 'chat', 3, 'messages[1].role', /^expected one of "system" \| "user" \| "assistant"$/],
+    ['chat-unknown-role.jsonl', 'chat', 3, 'messages[1].role', /^expected one of "system" \| "user" \| "assistant" \| "tool"$/],
     ['chat-empty-content.jsonl', 'chat', 4, 'messages[0].content', /^must not be empty$/],
     ['preference-missing-chosen.jsonl', 'preference', 2, 'chosen', /^required in preference records$/],
     ['preference-missing-rejected.jsonl', 'preference', 3, 'rejected', /^required in preference records$/],
@@ -116,7 +117,7 @@ describe('bad data: one problem, its line and its field', () => {
     ['alpaca', '{"instruction": "a"}', 'output', 'required in alpaca records'],
     ['alpaca', '{"instruction": "", "output": "b"}', 'instruction', 'must not be empty'],
     ['alpaca', '{"instruction": "a", "output": "b", "history": [["q"]]}', 'history[0]', /./],
-    ['sharegpt', '{"conversations": [{"from": "bot", "value": "x"}]}', 'conversations[0].from', 'expected one of "human" | "gpt" | "system"'],
+    ['sharegpt', '{"conversations": [{"from": "bot", "value": "x"}]}', 'conversations[0].from', 'expected one of "human" | "gpt" | "system" | "function_call" | "observation"'],
     ['prompts', '{}', 'prompt', 'required in prompts records'],
     ['prompts', '{"prompt": " "}', 'prompt', 'must not be empty'],
     ['preference', '{"prompt": "p", "chosen": [{"role": "assistant", "content": ""}], "rejected": "r"}', 'chosen[0].content', 'must not be empty'],
@@ -130,6 +131,32 @@ describe('bad data: one problem, its line and its field', () => {
     expect(problem!.field).toBe(field);
     if (typeof message === 'string') expect(problem!.message).toBe(message);
     else expect(problem!.message).toMatch(message);
+  });
+});
+
+describe('bad data in LLaMA-Factory shapes: the line where the record starts, the field in its own terms', () => {
+  const sharegpt = (columns: Record<string, string>, ranking = false) => {
+    const r = llamaFactoryAttrs({ formatting: 'sharegpt', ranking, columns });
+    if ('problem' in r) throw new Error(r.problem.message);
+    return r.attrs;
+  };
+  it.each([
+    ['alpaca-array-missing-comma.json', { format: 'chat', source: { kind: 'refinery', format: 'alpaca' } }, 2, 12, undefined, 'expected "," or "]" after the record that starts on line 7, got "{"'],
+    ['sharegpt-tools-bad-call.json', { format: 'chat', source: { kind: 'llama-factory', attrs: sharegpt({ messages: 'conversations', tools: 'tools' }) } }, 1, 11, 'conversations[1].value', 'a function call holds JSON: {"name": ..., "arguments": {...}} or an array of them'],
+    ['dpo-pair-turns-not-alternating.json', { format: 'preference', source: { kind: 'llama-factory', attrs: sharegpt({ messages: 'conversations', chosen: 'chosen', rejected: 'rejected' }, true) } }, 1, 7, 'conversations[1].from', 'expected "gpt" | "function_call" here (turns alternate "human/observation" and "gpt/function_call"), got "human"'],
+  ] as const)('%s', async (name, reading, rows, line, field, message) => {
+    const file = path.join(BAD_DATA, name);
+    const report = await validateDatasetFile(file, reading as DatasetReading);
+    expect(report).toEqual({ rows, problems: [{ file, line, ...(field ? { field } : {}), message }] });
+  });
+});
+
+describe("LLaMA-Factory's shapes named as a Refinery format", () => {
+  it('the problem says how to name them instead', async () => {
+    const dpo = await validateText('{"conversations": [{"from": "human", "value": "Q"}], "chosen": {"from": "gpt", "value": "A"}, "rejected": {"from": "gpt", "value": "B"}}', 'preference');
+    expect(dpo.problems[0]).toMatchObject({ field: 'chosen', message: expect.stringMatching(/^expected string \(LLaMA-Factory sharegpt pairs: .*ranking: true/) });
+    const kto = await validateText('{"messages": [{"role": "user", "content": "Q"}, {"role": "assistant", "content": "A"}], "label": true}', 'kto');
+    expect(kto.problems[0]).toMatchObject({ field: 'prompt', message: expect.stringMatching(/^required in kto records \(LLaMA-Factory KTO data: .*kto_tag: label/) });
   });
 });
 
@@ -231,5 +258,92 @@ describe('validation progress', () => {
     expect(report.rows).toBe(3000);
     expect(seen.length).toBeGreaterThanOrEqual(3);
     expect(seen.at(-1)).toBe(3000);
+  });
+});
+
+describe('canonical rows', () => {
+  /** The canonical rows of `text` read as `format` (a Refinery format). */
+  async function canonical(text: string, format: DatasetFormat, layout: 'json' | 'text' = 'json') {
+    const rows: CanonicalRow[] = [];
+    const report = await validateRecords(Readable.from([Buffer.from(text)]), layout, { format: CANONICAL[format], source: { kind: 'refinery', format } }, 'd', { onRow: (r) => void rows.push(r) });
+    expect(report.problems).toEqual([]);
+    return rows;
+  }
+  const CANONICAL: Record<DatasetFormat, DatasetFormat> = { chat: 'chat', alpaca: 'chat', sharegpt: 'chat', text: 'text', preference: 'preference', prompts: 'prompts', kto: 'kto' };
+
+  it('alpaca becomes chat with the messages data.py builds (system, history, "instruction\\n\\ninput")', async () => {
+    expect(await canonical('{"instruction": "Add.", "input": "1+1", "output": "2", "system": "S", "history": [["Hi", "Yo"]]}', 'alpaca')).toEqual([
+      { messages: [{ role: 'system', content: 'S' }, { role: 'user', content: 'Hi' }, { role: 'assistant', content: 'Yo' }, { role: 'user', content: 'Add.\n\n1+1' }, { role: 'assistant', content: '2' }] },
+    ]);
+  });
+
+  it('sharegpt becomes chat, function_call/observation turns tool calls and tool messages', async () => {
+    const rec = { conversations: [{ from: 'system', value: 'S' }, { from: 'human', value: 'Q' }, { from: 'function_call', value: '{"name": "f", "arguments": {"x": 1}}' }, { from: 'observation', value: '2' }, { from: 'gpt', value: 'A' }], tools: '[{"name": "f"}]' };
+    expect(await canonical(JSON.stringify(rec), 'sharegpt')).toEqual([
+      {
+        messages: [
+          { role: 'system', content: 'S' },
+          { role: 'user', content: 'Q' },
+          { role: 'assistant', content: '', tool_calls: [{ type: 'function', function: { name: 'f', arguments: { x: 1 } } }] },
+          { role: 'tool', content: '2' },
+          { role: 'assistant', content: 'A' },
+        ],
+        tools: [{ type: 'function', function: { name: 'f' } }],
+      },
+    ]);
+  });
+
+  it('prompts, preference and kto strings become messages; text stays text; canonical rows read as themselves', async () => {
+    expect(await canonical('{"prompt": "Hi"}', 'prompts')).toEqual([{ prompt: [{ role: 'user', content: 'Hi' }] }]);
+    expect(await canonical('{"prompt": "Hi", "chosen": "A", "rejected": "B"}', 'preference')).toEqual([{ prompt: [{ role: 'user', content: 'Hi' }], chosen: [{ role: 'assistant', content: 'A' }], rejected: [{ role: 'assistant', content: 'B' }] }]);
+    expect(await canonical('{"prompt": "Hi", "completion": "A", "label": true}', 'kto')).toEqual([{ prompt: [{ role: 'user', content: 'Hi' }], completion: [{ role: 'assistant', content: 'A' }], label: true }]);
+    for (const [format, row] of [
+      ['prompts', { prompt: [{ role: 'user', content: 'Hi' }] }],
+      ['preference', { prompt: [{ role: 'user', content: 'Hi' }], chosen: [{ role: 'assistant', content: 'A' }], rejected: [{ role: 'assistant', content: 'B' }] }],
+      ['chat', { messages: [{ role: 'user', content: 'Hi' }, { role: 'assistant', content: '', tool_calls: [{ type: 'function', function: { name: 'f', arguments: {} } }] }, { role: 'tool', content: '' }, { role: 'assistant', content: 'A' }], tools: [{ type: 'function', function: { name: 'f' } }] }],
+    ] as const) {
+      expect(await canonical(JSON.stringify(row), format)).toEqual([row]);
+    }
+    expect(await canonical('One.\n\nTwo.\n', 'text', 'text')).toEqual([{ text: 'One.' }, { text: 'Two.' }]);
+  });
+
+  it('a JSON array of records in a Refinery format: problems at the line where the record starts', async () => {
+    const file = path.join(tmp, 'chat.json');
+    await writeFile(file, JSON.stringify([JSON.parse(GOOD_CHAT), { messages: [{ role: 'bot', content: 'x' }] }], null, 2));
+    const report = await validateDatasetFile(file, { format: 'chat', source: { kind: 'refinery', format: 'chat' } });
+    expect(report).toEqual({ rows: 1, problems: [{ file, line: 14, field: 'messages[0].role', message: 'expected one of "system" | "user" | "assistant" | "tool"' }] });
+  });
+});
+
+describe('mixing', () => {
+  it('takes round(ratio x rows) general rows, each once while they last, the same for a seed', () => {
+    const counts = mixCounts(100, 50, 0.2, 7);
+    expect(counts.reduce((a, b) => a + b, 0)).toBe(20);
+    expect(Math.max(...counts)).toBe(1);
+    expect([...mixCounts(100, 50, 0.2, 7)]).toEqual([...counts]);
+    expect([...mixCounts(100, 50, 0.2, 8)]).not.toEqual([...counts]);
+    // More than the general dataset holds: every row once per full pass, the rest sampled.
+    const over = mixCounts(100, 30, 0.5, 1);
+    expect(over.reduce((a, b) => a + b, 0)).toBe(50);
+    expect(new Set(over)).toEqual(new Set([1, 2]));
+  });
+
+  it('interleaves both sides, each in its own order, deterministically', async () => {
+    const rows = (tag: string, n: number) =>
+      (async function* () {
+        for (let i = 0; i < n; i++) yield { text: `${tag}${i}` } as CanonicalRow;
+      })();
+    const mix = async (seed: number) => {
+      const out: string[] = [];
+      const counts = mixCounts(40, 10, 0.5, seed);
+      for await (const r of mixRows(rows('u', 40), 40, rows('g', 10), counts, seed)) out.push((r as { text: string }).text);
+      return out;
+    };
+    const a = await mix(3);
+    expect(a).toHaveLength(60);
+    expect(a.filter((t) => t.startsWith('u'))).toEqual(Array.from({ length: 40 }, (_, i) => `u${i}`));
+    expect(a.filter((t) => t.startsWith('g')).sort()).toEqual(Array.from({ length: 10 }, (_, i) => [`g${i}`, `g${i}`]).flat().sort());
+    expect(a.slice(0, 20).some((t) => t.startsWith('g'))).toBe(true); // spread out, not appended
+    expect(await mix(3)).toEqual(a);
   });
 });

@@ -7,6 +7,7 @@ import { parseDuration } from '../../spec/duration.js';
 import { InputError, type InputProblem } from '../../spec/errors.js';
 import { loadSpecFile, parseSpec } from '../../spec/load.js';
 import { DEFAULT_TASK_QUEUE, planPipeline, resolvePath, topologicalOrder, type PipelinePlan, type PlannedStage } from '../../spec/plan.js';
+import { HYPER_DEFAULTS } from '../../spec/stage-params.js';
 
 const BAD_SPECS = fileURLToPath(new URL('../fixtures/bad-specs/', import.meta.url));
 const SPEC_FILE = '/specs/demo/pipeline.yaml';
@@ -24,6 +25,17 @@ function planProblems(text: string): InputProblem[] {
     return (e as InputError).problems;
   }
   throw new Error('expected the planner to refuse the spec');
+}
+
+/** Problems of a spec the schema or the planner refuses. */
+function specProblems(text: string): InputProblem[] {
+  try {
+    planPipeline(parseSpec(text, SPEC_FILE));
+  } catch (e) {
+    expect(e).toBeInstanceOf(InputError);
+    return (e as InputError).problems;
+  }
+  throw new Error('expected the spec to be refused');
 }
 
 async function fixtureProblems(name: string): Promise<InputProblem[]> {
@@ -125,12 +137,18 @@ describe('a valid spec', () => {
     expect(stageOf(p, 'export').deps).toEqual(['merged']);
   });
 
-  it('merges defaults.hyper with stage.hyper (the stage wins), and defaults num_epochs for training only', () => {
-    expect(stageOf(p, 'sft').hyper).toEqual({ learning_rate: 0.0002, batch_size: 4, max_length: 256, max_steps: 40 });
-    expect(stageOf(p, 'dpo').hyper).toEqual({ learning_rate: 0.00001, batch_size: 4, max_length: 256, num_epochs: 1 });
-    expect(stageOf(p, 'ppo').hyper).toEqual({ learning_rate: 0.0002, batch_size: 4, max_length: 256, max_steps: 20 });
-    expect(stageOf(p, 'merged').hyper).toEqual({ learning_rate: 0.0002, batch_size: 4, max_length: 256 });
+  it('merges defaults.hyper with stage.hyper (the stage wins) over the documented defaults; num_epochs 1 for training only', () => {
+    const withDefaults = (own: Record<string, unknown>) => {
+      const all: Record<string, unknown> = { ...HYPER_DEFAULTS, ...own };
+      return Object.fromEntries(Object.entries(all).filter(([, v]) => v !== null));
+    };
+    expect(stageOf(p, 'sft').hyper).toEqual(withDefaults({ learning_rate: 0.0002, batch_size: 4, max_length: 256, max_steps: 40 }));
+    expect(stageOf(p, 'dpo').hyper).toEqual(withDefaults({ learning_rate: 0.00001, batch_size: 4, max_length: 256, num_epochs: 1 }));
+    const { optim: _o, gradient_checkpointing: _g, eval_steps: _e, ...ppoFields } = withDefaults({ learning_rate: 0.0002, batch_size: 4, max_length: 256, max_steps: 20 });
+    expect(stageOf(p, 'ppo').hyper).toEqual(ppoFields);
+    expect(stageOf(p, 'merged').hyper).toEqual({});
     expect(stageOf(p, 'judge').hyper.num_epochs).toBeUndefined();
+    expect(stageOf(p, 'judge').hyper.batch_size).toBe(4);
   });
 
   it('merges resources, retry and timeouts, parsing durations to milliseconds', () => {
@@ -157,9 +175,9 @@ describe('a valid spec', () => {
   });
 
   it('resolves dataset paths against the spec folder and leaves s3:// alone', () => {
-    expect(stageOf(p, 'sft').dataset).toEqual({ name: 'chats', path: '/specs/demo/data/sft.jsonl', format: 'chat' });
+    expect(stageOf(p, 'sft').dataset).toEqual({ name: 'chats', path: '/specs/demo/data/sft.jsonl', format: 'chat', source: { kind: 'refinery', format: 'chat' } });
     expect(stageOf(p, 'sft').evalDataset).toMatchObject({ path: '/specs/demo/data/sft_eval.jsonl', format: 'chat' });
-    expect(stageOf(p, 'dpo').dataset).toEqual({ name: 'prefs', path: 's3://corpus/prefs.jsonl', format: 'preference' });
+    expect(stageOf(p, 'dpo').dataset).toEqual({ name: 'prefs', path: 's3://corpus/prefs.jsonl', format: 'preference', source: { kind: 'refinery', format: 'preference' } });
     expect(stageOf(p, 'merged').dataset).toBeUndefined();
     expect(p.baseModel).toBe('/specs/demo/models/base');
   });
@@ -167,8 +185,8 @@ describe('a valid spec', () => {
   it('carries gates, params, storage and the spec hash', () => {
     expect(stageOf(p, 'dpo').gate).toEqual({ metrics: [{ metric: 'eval_loss', max: 2 }], approvalTimeoutMs: 24 * 3_600_000 });
     expect(stageOf(p, 'sft').gate).toBeUndefined();
-    expect(stageOf(p, 'export').params).toEqual({ exporter: 'llama.cpp', types: ['q4_k_m'] });
-    expect(stageOf(p, 'sft').params).toEqual({});
+    expect(stageOf(p, 'export').params).toEqual({ exporter: 'llama.cpp', types: ['q4_k_m'], check_new_tokens: 16 });
+    expect(stageOf(p, 'sft').params).toEqual({ packing: false, assistant_only_loss: true });
     expect(p.name).toBe('demo');
     expect(p.storage).toEqual({ bucket: undefined, prefix: 'team/refinery' });
     expect(p.specSha256).toBe(parseSpec(FULL, SPEC_FILE).sha256);
@@ -188,7 +206,8 @@ describe('a valid spec', () => {
       retry: { maximumAttempts: 3, initialIntervalMs: 5_000, maximumIntervalMs: 300_000, backoffCoefficient: 2 },
       timeouts: { heartbeatMs: 60_000, stallMs: 600_000, startToCloseMs: 7 * 86_400_000 },
       producesAdapter: true,
-      dataset: { path: '/specs/demo/d.jsonl', format: 'alpaca' },
+      // An alpaca file is read as alpaca and committed in the canonical chat form.
+      dataset: { path: '/specs/demo/d.jsonl', format: 'chat', source: { kind: 'refinery', format: 'alpaca' } },
     });
     expect(DEFAULT_TASK_QUEUE).toBe('refinery-gpu');
   });
@@ -350,22 +369,22 @@ describe('planner errors name the line and the field', () => {
   });
 
   it('gguf params: exporter, the types that exporter writes, no unknown keys (before anything runs)', () => {
-    const gguf = (params: string) => planProblems(`name: a\nbase_model: ./b\nstages:\n  - id: g\n    kind: gguf\n    params:\n${params}`);
+    const gguf = (params: string) => specProblems(`name: a\nbase_model: ./b\nstages:\n  - id: g\n    kind: gguf\n    params:\n${params}`);
     expect(gguf('      exporter: llamacpp\n')).toEqual([
-      expect.objectContaining({ line: 7, field: 'stages[0].params.exporter', message: 'expected one of "gguf-py" | "llama.cpp", got "llamacpp"' }),
+      expect.objectContaining({ line: 7, field: 'stages[0].params.exporter', message: 'expected one of "gguf-py" | "llama.cpp"' }),
     ]);
     expect(gguf('      types: [f16, q4_k_m]\n')).toEqual([
       expect.objectContaining({ line: 7, field: 'stages[0].params.types[1]', message: expect.stringContaining('with exporter "gguf-py", got "q4_k_m"') }),
     ]);
     expect(gguf('      exporter: llama.cpp\n      types:\n        - f16\n        - q4_K_M\n')).toEqual([
-      expect.objectContaining({ line: 10, field: 'stages[0].params.types[1]', message: expect.stringContaining('q4_k_m | q5_k_s') }),
+      expect.objectContaining({ line: 10, field: 'stages[0].params.types[1]', message: expect.stringContaining('"q4_k_m" | "q5_k_s"') }),
     ]);
     expect(gguf('      types: []\n')).toEqual([expect.objectContaining({ field: 'stages[0].params.types', message: 'expected a non-empty array of GGUF types' })]);
     expect(gguf('      exporter: llama.cpp\n      type: [f16]\n')).toEqual([
-      expect.objectContaining({ line: 8, field: 'stages[0].params.type', message: 'unknown gguf param (accepted: exporter, types, check_prompts, check_new_tokens)' }),
+      expect.objectContaining({ line: 8, field: 'stages[0].params.type', message: 'unknown key' }),
     ]);
     const ok = plan('name: a\nbase_model: ./b\nstages:\n  - id: g\n    kind: gguf\n    params: { exporter: llama.cpp, types: [f16, q8_0, q4_k_m, q6_k] }\n');
-    expect(stageOf(ok, 'g').params).toEqual({ exporter: 'llama.cpp', types: ['f16', 'q8_0', 'q4_k_m', 'q6_k'] });
+    expect(stageOf(ok, 'g').params).toEqual({ exporter: 'llama.cpp', types: ['f16', 'q8_0', 'q4_k_m', 'q6_k'], check_new_tokens: 16 });
   });
 
   it('every problem is formatted as file:line: field: message', async () => {
