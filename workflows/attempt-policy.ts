@@ -61,6 +61,11 @@ function batchMultiple(stage: Partial<Pick<PlannedStage, 'kind' | 'params'>>): n
   return typeof n === 'number' && Number.isInteger(n) && n > 1 ? n : 1;
 }
 
+/** The smallest per-device batch the kind's job can train with: KTO's KL estimate needs a second row. */
+function batchMinimum(stage: Partial<Pick<PlannedStage, 'kind'>>): number {
+  return stage.kind === 'kto' ? 2 : 1;
+}
+
 export function nextAttempt(
   stage: Pick<PlannedStage, 'id' | 'hyper' | 'retry' | 'divergence'> & Partial<Pick<PlannedStage, 'kind' | 'params'>>,
   state: AttemptState,
@@ -94,14 +99,15 @@ export function nextAttempt(
   const avoidHosts = host ? [host] : [];
   if (failure.kind === 'oom') {
     const multiple = batchMultiple(stage);
-    const floor = Math.max(retry.oomMinBatchSize ?? 1, multiple);
+    const minimum = batchMinimum(stage);
+    const floor = Math.max(retry.oomMinBatchSize ?? 1, multiple, minimum);
     const batch = failure.details?.batchSize ?? state.adjustments.batchSize ?? stage.hyper.batch_size ?? 1;
     const accumulation = failure.details?.gradientAccumulation ?? state.adjustments.gradientAccumulation ?? stage.hyper.gradient_accumulation ?? 1;
     if (batch <= floor) {
       return {
         retry: false,
         history,
-        message: `out of memory at per-device batch size ${batch} (gradient accumulation ${accumulation}), the floor (${multiple > 1 && floor === multiple ? `params.num_generations: ${multiple}` : `retry.oom_min_batch_size: ${floor}`}): the model does not fit this worker's memory; use fewer trainable parameters (LoRA, qlora), a shorter max_length, or a larger device. Last: ${failure.message}`,
+        message: `out of memory at per-device batch size ${batch} (gradient accumulation ${accumulation}), the floor (${multiple > 1 && floor === multiple ? `params.num_generations: ${multiple}` : minimum > 1 && floor === minimum ? `a ${stage.kind} job trains on at least ${minimum} rows per batch` : `retry.oom_min_batch_size: ${floor}`}): the model does not fit this worker's memory; use fewer trainable parameters (LoRA, qlora), a shorter max_length, or a larger device. Last: ${failure.message}`,
         type: 'OutOfMemory',
       };
     }

@@ -3,18 +3,21 @@
     cd jobs && python -m refinery_jobs.make_demo_data --out ../demo/data [--seed 0]
 
 Simple question/answer facts (capitals, colours, animal sounds, opposites) that a tiny model can learn,
-answered in two styles:
-  complete  "Sure! The capital of France is Paris. I hope this helps!"
-  terse     "Paris."
-SFT data mixes both styles, so the SFT policy produces both; preference pairs always prefer the
-complete/polite answer, an easy property that a reward model learns to >= 0.9 held-out accuracy and
-that PPO/GRPO can raise (the policy shifts toward the complete style).
+answered in two tones, each short or full, with or without a closing phrase:
+  polite  "Sure! The capital of France is Paris. I hope this helps!"   "Of course! Paris."
+  rude    "Ugh. The capital of France is Paris. Look it up yourself!"  "Whatever. Paris."
+SFT data mixes both tones, so the SFT policy produces both; preference pairs always prefer the polite answer,
+an easy property that a reward model learns to >= 0.9 held-out accuracy and that PPO/GRPO can raise (the
+policy shifts toward the polite tone). Length carries no signal: in the training pairs the chosen answer is the
+longer one in exactly half of them, and in the held-out pairs the rejected answer is always the longer one
+(a length-only scorer gets accuracy 0 there; jobs/tests/test_learning.py checks both).
 
 Files (facts are split 80/20 into train and held-out):
-  sft.jsonl, sft_eval.jsonl            chat format
-  preference.jsonl, preference_eval.jsonl   {"prompt" | "messages", "chosen", "rejected"}
-  prompts.jsonl                        {"prompt"} and {"messages"} rows for ppo/grpo
-  alpaca.jsonl, sharegpt.jsonl, text.jsonl  small samples of the other formats
+  sft.jsonl, sft_eval.jsonl                  chat format
+  preference.jsonl, preference_eval.jsonl    {"prompt" | "messages", "chosen", "rejected"}
+  kto.jsonl, kto_eval.jsonl                  {"prompt", "completion", "label"}: the preference pairs unpaired
+  prompts.jsonl                              {"prompt"} and {"messages"} rows for ppo/grpo
+  alpaca.jsonl, sharegpt.jsonl, text.jsonl   small samples of the other formats
 """
 
 from __future__ import annotations
@@ -50,8 +53,12 @@ OPPOSITES = [
     ("loud", "quiet"), ("strong", "weak"), ("near", "far"),
 ]
 
-PREFIXES = ["Sure!", "Of course!", "Good question!"]
-SUFFIXES = ["I hope this helps!", "Happy to help!", "Thank you for asking!"]
+# Tone is the preferred property: a polite answer beats a rude one. Openers and closers are similar in length
+# on both sides, and which side is longer is decided per pair (see preference_rows), so length says nothing.
+POLITE_OPENERS = ["Sure!", "Of course!", "Good question!", "Happy to help!"]
+POLITE_CLOSERS = ["I hope this helps!", "Thank you for asking!", "Glad to help!"]
+RUDE_OPENERS = ["Ugh.", "Whatever.", "Obviously.", "Fine."]
+RUDE_CLOSERS = ["Stop asking me!", "Look it up yourself!", "What a silly question!"]
 SYSTEM = "You are a helpful assistant."
 
 
@@ -73,21 +80,32 @@ def facts() -> list[dict]:
     return out
 
 
+def answer(fact: dict, rng: random.Random, tone: str, *, full: bool, closer: bool) -> str:
+    """One answer: an opener in the tone, the short or the full fact, and optionally a closer in the tone."""
+    openers, closers = (POLITE_OPENERS, POLITE_CLOSERS) if tone == "polite" else (RUDE_OPENERS, RUDE_CLOSERS)
+    parts = [rng.choice(openers), fact["full"] if full else f"{fact['short']}."]
+    if closer:
+        parts.append(rng.choice(closers))
+    return " ".join(parts)
+
+
+def any_answer(fact: dict, rng: random.Random, tone: str) -> str:
+    return answer(fact, rng, tone, full=rng.random() < 0.5, closer=rng.random() < 0.5)
+
+
 def complete(fact: dict, rng: random.Random) -> str:
-    return f"{rng.choice(PREFIXES)} {fact['full']} {rng.choice(SUFFIXES)}"
-
-
-def terse(fact: dict) -> str:
-    return f"{fact['short']}."
+    """The polite, complete answer (what the other formats' samples use)."""
+    return answer(fact, rng, "polite", full=True, closer=True)
 
 
 def sft_rows(items: list[dict], rng: random.Random) -> list[dict]:
+    """Both tones in every shape, so the SFT policy produces both and PPO/GRPO have something to shift."""
     rows = []
     for fact in items:
         for question in fact["q"]:
-            for style in ("complete", "terse"):
-                answer = complete(fact, rng) if style == "complete" else terse(fact)
-                messages = [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            for tone in ("polite", "rude"):
+                messages = [{"role": "user", "content": question},
+                            {"role": "assistant", "content": any_answer(fact, rng, tone)}]
                 if rng.random() < 0.15:
                     messages.insert(0, {"role": "system", "content": SYSTEM})
                 rows.append({"messages": messages})
@@ -102,15 +120,40 @@ def sft_rows(items: list[dict], rng: random.Random) -> list[dict]:
     return rows
 
 
-def preference_rows(items: list[dict], rng: random.Random) -> list[dict]:
+def pair(fact: dict, rng: random.Random, chosen_longer: bool) -> tuple[str, str]:
+    """(polite chosen, rude rejected) with the chosen strictly longer (in characters) or strictly shorter."""
+    while True:
+        chosen, rejected = any_answer(fact, rng, "polite"), any_answer(fact, rng, "rude")
+        if (len(chosen) > len(rejected)) if chosen_longer else (len(chosen) < len(rejected)):
+            return chosen, rejected
+
+
+def preference_rows(items: list[dict], rng: random.Random, *, held_out: bool = False) -> list[dict]:
+    """Polite beats rude. Training pairs: the chosen answer is the longer one in exactly half of them.
+    Held-out pairs: the rejected answer is always the longer one (a short polite answer against a long rude one),
+    so a scorer that prefers length gets accuracy 0 there and only tone explains the preference."""
     rows = []
     for fact in items:
         for i, question in enumerate(fact["q"]):
             row: dict = {"prompt": question} if i == 0 else {"messages": [{"role": "user", "content": question}]}
-            row["chosen"] = complete(fact, rng)
-            row["rejected"] = terse(fact)
+            if held_out:
+                row["chosen"] = answer(fact, rng, "polite", full=False, closer=False)
+                row["rejected"] = answer(fact, rng, "rude", full=True, closer=True)
+            else:
+                row["chosen"], row["rejected"] = pair(fact, rng, chosen_longer=(len(rows) % 2 == 0))
             rows.append(row)
     rng.shuffle(rows)
+    return rows
+
+
+def kto_rows(preference: list[dict]) -> list[dict]:
+    """Unpaired examples for KTO (TRL's {"prompt", "completion", "label"}): each pair gives a desirable and an
+    undesirable example, kept next to each other (KTO's KL term pairs an example with its neighbours' answers)."""
+    rows = []
+    for p in preference:
+        prompt = p["prompt"] if "prompt" in p else p["messages"][0]["content"]
+        rows.append({"prompt": prompt, "completion": p["chosen"], "label": True})
+        rows.append({"prompt": prompt, "completion": p["rejected"], "label": False})
     return rows
 
 
@@ -177,12 +220,16 @@ def main() -> None:
         "sft.jsonl": sft_rows(train, rng),
         "sft_eval.jsonl": sft_rows(held_out, rng),
         "preference.jsonl": preference_rows(train, rng),
-        "preference_eval.jsonl": preference_rows(held_out, rng),
+        "preference_eval.jsonl": preference_rows(held_out, rng, held_out=True),
         "prompts.jsonl": prompt_rows(train, rng),
         "alpaca.jsonl": alpaca_rows(train, rng),
         "sharegpt.jsonl": sharegpt_rows(train, rng),
         "text.jsonl": text_rows(all_facts, rng),
     }
+    # KTO reads its data in file order (TRL's sequential sampler): shuffled, so batches mix both labels.
+    files["kto.jsonl"] = kto_rows(files["preference.jsonl"])
+    files["kto_eval.jsonl"] = kto_rows(files["preference_eval.jsonl"])
+    rng.shuffle(files["kto.jsonl"])
     for name, rows in files.items():
         write_jsonl(os.path.join(args.out, name), rows)
         print(f"{name}: {len(rows)} rows")

@@ -133,6 +133,14 @@ describe('nextAttempt', () => {
     expect(!floor.retry && floor.message).toMatch(/the floor \(params.num_generations: 4\)/);
   });
 
+  it('KTO keeps at least 2 rows per batch (its KL estimate needs a second row)', () => {
+    const kto = { ...stage, kind: 'kto' as const, hyper: { batch_size: 4, gradient_accumulation: 1 } };
+    const d = retried(nextAttempt(kto, firstAttempt(), failure('JobOutOfMemory', { batchSize: 4, gradientAccumulation: 1 })));
+    expect(d.state.adjustments).toMatchObject({ batchSize: 2, gradientAccumulation: 2 });
+    const floor = nextAttempt(kto, d.state, failure('JobOutOfMemory', { batchSize: 2, gradientAccumulation: 2 }));
+    expect(!floor.retry && floor.message).toMatch(/the floor \(a kto job trains on at least 2 rows per batch\)/);
+  });
+
   it('a divergence resumes before the last good step, discarding what the diverged epoch took after it, at a lower learning rate', () => {
     const d = retried(nextAttempt(stage, firstAttempt(), failure('JobDiverged', { host: 'gpu-a', firstBadStep: 35, lastGoodStep: 34, epoch: 7 })));
     expect(d.state.adjustments).toEqual({ discard: [{ fromStep: 34, throughEpoch: 7 }], learningRate: 5e-5 });
