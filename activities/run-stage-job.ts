@@ -118,7 +118,14 @@ async function checkGgufExport(outputDir: string): Promise<Record<string, number
   try {
     const checks = await checkGgufDirectory(outputDir);
     await writeFile(path.join(outputDir, 'gguf_check.json'), JSON.stringify(checks, null, 2));
-    return Object.fromEntries(checks.flatMap((c) => [[`gguf_${c.type}_greedy_match`, c.greedyMatch], [`gguf_${c.type}_tokenizer_match`, c.tokenizerMatch]]));
+    return Object.fromEntries(
+      checks.flatMap((c) => [
+        [`gguf_${c.type}_greedy_match`, c.greedyMatch],
+        [`gguf_${c.type}_tokenizer_match`, c.tokenizerMatch],
+        [`gguf_${c.type}_token_agreement`, c.tokenAgreement],
+        [`gguf_${c.type}_top5_agreement`, c.top5Agreement],
+      ]),
+    );
   } catch (err) {
     if (err instanceof GgufCheckError) throw ApplicationFailure.nonRetryable(err.message, 'GgufCheckFailed');
     throw err;

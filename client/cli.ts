@@ -242,11 +242,12 @@ program
 
 program
   .command('make-tiny-model')
-  .description('build the tiny Llama model and tokenizer used by the demo and the tests')
+  .description('build a tiny random-initialised model: the demo\'s Llama, or a real family with its real tokenizer and chat template (docs/models.md)')
   .requiredOption('--out <dir>')
-  .option('--data <file...>', 'text to train the tokenizer on', ['demo/data/sft.jsonl'])
+  .option('--family <name>', 'llama | llama3 | qwen2 | mistral | phi3 | gemma', 'llama')
+  .option('--data <file...>', 'llama: text to train the tokenizer on', ['demo/data/sft.jsonl'])
   .option('--seed <n>', 'seed', '0')
-  .action(async (opts: { out: string; data: string[]; seed: string }) => {
+  .action(async (opts: { out: string; data: string[]; seed: string; family: string }) => {
     const { makeTinyModel } = await import('./commands/make-tiny-model.js');
     console.log(await makeTinyModel(opts));
   });

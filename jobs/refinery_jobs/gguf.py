@@ -12,9 +12,10 @@ Features
     runs, the same progress again every 30 s so a long conversion is not taken for a stalled job
 
 Exporters (params.exporter)
-  gguf-py    (default) no llama.cpp checkout needed. model_type llama or mistral (llama.cpp's "llama"
+  gguf-py    (default) no llama.cpp checkout needed; Llama-only: model_type llama or mistral (llama.cpp's "llama"
              architecture), default or linear rope scaling; a SentencePiece-style BPE tokenizer.json with
-             byte_fallback. Tensors renamed to llama.cpp's names, q_proj/k_proj rows permuted to llama.cpp's rope
+             byte_fallback. Anything else (Qwen2, Phi-3, Gemma, Llama 3's byte-level BPE) is an unsupported error
+             that names params.exporter "llama.cpp". Tensors renamed to llama.cpp's names, q_proj/k_proj rows permuted to llama.cpp's rope
              layout, norms kept f32, a matrix whose row width is not a multiple of 32 kept f16 in quantized files;
              the vocab written as llama.cpp's "llama" vocab with the chat template ({% generation %} markers removed).
   llama.cpp  llama.cpp's own converter: any architecture and tokenizer its convert_hf_to_gguf.py knows. The
@@ -23,10 +24,13 @@ Exporters (params.exporter)
              other type from the f16 file (converted to the work directory when f16 itself was not requested).
              The tools' output goes to the job log; a tool that fails fails the job with the tail of its output.
              What the tools decide stays theirs: k-quants need rows that are multiples of 256 and llama-quantize
-             falls back (q5_0, q8_0) for narrower tensors, saying so in the log; for a tokenizer.json-only BPE
-             vocab (no tokenizer.model) the converter writes placeholder token scores, so llama.cpp may split raw
-             text differently from the HF tokenizer (the worker reports that as tokenizer_match; the greedy check
-             starts from the HF tokens), where gguf-py writes scores from the merge order.
+             falls back (q5_0, q8_0) for narrower tensors, saying so in the log. A SentencePiece-style
+             tokenizer.json (BPE with byte_fallback: Llama 2, Mistral, Phi-3, the demo's Llama) without a
+             tokenizer.model gets one written beside it, with scores from the merge order (as gguf-py writes them):
+             the converter reads SentencePiece scores only from that file (else it writes placeholders and llama.cpp
+             splits text differently from HF), and Phi-3's converter needs it. Byte-level BPE vocabularies (Llama 3,
+             Qwen2) and Gemma 4's are converted from tokenizer.json as they are. Every family of
+             refinery_jobs/families.py converts; jobs/tests/test_families.py checks each in llama.cpp.
              The tools' versions are not part of the stage's cache key: after changing them, `--force-stage`.
              Where the tools are is the worker's configuration, never the spec's (a spec does not choose programs
              to run on a worker, and paths differ between workers):
@@ -65,7 +69,7 @@ import tempfile
 import threading
 
 from refinery_jobs import contract, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")  # gguf-py
 # llama.cpp: what convert_hf_to_gguf.py writes itself, and what llama-quantize makes from f16 without an imatrix.
@@ -79,6 +83,7 @@ PYTHON_ENV = "REFINERY_LLAMA_CPP_PYTHON"
 TOOL_KEEPALIVE_S = 30.0  # a progress event this often while a tool runs (the worker's stall timer)
 TOOL_TAIL_LINES = 25     # lines of a failed tool's output in the error message
 # Prompts whose Hugging Face greedy continuation the worker compares with llama.cpp's.
+TOP_K = 5  # greedy_reference.json's top_tokens per position
 CHECK_PROMPTS = ("What is the capital of France?", "Please tell me about the sea.", "hello")
 SPEC = JobSpec(
     kinds=("gguf",),
@@ -86,12 +91,6 @@ SPEC = JobSpec(
     optional_inputs=("base",),
     formats=(),
     checkpoints=False,
-    params={
-        "exporter": Param(str, "gguf-py", choices=tuple(EXPORTER_TYPES)),
-        "types": Param(list, ["f16", "q8_0", "q4_0"]),
-        "check_prompts": Param(list, list(CHECK_PROMPTS)),
-        "check_new_tokens": Param(int, 16, min=1, max=256),
-    },
 )
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
@@ -154,9 +153,10 @@ def llama_vocab(model_dir: str, tokenizer, vocab_size: int) -> dict:
         tj = json.load(f)
     model = tj["model"]
     if model.get("type") != "BPE" or not model.get("byte_fallback"):
-        raise contract.unsupported("gguf export supports SentencePiece-style BPE tokenizers with byte_fallback "
-                                   f"(llama.cpp's \"llama\" vocab); got {model.get('type')} "
-                                   f"byte_fallback={model.get('byte_fallback')}")
+        raise contract.unsupported("gguf export with gguf-py supports SentencePiece-style BPE tokenizers with "
+                                   f"byte_fallback (llama.cpp's \"llama\" vocab); got {model.get('type')} "
+                                   f"byte_fallback={model.get('byte_fallback')} (params.exporter \"llama.cpp\" "
+                                   "converts the tokenizers llama.cpp's convert script knows)")
     rank: dict[str, int] = {}
     for r, merge in enumerate(model.get("merges", [])):
         a, b = merge if isinstance(merge, list) else merge.split(" ", 1)
@@ -186,6 +186,46 @@ def llama_vocab(model_dir: str, tokenizer, vocab_size: int) -> dict:
         else:
             types.append(gguf.TokenType.NORMAL)
     return {"tokens": tokens, "scores": scores, "types": types}
+
+
+def _varint(value: int) -> bytes:
+    value &= (1 << 64) - 1  # protobuf writes a negative int32 as its 64-bit two's complement
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _field(number: int, value) -> bytes:
+    """One protobuf field: bytes/str (length-delimited), float (32-bit), bool/int (varint)."""
+    import struct
+    if isinstance(value, str):
+        value = value.encode("utf-8")
+    if isinstance(value, bytes):
+        return _varint(number << 3 | 2) + _varint(len(value)) + value
+    if isinstance(value, float):
+        return _varint(number << 3 | 5) + struct.pack("<f", value)
+    return _varint(number << 3) + _varint(int(value))
+
+
+def sentencepiece_model(vocab: dict, *, unk_id: int, bos_id: int | None, eos_id: int | None) -> bytes:
+    """A SentencePiece BPE model (tokenizer.model) with llama_vocab's pieces, scores and types.
+
+    llama.cpp's convert script reads a SentencePiece vocab's scores only from tokenizer.model; without one it
+    writes placeholder scores and llama.cpp then splits text differently from the HF tokenizer (measured: 30 of
+    llama.cpp's 46 test vectors for the Llama 2 vocab), and Phi-3's converter refuses outright. Scores from the
+    merge order (llama_vocab) make llama.cpp's score-greedy merging take the merges HF's BPE takes. The protobuf
+    is written by hand (field numbers of sentencepiece_model.proto): the protobuf package is not a dependency.
+    gguf.TokenType and SentencePiece's piece types share their numbers (NORMAL 1 ... BYTE 6)."""
+    pieces = b"".join(_field(1, _field(1, t) + _field(2, float(score)) + _field(3, int(kind)))
+                      for t, score, kind in zip(vocab["tokens"], vocab["scores"], vocab["types"]))
+    trainer = (_field(3, 2) + _field(4, len(vocab["tokens"])) + _field(35, True) + _field(40, unk_id)
+               + _field(41, -1 if bos_id is None else bos_id) + _field(42, -1 if eos_id is None else eos_id)
+               + _field(43, -1))
+    normalizer = _field(1, "identity") + _field(3, True) + _field(4, False) + _field(5, True)
+    return pieces + _field(2, trainer) + _field(3, normalizer)
 
 
 def tool_setting(var: str, what: str, *, executable: bool, default: str | None = None) -> str:
@@ -399,6 +439,7 @@ class GGUFRecipe:
             if self.tokenizer.chat_template:  # llama.cpp's template engine knows no {% generation %}
                 self.tokenizer.chat_template = GENERATION_TAG.sub("", self.tokenizer.chat_template)
             self.tokenizer.save_pretrained(hf_dir)
+            self.write_sentencepiece_vocab(hf_dir)
 
             converted = [t for t in self.types if t in CONVERT_TYPES]
             quantized = [t for t in self.types if t in QUANTIZE_TYPES]
@@ -426,18 +467,46 @@ class GGUFRecipe:
                 metrics.update(self.finish_file(t, path))
         return metrics
 
+    def write_sentencepiece_vocab(self, hf_dir: str) -> None:
+        """tokenizer.model for a SentencePiece-style tokenizer.json (BPE with byte_fallback and an unk token) that
+        has none, so the convert script takes real scores (see sentencepiece_model). Byte-level BPE vocabularies
+        (Llama 3, Qwen2) are converted from tokenizer.json's merges and need none."""
+        tok = self.tokenizer
+        if os.path.isfile(os.path.join(hf_dir, "tokenizer.model")) or tok.unk_token_id is None:
+            return
+        with open(os.path.join(hf_dir, "tokenizer.json"), encoding="utf-8") as f:
+            model = json.load(f)["model"]
+        if model.get("type") != "BPE" or not model.get("byte_fallback"):
+            return
+        vocab = llama_vocab(hf_dir, tok, self.config.vocab_size)
+        with open(os.path.join(hf_dir, "tokenizer.model"), "wb") as f:
+            f.write(sentencepiece_model(vocab, unk_id=tok.unk_token_id, bos_id=tok.bos_token_id,
+                                        eos_id=tok.eos_token_id))
+        contract.log(f"wrote tokenizer.model ({len(vocab['tokens'])} pieces, scores from the merge order) for "
+                     f"llama.cpp's convert script")
+
     def write_greedy_reference(self) -> None:
         """greedy_reference.json: the HF model's greedy tokens on the check prompts (the worker
-        loads each .gguf in llama.cpp and requires the same tokens from the f16 file)."""
+        loads each .gguf in llama.cpp and requires the same tokens from the f16 file), and its argmax after each
+        prefix (argmax_tokens[i] predicts token i+1 of prompt + greedy: quantized files must agree enough)."""
         import torch
         n = self.cfg.params["check_new_tokens"]
         prompts = []
-        for text in self.cfg.params["check_prompts"]:
+        for text in self.cfg.params.get("check_prompts") or CHECK_PROMPTS:
             ids = self.tokenizer(str(text)).input_ids
             with torch.no_grad():
                 out = self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                                           max_new_tokens=n, do_sample=False, pad_token_id=self.tokenizer.pad_token_id)
-            prompts.append({"text": str(text), "prompt_tokens": ids, "greedy_tokens": out[0, len(ids):].tolist()})
+                # The argmax after every prefix of prompt + continuation (teacher forcing): what a quantized file
+                # is compared with, on the prompt's natural text too, not only on a tiny model's repetitive
+                # continuation (which a broken file can still echo).
+                # top_tokens: its 5 likeliest there, because a tiny random model's next-token distribution over a
+                # 150k-262k vocabulary is nearly flat, and honest rounding flips near-ties.
+                logits = self.model(out[:, :-1]).logits[0].float()
+                argmax = logits.argmax(-1).tolist()
+                top = logits.topk(TOP_K, dim=-1).indices.tolist()
+            prompts.append({"text": str(text), "prompt_tokens": ids, "greedy_tokens": out[0, len(ids):].tolist(),
+                            "argmax_tokens": argmax, "top_tokens": top})
         contract.write_json_atomic(os.path.join(self.cfg.output_dir, "greedy_reference.json"),
                                    {"max_new_tokens": n, "prompts": prompts})
 

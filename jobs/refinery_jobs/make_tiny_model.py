@@ -1,8 +1,13 @@
-"""Build a tiny Llama and its tokenizer from local text, without any model hub (deterministic per seed).
+"""Build a tiny random-initialised model of a real family with its tokenizer, without any model hub.
 
     cd jobs && python -m refinery_jobs.make_tiny_model --out /tmp/tiny --data ../demo/data/*.jsonl [--seed 0]
+    cd jobs && python -m refinery_jobs.make_tiny_model --family qwen2 --out /tmp/tiny-qwen2 [--seed 0]
 
-Model: LlamaForCausalLM, hidden 64, intermediate 128, 2 layers, 4 heads / 2 KV heads (head_dim 16); every
+--family llama (the default) is the demo's model below. Every other family (llama3, qwen2, mistral, phi3, gemma:
+refinery_jobs/families.py) gets that family's architecture class at the same tiny sizes and its REAL tokenizer,
+special tokens and chat template from llama.cpp's vocab file (see build_family_model). Deterministic per seed.
+
+--family llama model: LlamaForCausalLM, hidden 64, intermediate 128, 2 layers, 4 heads / 2 KV heads (head_dim 16); every
 matrix width is a multiple of 32 so GGUF Q8_0/Q4_0 (blocks of 32) quantize every tensor. Random init.
 
 Tokenizer (one that llama.cpp's SentencePiece-style "llama" vocab reproduces):
@@ -11,7 +16,8 @@ Tokenizer (one that llama.cpp's SentencePiece-style "llama" vocab reproduces):
     so no token crosses a word boundary (llama.cpp has no pre-tokenizer for this vocab type)
   * vocab: <unk> <s> </s> <pad>, then <0x00>..<0xFF>, then the learned tokens, then <|im_start|> <|im_end|>
   * decoder: Replace "▁"->" ", ByteFallback, Fuse, Strip one leading space
-  * ChatML chat template with {% generation %} markers (TRL's assistant_only_loss needs them);
+  * ChatML chat template with {% generation %} markers (TRL's own assistant_only_loss reads them; the sft job
+    computes its masks from the template's prefixes, so it needs none);
     eos = <|im_end|> (ends an assistant turn), pad = <pad> (never eos)
 """
 
@@ -20,6 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+
+from refinery_jobs import families
 
 HIDDEN, INTERMEDIATE, LAYERS, HEADS, KV_HEADS = 64, 128, 2, 4, 2
 MAX_POSITIONS = 1024
@@ -123,21 +131,97 @@ def build_model(tokenizer, seed: int):
     return model
 
 
+# ----------------------------------------------------------------------------------------------
+# Real families (llama3, qwen2, mistral, phi3, gemma)
+# ----------------------------------------------------------------------------------------------
+
+# Pad must differ from the end-of-turn token (ppo replaces tokens after EOS with pad and reads the last real token).
+# llama3: id 128004, which Llama 3.1 names <|finetune_right_pad_id|> (this Llama 3.0 vocab: a reserved token).
+PAD_TOKENS = {"llama3": "<|reserved_special_token_2|>", "qwen2": "<|endoftext|>", "mistral": "<unk>",
+              "phi3": "<|endoftext|>", "gemma": "<pad>"}
+
+
+def family_tokenizer(fam: families.Family):
+    """The family's real tokenizer with its chat template; eos = the template's end-of-turn token.
+
+    Instruct models ship so (Llama 3.1 Instruct: <|eot_id|>, Qwen2.5 Instruct: <|im_end|>): generation, ppo's
+    sampling and llama.cpp then stop where an assistant turn ends. The vocab's own template wins; a vocab without
+    one gets the family's named template (templates/<name>.jinja)."""
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(families.cached_tokenizer_dir(fam))
+    if not tok.chat_template:
+        tok.chat_template = families.named_template(fam.template)
+    for token in (fam.end_of_turn, PAD_TOKENS[fam.name]):
+        if token not in tok.get_vocab():  # setting it would silently add a token the vocab file does not have
+            raise ValueError(f"{fam.name}: token {token!r} is not in {fam.vocab}")
+    tok.eos_token = fam.end_of_turn
+    tok.pad_token = PAD_TOKENS[fam.name]
+    tok.padding_side = "right"
+    tok.model_max_length = MAX_POSITIONS
+    return tok
+
+
+def family_config(fam: families.Family, tokenizer):
+    import transformers
+    config_class = getattr(transformers, fam.config_class)
+    kwargs = dict(fam.sizes)
+    kwargs.update(fam.extra_config)
+    # Every id the vocab file defines must have a row (some ids are reserved tokens transformers does not list).
+    vocab_size = max(len(tokenizer), max(tokenizer.get_vocab().values()) + 1)
+    return config_class(
+        vocab_size=vocab_size, max_position_embeddings=MAX_POSITIONS, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, initializer_range=0.02, architectures=[fam.model_class], **kwargs,
+    )
+
+
+def stop_token_ids(tokenizer, original_eos: int | None) -> list[int]:
+    """generation_config eos: the end-of-turn token first, then the vocab's own end-of-text token."""
+    ids = [tokenizer.eos_token_id]
+    if original_eos is not None and original_eos not in ids:
+        ids.append(original_eos)
+    return ids
+
+
+def build_family_model(fam: families.Family, seed: int):
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, GenerationConfig
+
+    tokenizer = family_tokenizer(fam)
+    original_eos = AutoTokenizer.from_pretrained(families.cached_tokenizer_dir(fam)).eos_token_id
+    config = family_config(fam, tokenizer)
+    torch.manual_seed(seed)
+    model = getattr(transformers, fam.model_class)(config)
+    model.generation_config = GenerationConfig(bos_token_id=tokenizer.bos_token_id,
+                                               eos_token_id=stop_token_ids(tokenizer, original_eos),
+                                               pad_token_id=tokenizer.pad_token_id)
+    return model, tokenizer
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="output model directory")
-    parser.add_argument("--data", nargs="+", required=True, help="JSONL files whose strings train the tokenizer")
+    parser.add_argument("--family", default="llama", choices=list(families.FAMILIES),
+                        help="model family (default llama: the demo's tiny Llama with a tokenizer trained on --data)")
+    parser.add_argument("--data", nargs="+", help="llama: JSONL files whose strings train the tokenizer")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tokenizer = build_tokenizer(corpus(args.data))
-    model = build_model(tokenizer, args.seed)
+    fam = families.family(args.family)
+    if fam.vocab is None:
+        if not args.data:
+            parser.error("--family llama needs --data (the text its tokenizer is trained on)")
+        tokenizer = build_tokenizer(corpus(args.data))
+        model = build_model(tokenizer, args.seed)
+    else:
+        model, tokenizer = build_family_model(fam, args.seed)
     os.makedirs(args.out, exist_ok=True)
     model.save_pretrained(args.out)
     tokenizer.save_pretrained(args.out)
     params = sum(p.numel() for p in model.parameters())
-    print(f"tiny llama: {params:,} parameters, vocab {len(tokenizer)} -> {args.out}")
+    print(f"tiny {fam.name} ({type(model).__name__}): {params:,} parameters, vocab {len(tokenizer)} -> {args.out}")
 
 
 if __name__ == "__main__":

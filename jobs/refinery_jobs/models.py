@@ -3,7 +3,9 @@
 Contents:
   * device and seeding              Device, select_device, seed_everything, check_finetuning_supported
   * models and tokenizers           resolve_base, load_tokenizer, load_causal_lm, load_sequence_classifier,
-                                    lora_config, model_dtype, set_pad_token, require_chat_template
+                                    lora_config, model_dtype, set_pad_token
+  * chat templates                  resolve_chat_template, use_job_chat_template, require_chat_template,
+                                    assistant_token_mask
   * reward scoring                  render_conversations, score_texts, preference_accuracy
 
 torch, transformers and peft are imported inside the functions that need them, so that importing this module
@@ -17,6 +19,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from refinery_jobs import families
 from refinery_jobs.config import JobConfig
 from refinery_jobs.contract import config_error, log, unsupported
 
@@ -90,6 +93,7 @@ def resolve_base(cfg: JobConfig, input_name: str = "model") -> tuple[str, str | 
     An adapter's adapter_config.json records the base path of the machine that trained it, which is stale
     on another worker, so `inputs.base` wins; the recorded path is used only when it exists here.
     """
+    use_job_chat_template(cfg)
     path = cfg.inputs[input_name]
     if not is_adapter_dir(path):
         if not os.path.isfile(os.path.join(path, "config.json")):
@@ -112,7 +116,8 @@ def resolve_base(cfg: JobConfig, input_name: str = "model") -> tuple[str, str | 
 
 
 def load_tokenizer(*dirs: str):
-    """Tokenizer from the first directory that has one (an adapter dir usually carries it)."""
+    """Tokenizer from the first directory that has one (an adapter dir usually carries it), with the job's chat
+    template override (cfg.chat_template, see use_job_chat_template) in place of the model's own."""
     from transformers import AutoTokenizer
     for d in dirs:
         if d and (os.path.isfile(os.path.join(d, "tokenizer.json")) or
@@ -124,7 +129,25 @@ def load_tokenizer(*dirs: str):
     if tok.pad_token is None:
         tok.pad_token = tok.unk_token or tok.eos_token
         log(f"tokenizer has no pad token; using {tok.pad_token!r}")
+    if _job_template is not None:
+        tok.chat_template = _job_template
+        _use_end_of_turn_as_eos(tok)
     return tok
+
+
+def _use_end_of_turn_as_eos(tok) -> None:
+    """Under a named template, eos becomes the template's end-of-turn token (as LLaMA-Factory's templates do):
+    the trained answers end with it, so generation, ppo's sampling and llama.cpp must stop there. Only a token
+    the vocab already has (a new one would need a new embedding row)."""
+    eot = families.TEMPLATE_END_OF_TURN.get(_job_template_name or "", "eos")
+    if eot == "eos" or tok.eos_token == eot:
+        return
+    if eot not in tok.get_vocab():
+        log(f"chat template {_job_template_name}: its end-of-turn token {eot!r} is not in the vocabulary; "
+            f"eos stays {tok.eos_token!r}")
+        return
+    log(f"chat template {_job_template_name}: eos {tok.eos_token!r} -> {eot!r} (its end-of-turn token)")
+    tok.eos_token = eot
 
 
 def model_dtype(device: Device, finetuning: str):
@@ -227,15 +250,97 @@ def trainable_parameters(model) -> str:
     return f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.2f}%)"
 
 
-def require_chat_template(tokenizer, input_name: str = "model") -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise config_error(f"inputs.{input_name}", "the tokenizer has no chat template, which conversational "
-                                                   "datasets (chat, alpaca, sharegpt, preference, prompts) need; "
-                                                   "use a model with a chat template or the text format")
-
-
 def save_tokenizer(tokenizer, out_dir: str) -> None:
     tokenizer.save_pretrained(out_dir)
+
+
+# ----------------------------------------------------------------------------------------------
+# Chat templates: the job's override, the check that there is one, assistant-token masks
+# ----------------------------------------------------------------------------------------------
+
+# The chat template override of this process's job (one job per process): resolve_base records it from the job's
+# config, which every job calls before it loads a tokenizer, so every job (and every tokenizer it loads, the reward
+# model's included) gets the spec's `template` without passing it around.
+_job_template: str | None = None
+_job_template_name: str | None = None  # the name, when the override is a named template
+
+
+def resolve_chat_template(value: str | None) -> str | None:
+    """cfg.chat_template as Jinja text: None (the model's own), Jinja text as given (it contains "{%" or "{{"),
+    or a named template (refinery_jobs/templates/<name>.jinja); an unknown name is a config error listing them."""
+    if value is None or "{%" in value or "{{" in value:
+        return value
+    try:
+        return families.named_template(value)
+    except KeyError:
+        raise config_error("chat_template", f"unknown chat template {value!r}; named templates: "
+                                            f"{', '.join(families.template_names())} (or give Jinja text)") from None
+
+
+def use_job_chat_template(cfg: JobConfig) -> None:
+    global _job_template, _job_template_name
+    _job_template = resolve_chat_template(cfg.chat_template)
+    _job_template_name = cfg.chat_template if _job_template not in (None, cfg.chat_template) else None
+    if _job_template is not None:
+        log(f"chat template {_job_template_name or '(Jinja text)'} from the job config, in place of the model's own")
+
+
+def require_chat_template(tokenizer, input_name: str = "model") -> None:
+    if not getattr(tokenizer, "chat_template", None):
+        raise config_error("chat_template", f"the tokenizer of inputs.{input_name} has no chat template, which "
+                                            "conversational datasets (chat, alpaca, sharegpt, preference, prompts) "
+                                            "need: set `template` in the pipeline spec (or the stage) to one of "
+                                            f"{', '.join(families.template_names())} or to Jinja text, or use the "
+                                            "text format")
+
+
+def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+
+def _common_prefix_length(a: str, b: str) -> int:
+    n = min(len(a), len(b))
+    return next((i for i in range(n) if a[i] != b[i]), n)
+
+
+def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered conversation and the character span of every assistant turn in it, end-of-turn token included.
+
+    Rendered by prefixes: turn i starts where messages[:i] rendered with the generation prompt ends (what the model
+    sees when it answers) and ends where messages[:i+1] rendered ends, less the whitespace a template puts after the
+    turn's end token (formatting, not the answer). This needs the template to be prefix-stable: each rendering of
+    messages[:i+1] is a prefix of the whole conversation's, or the error says so (e.g. templates that drop earlier
+    turns' reasoning). A generation prompt that is not a prefix of the rendered turn (Gemma 4 opens an empty thought
+    channel when asked to answer) is cut back to their common prefix: the answer is trained as the history renders
+    it."""
+    full = _render(tokenizer, messages, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        upto = _render(tokenizer, messages[:i + 1], generation_prompt=False)
+        if not full.startswith(upto.rstrip()):
+            raise config_error("chat_template", "the chat template is not prefix-stable (rendering the conversation up "
+                                                f"to assistant turn {i} is not a prefix of the whole conversation), so "
+                                                "assistant-only loss masks cannot be computed; use another template "
+                                                "or params.assistant_only_loss false")
+        prompt = _render(tokenizer, messages[:i], generation_prompt=True) if i > 0 else ""
+        start = _common_prefix_length(prompt, upto)
+        end = len(upto.rstrip())
+        if end > start:
+            spans.append((start, end))
+    return full, spans
+
+
+def assistant_token_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+    """(input_ids, mask) of the rendered conversation: mask 1 on every token of every assistant turn (its end-of-turn
+    token included), 0 elsewhere. A token belongs to a turn when it starts inside the turn's span, so a token that
+    straddles the prompt/answer boundary (the prompt's last characters merged with the answer's first) is not
+    trained: at inference the prompt is tokenized on its own and the model never emits that token there."""
+    full, spans = assistant_spans(tokenizer, messages)
+    enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
+    mask = [int(any(s <= a < e for s, e in spans) and b > a) for a, b in enc["offset_mapping"]]
+    return list(enc["input_ids"]), mask
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,8 +4,11 @@
 
 Features
   * datasets: chat, alpaca, sharegpt (converted to chat messages) or text; `cpt` takes text only
-  * loss on assistant turns only for chat data (the chat template's {% generation %} markers, or TRL's
-    training template for known model families; otherwise the last assistant turn is the completion)
+  * loss on assistant turns only for chat data: every assistant turn's tokens and its end-of-turn token, under any
+    prefix-stable chat template (models.assistant_token_mask renders the conversation's prefixes and maps the
+    turns' character spans onto tokens); the rows reach TRL pre-tokenized (input_ids + assistant_masks)
+  * the chat template: the model's own, or the job's override (chat_template: a name or Jinja text), saved with
+    the output tokenizer
   * finetuning.type lora (default; a new adapter, or an input adapter keeps training), full, qlora (CUDA +
     bitsandbytes)
   * checkpoint-N/ every hyper.save_steps in checkpoint_dir, resume from resume_from
@@ -16,31 +19,22 @@ Params
   packing               bool, false   pack several rows per max_length block
   assistant_only_loss   bool, true    chat data: loss on assistant tokens only
 
-Errors: config (2) bad field / missing input / tokenizer without chat template for chat data;
+Errors: config (2) bad field / missing input / tokenizer without chat template for chat data / assistant-only loss
+under a template that is not prefix-stable;
 data (3) bad dataset line; unsupported (4) qlora without CUDA or bitsandbytes.
 """
 
 from __future__ import annotations
 
 from refinery_jobs import contract, data, hf_trainer, models
-from refinery_jobs.config import JobConfig, JobSpec, Param
+from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
     kinds=("sft", "cpt"),
     inputs=("model",),
     optional_inputs=("base",),
     formats=("chat", "alpaca", "sharegpt", "text"),
-    params={
-        "packing": Param(bool, False),
-        "assistant_only_loss": Param(bool, True),
-    },
 )
-
-
-def split_last_turn(messages: list[dict]) -> dict:
-    """prompt/completion columns: everything before the last assistant turn, and that turn."""
-    last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return {"prompt": messages[:last], "completion": [messages[last]]}
 
 
 class SFTRecipe:
@@ -54,8 +48,7 @@ class SFTRecipe:
     def setup(self) -> None:
         cfg = self.cfg
         accepted = ("text",) if cfg.kind == "cpt" else SPEC.formats
-        self.fmt, train_rows = data.load_rows(cfg.train_path, cfg.dataset_format, accepted)
-        eval_rows = data.load_rows(cfg.eval_path, self.fmt, (self.fmt,))[1] if cfg.eval_path else None
+        self.fmt, train_rows, eval_rows = hf_trainer.train_and_eval_rows(cfg, accepted)
         contract.log(f"{cfg.kind}: {len(train_rows)} {self.fmt} rows"
                      + (f", {len(eval_rows)} eval rows" if eval_rows else ""))
 
@@ -70,7 +63,7 @@ class SFTRecipe:
         from datasets import Dataset
         from trl import SFTConfig, SFTTrainer
 
-        assistant_only = self._assistant_only_mode()
+        assistant_only = self.fmt != "text" and cfg.params["assistant_only_loss"]
         train_ds = Dataset.from_list(self._columns(train_rows, assistant_only))
         eval_ds = Dataset.from_list(self._columns(eval_rows, assistant_only)) if eval_rows else None
 
@@ -78,33 +71,25 @@ class SFTRecipe:
             **hf_trainer.training_args_kwargs(cfg, self.device, has_eval=eval_ds is not None),
             max_length=cfg.hyper.max_length,
             packing=cfg.params["packing"],
-            assistant_only_loss=assistant_only == "markers",
+            assistant_only_loss=False,  # the masks come with the rows (assistant_masks), whatever the template
             dataset_num_proc=None,
         )
         self.callback = hf_trainer.events_callback(self.events, cfg, self.device)
         self.trainer = SFTTrainer(model=self.model, args=args, train_dataset=train_ds, eval_dataset=eval_ds,
                                   processing_class=self.tokenizer, callbacks=[self.callback])
 
-    def _assistant_only_mode(self) -> str:
-        """'markers' (template masks assistant tokens), 'last_turn' (prompt/completion split) or 'off'."""
-        if self.fmt == "text" or not self.cfg.params["assistant_only_loss"]:
-            return "off"
-        from trl.chat_template_utils import get_training_chat_template, has_generation_markers
-        if has_generation_markers(self.tokenizer.chat_template):
-            return "markers"
-        try:
-            if get_training_chat_template(self.tokenizer) is not None:
-                return "markers"  # TRL swaps in its training template for this model family
-        except (ValueError, NotImplementedError) as e:
-            contract.log(f"no assistant-token mask for this chat template ({e}); loss on the last assistant turn")
-        return "last_turn"
-
-    def _columns(self, rows: list[dict], assistant_only: str) -> list[dict]:
+    def _columns(self, rows: list[dict], assistant_only: bool) -> list[dict]:
+        """TRL's columns: text, messages (loss on every token) or, for assistant-only loss, pre-tokenized
+        input_ids + assistant_masks (TRL builds labels from the mask: -100 where it is 0)."""
         if self.fmt == "text":
             return [{"text": r["text"]} for r in rows]
-        if assistant_only == "last_turn":
-            return [split_last_turn(r["messages"]) for r in rows]
-        return [{"messages": r["messages"]} for r in rows]
+        if not assistant_only:
+            return [{"messages": r["messages"]} for r in rows]
+        columns = []
+        for r in rows:
+            input_ids, mask = models.assistant_token_mask(self.tokenizer, r["messages"])
+            columns.append({"input_ids": input_ids, "assistant_masks": mask})
+        return columns
 
     def train(self) -> None:
         hf_trainer.train(self.trainer, self.cfg.resume_from)

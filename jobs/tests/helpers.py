@@ -237,3 +237,77 @@ def run_tool(module: str, args: list[str] = (), *, env: dict[str, str | None] | 
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, pass_fds=(write_fd,))
     os.close(write_fd)
     return _wait_for_result(proc, read_fd, start, timeout)
+
+
+# ----------------------------------------------------------------------------------------------
+# Learning checks (tests/test_learning.py): what a policy makes of held-out preference pairs
+# ----------------------------------------------------------------------------------------------
+
+def load_policy(model_dir: str, base: str | None = None):
+    """(model, tokenizer) of a job's output, frozen on the CPU: a full model, or a LoRA adapter merged into `base`."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(2)
+    if os.path.isfile(os.path.join(model_dir, "adapter_config.json")):
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), model_dir).merge_and_unload()
+    else:
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    return model.eval(), AutoTokenizer.from_pretrained(model_dir)
+
+
+def answer_logprobs(model, tokenizer, prompts: list[list[dict]], answers: list[list[dict]]):
+    """Per row: (summed log-prob of the answer's tokens given the prompt, number of answer tokens), the answer
+    rendered by the chat template as an assistant turn (its end-of-turn token included)."""
+    import torch
+    out = []
+    with torch.no_grad():
+        for prompt, answer in zip(prompts, answers):
+            prefix = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+            whole = tokenizer.apply_chat_template(prompt + answer, tokenize=False)
+            assert whole.startswith(prefix), (prefix, whole)
+            prefix_ids = tokenizer(prefix, add_special_tokens=False)["input_ids"]
+            ids = tokenizer(whole, add_special_tokens=False)["input_ids"]
+            assert ids[:len(prefix_ids)] == prefix_ids, "the prompt's tokens change when the answer follows"
+            logits = model(torch.tensor([ids])).logits[0, :-1].float()
+            logp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(ids[1:])[:, None])[:, 0]
+            answer_logp = logp[len(prefix_ids) - 1:]
+            out.append((float(answer_logp.sum()), len(answer_logp)))
+    return out
+
+
+def preference_margins(model_dir: str, rows: list[dict], base: str | None = None) -> dict[str, float]:
+    """How a policy separates the chosen from the rejected answer of each pair (rows as data.load_rows gives them):
+      logp_margin      mean of log p(chosen) - log p(rejected), summed over answer tokens: what DPO and KTO move
+                       (after minus before = DPO's implicit reward margin / beta)
+      log_odds_margin  mean of log-odds(chosen) - log-odds(rejected) on the mean per-token log-prob: what ORPO moves
+    and, per pair, the summed log-prob difference (`per_pair`) for accuracies against a reference."""
+    import math
+    model, tok = load_policy(model_dir, base)
+    prompts = [r["prompt"] for r in rows]
+    chosen = answer_logprobs(model, tok, prompts, [r["chosen"] for r in rows])
+    rejected = answer_logprobs(model, tok, prompts, [r["rejected"] for r in rows])
+
+    def log_odds(logp_sum: float, n: int) -> float:
+        mean = logp_sum / n
+        return mean - math.log(-math.expm1(mean))
+
+    per_pair = [c[0] - r[0] for c, r in zip(chosen, rejected)]
+    return {
+        "logp_margin": sum(per_pair) / len(rows),
+        "log_odds_margin": sum(log_odds(*c) - log_odds(*r) for c, r in zip(chosen, rejected)) / len(rows),
+        "per_pair": per_pair,
+    }
+
+
+@functools.lru_cache(maxsize=None)
+def family_model(family: str, seed: int = 0) -> str:
+    """A tiny random-initialised model of a real family with its real tokenizer (make_tiny_model --family), once
+    per test process; the tokenizer itself is cached across processes (~/.cache/refinery/tokenizers)."""
+    if family == "llama":
+        return tiny_model()
+    out = os.path.join(_ROOT, f"tiny-{family}")
+    subprocess.run([PYTHON, "-m", "refinery_jobs.make_tiny_model", "--family", family, "--out", out,
+                    "--seed", str(seed)], cwd=JOBS_DIR, check=True, capture_output=True,
+                   env={**os.environ, "PYTHONPATH": JOBS_DIR, "HF_HUB_OFFLINE": "1"})
+    return out
