@@ -294,8 +294,10 @@ def require_chat_template(tokenizer, input_name: str = "model") -> None:
                                             "text format")
 
 
-def _render(tokenizer, messages: list[dict], *, generation_prompt: bool) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+def _render(tokenizer, messages: list[dict], *, generation_prompt: bool, tools: list | None = None) -> str:
+    # tools: the function schemas of a tool-call conversation, rendered where the template puts them
+    return tokenizer.apply_chat_template(messages, tools=tools or None, tokenize=False,
+                                         add_generation_prompt=generation_prompt)
 
 
 def _common_prefix_length(a: str, b: str) -> int:
@@ -303,7 +305,7 @@ def _common_prefix_length(a: str, b: str) -> int:
     return next((i for i in range(n) if a[i] != b[i]), n)
 
 
-def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
+def assistant_spans(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character span of every assistant turn in it, end-of-turn token included.
 
     Rendered by prefixes: turn i starts where messages[:i] rendered with the generation prompt ends (what the model
@@ -313,18 +315,18 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     turns' reasoning). A generation prompt that is not a prefix of the rendered turn (Gemma 4 opens an empty thought
     channel when asked to answer) is cut back to their common prefix: the answer is trained as the history renders
     it."""
-    full = _render(tokenizer, messages, generation_prompt=False)
+    full = _render(tokenizer, messages, generation_prompt=False, tools=tools)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        upto = _render(tokenizer, messages[:i + 1], generation_prompt=False)
+        upto = _render(tokenizer, messages[:i + 1], generation_prompt=False, tools=tools)
         if not full.startswith(upto.rstrip()):
             raise config_error("chat_template", "the chat template is not prefix-stable (rendering the conversation up "
                                                 f"to assistant turn {i} is not a prefix of the whole conversation), so "
                                                 "assistant-only loss masks cannot be computed; use another template "
                                                 "or params.assistant_only_loss false")
-        prompt = _render(tokenizer, messages[:i], generation_prompt=True) if i > 0 else ""
+        prompt = _render(tokenizer, messages[:i], generation_prompt=True, tools=tools) if i > 0 else ""
         start = _common_prefix_length(prompt, upto)
         end = len(upto.rstrip())
         if end > start:
@@ -332,12 +334,12 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
     return full, spans
 
 
-def assistant_token_mask(tokenizer, messages: list[dict]) -> tuple[list[int], list[int]]:
+def assistant_token_mask(tokenizer, messages: list[dict], tools: list | None = None) -> tuple[list[int], list[int]]:
     """(input_ids, mask) of the rendered conversation: mask 1 on every token of every assistant turn (its end-of-turn
     token included), 0 elsewhere. A token belongs to a turn when it starts inside the turn's span, so a token that
     straddles the prompt/answer boundary (the prompt's last characters merged with the answer's first) is not
     trained: at inference the prompt is tokenized on its own and the model never emits that token there."""
-    full, spans = assistant_spans(tokenizer, messages)
+    full, spans = assistant_spans(tokenizer, messages, tools)
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     mask = [int(any(s <= a < e for s, e in spans) and b > a) for a, b in enc["offset_mapping"]]
     return list(enc["input_ids"]), mask

@@ -84,10 +84,13 @@ class SFTRecipe:
         if self.fmt == "text":
             return [{"text": r["text"]} for r in rows]
         if not assistant_only:
+            # TRL renders a row's `tools` with its messages (tool-call conversations); every row gets the column
+            if any(r.get("tools") for r in rows):
+                return [{"messages": r["messages"], "tools": r.get("tools")} for r in rows]
             return [{"messages": r["messages"]} for r in rows]
         columns = []
         for r in rows:
-            input_ids, mask = models.assistant_token_mask(self.tokenizer, r["messages"])
+            input_ids, mask = models.assistant_token_mask(self.tokenizer, r["messages"], r.get("tools"))
             columns.append({"input_ids": input_ids, "assistant_masks": mask})
         return columns
 

@@ -151,6 +151,38 @@ class FamilyTest(unittest.TestCase):
                     self.assertEqual([t.strip() for t in trained_runs(tok, row["input_ids"], labels)],
                                      [t.strip() for t in expected_turns(tok, messages)], messages)
 
+    def test_tool_call_conversations_train_the_calls_and_answers_not_the_results(self):
+        """A tool-call conversation (canonical form: assistant tool_calls, a tool message, the row's tools) under
+        a template with tool support: the call and the final answer are trained; the question, the tool's result
+        and the function schemas the template renders are not."""
+        from transformers import AutoTokenizer
+
+        from refinery_jobs import models
+        if "qwen2" not in self.families:
+            self.skipTest("needs qwen2")
+        tok = AutoTokenizer.from_pretrained(helpers.family_model("qwen2"))
+        # The vocab's own template is plain ChatML; the named `qwen` one (Qwen2.5 Instruct's) renders tools.
+        tok.chat_template = models.resolve_chat_template("qwen")
+        tools = [{"type": "function", "function": {"name": "get_weather", "description": "Current weather of a city",
+                                                   "parameters": {"type": "object", "properties": {
+                                                       "city": {"type": "string"}}, "required": ["city"]}}}]
+        messages = [
+            {"role": "user", "content": "Is it raining in Oslo?"},
+            {"role": "assistant", "content": "",
+             "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]},
+            {"role": "tool", "content": "{\"rain\": true, \"celsius\": 4}"},
+            {"role": "assistant", "content": "Yes, it is raining in Oslo (4 degrees)."},
+        ]
+        input_ids, mask = models.assistant_token_mask(tok, messages, tools)
+        trained = tok.decode([t for t, m in zip(input_ids, mask) if m])
+        untrained = tok.decode([t for t, m in zip(input_ids, mask) if not m])
+        self.assertIn("get_weather", trained)
+        self.assertIn('"Oslo"', trained)
+        self.assertIn("Yes, it is raining in Oslo (4 degrees).", trained)
+        for text in ("Is it raining in Oslo?", '"rain": true', "Current weather of a city"):
+            self.assertNotIn(text, trained)
+            self.assertIn(text, untrained)
+
     def test_hf_tokenizer_reproduces_llama_cpp_test_vectors(self):
         from transformers import AutoTokenizer
         for name in self.families:
