@@ -136,6 +136,33 @@ describe("LLaMA-Factory's demo datasets as shipped", () => {
     const script = `import sys, json\nfrom refinery_jobs import data\nfor fmt, p in zip(sys.argv[1::2], sys.argv[2::2]):\n    print(fmt, len(data.load_rows(p, fmt, (fmt,))[1]))`;
     const { stdout } = await execa(python, ['-c', script, ...check.flat()], { cwd: path.join(REPO_ROOT, 'jobs') });
     expect(stdout.split('\n')).toEqual(['chat 1000', 'preference 300', 'chat 300', 'kto 300']);
+
+    // And they train: a few steps of each job on the committed files (the demo's tiny model).
+    const jobs = path.join(REPO_ROOT, 'jobs');
+    const work = await mkdtemp(path.join(tmpdir(), 'refinery-lf-train-'));
+    const model = path.join(work, 'tiny');
+    const demoData = ['sft', 'preference', 'prompts'].map((f) => path.join(REPO_ROOT, 'demo', 'data', `${f}.jsonl`));
+    await execa(python, ['-m', 'refinery_jobs.make_tiny_model', '--out', model, '--data', ...demoData], { cwd: jobs });
+    const train = async (kind: string, file: string, format: string, extra: { valSize?: number; template?: string } = {}) => {
+      const dir = path.join(work, `${kind}-${path.basename(file, '.jsonl')}`);
+      await mkdir(dir, { recursive: true });
+      const config = {
+        contract: 1, kind, run_id: 'lf', stage_id: kind, output_dir: path.join(dir, 'out'), checkpoint_dir: path.join(dir, 'ck'), resume_from: null,
+        inputs: { model }, datasets: { train: file, eval: null, val_size: extra.valSize ?? null }, dataset_format: format,
+        finetuning: { type: 'lora' }, hyper: { max_steps: 2, batch_size: 2, max_length: 192, save_steps: 2 }, params: {}, chat_template: extra.template ?? null,
+      };
+      await writeFile(path.join(dir, 'job.json'), JSON.stringify(config));
+      // Without an events fd the contract writes its events to stderr.
+      const result = await execa(python, ['-m', `refinery_jobs.${kind}`, '--config', path.join(dir, 'job.json')], { cwd: jobs, reject: false, env: { HF_HUB_OFFLINE: '1' } });
+      const events = result.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { event: string; metrics?: Record<string, unknown> });
+      expect(result.exitCode, `${kind} on ${file}: ${result.stderr.slice(-2000)}`).toBe(0);
+      return events.find((e) => e.event === 'done')!.metrics!;
+    };
+    const sft = await train('sft', alpaca.local, 'chat', { valSize: 0.1 });
+    expect(sft.eval_loss).toEqual(expect.any(Number)); // val_size's held-out rows, evaluated
+    await train('dpo', dpo.local, 'preference');
+    await train('sft', tools.local, 'chat', { template: 'qwen' }); // a template that renders the tools
+    await train('kto', kto.local, 'kto');
   });
 
   it('refinery validate refuses val_size with an eval_dataset, and names a missing entry file at the entry', async () => {
