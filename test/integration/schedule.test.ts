@@ -112,9 +112,9 @@ describe('scheduled runs on the real stack', () => {
     expect(r1.status.stages.map((s) => s.state)).toEqual(['completed', 'completed']);
     const m1 = (await store.getJson<RunManifest>(`${prefix}/runs/${run1}/run.json`))!;
     expect(m1).toMatchObject({ scheduleId: id, requestedBy: 'scheduler-test', fingerprint: r1.status.fingerprint });
-    expect(m1.datasets.chats).toMatchObject({ path: `s3://${stack().bucket}/${dataPrefix}`, sourceKey: `${dataPrefix}day-1.jsonl`, source: `s3://${stack().bucket}/${dataPrefix}day-1.jsonl`, sha256: sha256(day1) });
+    expect(m1.datasets.chats).toMatchObject({ path: `s3://${stack().bucket}/${dataPrefix}`, sourceKey: `${dataPrefix}day-1.jsonl`, source: `s3://${stack().bucket}/${dataPrefix}day-1.jsonl`, sourceSha256: sha256(day1) }); // sha256: of the canonical rows committed
     const prepared1 = (await auditEvents(prefix, run1)).find((e) => e.type === 'run-prepared')!;
-    expect(prepared1.datasets).toMatchObject({ chats: { sourceKey: `${dataPrefix}day-1.jsonl`, sha256: sha256(day1) } });
+    expect(prepared1.datasets).toMatchObject({ chats: { sourceKey: `${dataPrefix}day-1.jsonl`, sourceSha256: sha256(day1) } });
     expect(await store.getJson<LastSuccess>(`${prefix}/pipelines/${pipeline}/last-success.json`)).toMatchObject({ runId: run1, fingerprint: r1.status.fingerprint });
 
     // 2. Unpaused, the next fire finds the same inputs: 'unchanged', no stage job runs.
@@ -151,9 +151,9 @@ describe('scheduled runs on the real stack', () => {
     expect(r3.status.stages.map((s) => s.state)).toEqual(['completed', 'completed']);
     expect(r3.status.fingerprint).not.toBe(r1.status.fingerprint);
     const m3 = (await store.getJson<RunManifest>(`${prefix}/runs/${run3}/run.json`))!;
-    expect(m3.datasets.chats).toMatchObject({ sourceKey: `${dataPrefix}day-2.jsonl`, sha256: sha256(day2) });
+    expect(m3.datasets.chats).toMatchObject({ sourceKey: `${dataPrefix}day-2.jsonl`, sourceSha256: sha256(day2) });
     const prepared3 = (await auditEvents(prefix, run3)).find((e) => e.type === 'run-prepared')!;
-    expect(prepared3.datasets).toMatchObject({ chats: { sourceKey: `${dataPrefix}day-2.jsonl`, sha256: sha256(day2) } });
+    expect(prepared3.datasets).toMatchObject({ chats: { sourceKey: `${dataPrefix}day-2.jsonl`, sourceSha256: sha256(day2) } });
     expect((await store.getJson<LastSuccess>(`${prefix}/pipelines/${pipeline}/last-success.json`))?.runId).toBe(run3);
 
     // 4. describe shows the history with each run's state; list finds it; delete removes it.
