@@ -16,7 +16,8 @@ export interface GreedyReference {
   max_new_tokens: number;
   /** argmax_tokens[i]: the HF model's greedy prediction of token i+1 of prompt + greedy tokens (absent in older exports). */
   /** top_tokens[i]: its 5 likeliest tokens there (absent in older exports). */
-  prompts: { text: string; prompt_tokens: number[]; greedy_tokens: number[]; argmax_tokens?: number[]; top_tokens?: number[][] }[];
+  /** margins[i]: its top-1 minus top-2 logit there, in nats (absent in older exports). */
+  prompts: { text: string; prompt_tokens: number[]; greedy_tokens: number[]; argmax_tokens?: number[]; top_tokens?: number[][]; margins?: number[] }[];
 }
 
 export interface GgufFileCheck {
@@ -31,6 +32,10 @@ export interface GgufFileCheck {
   tokenAgreement: number;
   /** Fraction of those positions where the file's greedy token is among HF's 5 likeliest (equals tokenAgreement for older references). */
   top5Agreement: number;
+  /** Fraction of the confident positions (HF margin ≥ CONFIDENT_MARGIN) where the file's greedy token is HF's (absent for references without margins). */
+  confidentAgreement?: number;
+  /** How many such positions the reference has (absent for references without margins). */
+  confidentPositions?: number;
   /** Fraction of the given tokenizer test vectors whose ids llama.cpp reproduces (absent without vectors). */
   vectorMatch?: number;
   sample: string;
@@ -43,17 +48,27 @@ export interface TokenizerVector {
 }
 
 /**
- * The least top-5 agreement a quantized file must reach (types not listed: reported only): fed the
- * check prompts and the HF model's greedy continuation (teacher forcing), at that share of the
- * positions the file's greedy token must be among the HF model's 5 likeliest. Top-5, not the exact
- * argmax, because a tiny random-initialised model's next-token distribution over a 150k–262k
- * vocabulary is nearly flat and honest rounding flips near-ties (exact agreement is reported as
- * tokenAgreement). Measured after sft → dpo → merge on the families' tiny models
- * (jobs/tests/test_families.py): q8_0 1, q4_0 0.98–1 for llama3, qwen2, mistral, phi3 (exact:
- * 0.94–1); a file whose matrices hold random bytes scores 0 (docs/models.md: what it does not
- * catch). Gemma 4's tiny model is the exception (q4_0 0.46, q8_0 1: docs/models.md).
+ * The least agreement a quantized file must reach (types not listed: reported only), fed the check
+ * prompts and the HF model's greedy continuation (teacher forcing). With a reference that carries
+ * margins (the HF model's top-1 minus top-2 logit at each position): the share of the confident
+ * positions (margin ≥ CONFIDENT_MARGIN, at least MIN_CONFIDENT_POSITIONS of them, else the check
+ * fails as too flat to judge) where the file's greedy token is exactly HF's. Near-ties flipping
+ * under rounding is expected; flipping a confident choice is what a broken quantization does.
+ * Without margins (older references): the share of all positions where it is among HF's 5
+ * likeliest. tokenAgreement / top5Agreement are reported over all positions either way.
+ * Measured after sft → dpo → merge on the families' tiny models (jobs/tests/test_families.py,
+ * 3 check prompts × 12 tokens, 48 positions): the tiny models' logits are nearly flat, no position
+ * reaches 1 nat (largest margin: qwen2 0.50, mistral 0.55, gemma 0.11). At 0.25 nats: qwen2 31,
+ * mistral 20 confident positions, q8_0 and q4_0 1.000 there, random-byte matrices 0.000. Gemma 4's
+ * tiny model has none (its q4_0 flips even its most confident positions: 3–5 of 10 at ≥ 0.05), so
+ * its quantized files fail as too flat to judge (docs/models.md).
  */
 export const MIN_TOKEN_AGREEMENT: Readonly<Record<string, number>> = { q8_0: 0.98, q4_0: 0.95 };
+
+/** The HF top-1 minus top-2 logit (nats) from which a position counts as confident (see MIN_TOKEN_AGREEMENT). */
+export const CONFIDENT_MARGIN = 0.25;
+/** The fewest confident positions a reference with margins must have for a quantized file to be judged. */
+export const MIN_CONFIDENT_POSITIONS = 10;
 
 export class GgufCheckError extends Error {
   override name = 'GgufCheckError';
@@ -67,6 +82,8 @@ export async function checkGgufDirectory(dir: string, options: { tokenizerVector
   const { getLlama } = await import('node-llama-cpp');
   const llama = await getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
   const results: GgufFileCheck[] = [];
+  // Margins judge only where every prompt carries them with its argmax (one position each).
+  const withMargins = reference.prompts.length > 0 && reference.prompts.every((p) => p.argmax_tokens && p.margins?.length === p.argmax_tokens.length);
   for (const file of files) {
     const type = /model-(.+)\.gguf$/.exec(file)?.[1] ?? file;
     const threads = await llamaThreadsFor(path.join(dir, file));
@@ -79,6 +96,8 @@ export async function checkGgufDirectory(dir: string, options: { tokenizerVector
       let agreed = 0;
       let inTop = 0;
       let predicted = 0;
+      let confident = 0;
+      let confidentAgreed = 0;
       let sample = '';
       for (const p of reference.prompts) {
         const ours = model.tokenize(p.text, false).map(Number);
@@ -98,6 +117,14 @@ export async function checkGgufDirectory(dir: string, options: { tokenizerVector
         agreed += forced.filter((t, i) => t === targets[i]).length;
         inTop += forced.filter((t, i) => (p.top_tokens?.[i] ?? [targets[i]]).includes(t)).length;
         predicted += targets.length;
+        if (withMargins) {
+          forced.forEach((t, i) => {
+            if ((p.margins?.[i] ?? 0) >= CONFIDENT_MARGIN) {
+              confident++;
+              if (t === targets[i]) confidentAgreed++;
+            }
+          });
+        }
         sample ||= model.detokenize(generated as never[]);
       }
       const vectors = options.tokenizerVectors;
@@ -109,6 +136,7 @@ export async function checkGgufDirectory(dir: string, options: { tokenizerVector
         tokenizerMatch: tokenizer / reference.prompts.length,
         tokenAgreement: predicted === 0 ? 1 : agreed / predicted,
         top5Agreement: predicted === 0 ? 1 : inTop / predicted,
+        ...(withMargins ? { confidentAgreement: confident === 0 ? 0 : confidentAgreed / confident, confidentPositions: confident } : {}),
         ...(vectors ? { vectorMatch: vectors.filter((v) => sameTokens(model.tokenize(v.text, false).map(Number), v.ids)).length / vectors.length } : {}),
         sample,
       });
@@ -122,7 +150,14 @@ export async function checkGgufDirectory(dir: string, options: { tokenizerVector
   }
   for (const r of results) {
     const min = MIN_TOKEN_AGREEMENT[r.type];
-    if (min !== undefined && r.top5Agreement < min) {
+    if (min !== undefined && r.confidentAgreement !== undefined && r.confidentPositions !== undefined) {
+      if (r.confidentPositions < MIN_CONFIDENT_POSITIONS) {
+        throw new GgufCheckError(`${r.file}: the Hugging Face reference is too flat to judge a ${r.type} export: ${r.confidentPositions} of its check positions have a top-1 margin of ${CONFIDENT_MARGIN} nats or more, fewer than the ${MIN_CONFIDENT_POSITIONS} needed (more check_prompts or check_new_tokens?)`);
+      }
+      if (r.confidentAgreement < min) {
+        throw new GgufCheckError(`${r.file}: llama.cpp's greedy token is the Hugging Face model's at ${r.confidentAgreement.toFixed(3)} of the ${r.confidentPositions} check positions where that model is confident (margin ≥ ${CONFIDENT_MARGIN} nats), below the ${min} a ${r.type} export must reach (a broken quantization?)`);
+      }
+    } else if (min !== undefined && r.top5Agreement < min) {
       throw new GgufCheckError(`${r.file}: llama.cpp's greedy token is among the Hugging Face model's 5 likeliest at ${r.top5Agreement.toFixed(3)} of the check positions, below the ${min} a ${r.type} export must reach (a broken quantization?)`);
     }
     if (r.vectorMatch !== undefined && r.vectorMatch < 1) {
@@ -165,7 +200,7 @@ export async function generateGreedy(model: LoadedModel, prompt: number[], n: nu
  * The file's greedy prediction after each prefix of `tokens` that ends at position `from` or later:
  * element i is what it predicts for tokens[from + i + 1] (teacher forcing: it is fed the given tokens).
  */
-async function teacherForcedGreedy(model: LoadedModel, tokens: number[], from: number, options: { threads?: number } = {}): Promise<number[]> {
+export async function teacherForcedGreedy(model: LoadedModel, tokens: number[], from: number, options: { threads?: number } = {}): Promise<number[]> {
   if (tokens.length === 0 || from >= tokens.length) return [];
   const context = await model.createContext({ contextSize: Math.max(256, tokens.length + 8), ...(options.threads ? { threads: options.threads } : {}) });
   try {

@@ -83,7 +83,7 @@ PYTHON_ENV = "REFINERY_LLAMA_CPP_PYTHON"
 TOOL_KEEPALIVE_S = 30.0  # a progress event this often while a tool runs (the worker's stall timer)
 TOOL_TAIL_LINES = 25     # lines of a failed tool's output in the error message
 # Prompts whose Hugging Face greedy continuation the worker compares with llama.cpp's.
-TOP_K = 5  # greedy_reference.json's top_tokens per position
+TOP_K = 5  # greedy_reference.json's top_tokens per position (margins: its top-1 minus top-2 logit there)
 CHECK_PROMPTS = ("What is the capital of France?", "Please tell me about the sea.", "hello")
 SPEC = JobSpec(
     kinds=("gguf",),
@@ -503,10 +503,14 @@ class GGUFRecipe:
                 # top_tokens: its 5 likeliest there, because a tiny random model's next-token distribution over a
                 # 150k-262k vocabulary is nearly flat, and honest rounding flips near-ties.
                 logits = self.model(out[:, :-1]).logits[0].float()
+                # margins: top-1 minus top-2 logit (nats) at each position, so the worker can judge agreement where
+                # the HF model is confident (a flipped near-tie is rounding; a flipped confident choice is not).
                 argmax = logits.argmax(-1).tolist()
-                top = logits.topk(TOP_K, dim=-1).indices.tolist()
+                best = logits.topk(max(TOP_K, 2), dim=-1)
+                top = best.indices[:, :TOP_K].tolist()
+                margins = [round(m, 4) for m in (best.values[:, 0] - best.values[:, 1]).tolist()]
             prompts.append({"text": str(text), "prompt_tokens": ids, "greedy_tokens": out[0, len(ids):].tolist(),
-                            "argmax_tokens": argmax, "top_tokens": top})
+                            "argmax_tokens": argmax, "top_tokens": top, "margins": margins})
         contract.write_json_atomic(os.path.join(self.cfg.output_dir, "greedy_reference.json"),
                                    {"max_new_tokens": n, "prompts": prompts})
 

@@ -71,7 +71,7 @@ describe('nothing dropped', () => {
   });
 
   it('status of finished runs needs no worker: completed, failed, cancelled', async () => {
-    const stage = (params: Record<string, unknown>) => [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4 }, params, retry: { maximum_attempts: 1 } }];
+    const stage = (params: Record<string, unknown>) => [{ id: 'sft', kind: 'sft', dataset: 'chats', hyper: { max_steps: 4 }, job_params: params, retry: { maximum_attempts: 1 } }];
     const ok = await writeTestSpec({ name: 'offline-ok', storage: { prefix: 'it-offline' }, stages: stage({ step_seconds: 0.01 }) });
     const bad = await writeTestSpec({ name: 'offline-bad', storage: { prefix: 'it-offline' }, stages: stage({ exit_code: 3 }) });
     const slow = await writeTestSpec({ name: 'offline-cancel', storage: { prefix: 'it-offline' }, stages: stage({ step_seconds: 5 }) });
