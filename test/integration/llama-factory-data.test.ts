@@ -158,11 +158,14 @@ describe("LLaMA-Factory's demo datasets as shipped", () => {
       expect(result.exitCode, `${kind} on ${file}: ${result.stderr.slice(-2000)}`).toBe(0);
       return events.find((e) => e.event === 'done')!.metrics!;
     };
-    const sft = await train('sft', alpaca.local, 'chat', { valSize: 0.1 });
+    // Side by side: most of each job's time is Python importing torch, transformers and TRL.
+    const [sft] = await Promise.all([
+      train('sft', alpaca.local, 'chat', { valSize: 0.1 }),
+      train('dpo', dpo.local, 'preference'),
+      train('sft', tools.local, 'chat', { template: 'qwen' }), // a template that renders the tools
+      train('kto', kto.local, 'kto'),
+    ]);
     expect(sft.eval_loss).toEqual(expect.any(Number)); // val_size's held-out rows, evaluated
-    await train('dpo', dpo.local, 'preference');
-    await train('sft', tools.local, 'chat', { template: 'qwen' }); // a template that renders the tools
-    await train('kto', kto.local, 'kto');
   });
 
   it('refinery validate refuses val_size with an eval_dataset, and names a missing entry file at the entry', async () => {
