@@ -124,6 +124,7 @@ async function checkGgufExport(outputDir: string): Promise<Record<string, number
         [`gguf_${c.type}_tokenizer_match`, c.tokenizerMatch],
         [`gguf_${c.type}_token_agreement`, c.tokenAgreement],
         [`gguf_${c.type}_top5_agreement`, c.top5Agreement],
+        ...(c.confidentAgreement !== undefined ? [[`gguf_${c.type}_confident_agreement`, c.confidentAgreement] as const] : []),
       ]),
     );
   } catch (err) {
