@@ -32,6 +32,9 @@ TYPES = ["f16", "q8_0", "q4_0"]
 # A small learning rate: a few large steps collapse a random tiny model onto one token ("????"), and a reference
 # that is one token everywhere cannot tell a broken quantization from an honest one.
 HYPER = {"max_steps": 2, "batch_size": 4, "max_length": 96, "save_steps": None, "learning_rate": 5e-4}
+# Gemma 4's tiny model (262k-token vocabulary, hidden 64) is nearly flat after 2 steps: no check position where
+# the HF model is confident, so a quantization cannot be judged on it. It trains longer (long suite only).
+FAMILY_HYPER = {"gemma": {"max_steps": 30, "learning_rate": 1e-3}}
 CHECK = {"check_prompts": ["What is the capital of France?", "Please tell me about the sea.", "hello"],
          "check_new_tokens": 12}
 # A multi-turn conversation with a system message: every assistant turn, and nothing else, must be trained.
@@ -257,9 +260,10 @@ class FamilyTest(unittest.TestCase):
         self.assertTrue(os.path.isfile(os.path.join(cfg["output_dir"], "adapter_model.safetensors")))
         # ... and full; dpo trains a LoRA adapter on the full sft model, merge folds it in, gguf exports.
         work = workdir(f"{name}-sft-full")
+        hyper = {**HYPER, **FAMILY_HYPER.get(name, {})}
         sft = job_config("sft", work, inputs={"model": base}, datasets={"train": demo("sft.jsonl")},
-                         finetuning={"type": "full"}, hyper=HYPER)
-        assert_contract(self, timed("sft-full", run_job("sft", sft)), total_steps=HYPER["max_steps"])
+                         finetuning={"type": "full"}, hyper=hyper)
+        assert_contract(self, timed("sft-full", run_job("sft", sft)), total_steps=hyper["max_steps"])
         work = workdir(f"{name}-dpo")
         dpo = job_config("dpo", work, inputs={"model": sft["output_dir"]},
                          datasets={"train": demo("preference.jsonl")}, hyper=HYPER)
