@@ -32,7 +32,7 @@ qlora without CUDA or bitsandbytes.
 
 from __future__ import annotations
 
-from refinery_jobs import contract, data, hf_trainer, models
+from refinery_jobs import contract, hf_trainer, models
 from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(

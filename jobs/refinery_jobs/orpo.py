@@ -28,7 +28,7 @@ Errors: config (2), data (3), unsupported (4): qlora without CUDA or bitsandbyte
 
 from __future__ import annotations
 
-from refinery_jobs import contract, data, hf_trainer, models
+from refinery_jobs import contract, hf_trainer, models
 from refinery_jobs.config import JobConfig, JobSpec
 
 SPEC = JobSpec(
