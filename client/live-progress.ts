@@ -11,7 +11,7 @@ import { layout } from '../storage/layout.js';
 import { toAttemptStatus } from '../workflows/status.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import { statusQuery } from '../workflows/messages.js';
-import type { PipelineInput, PipelineResult, PipelineStatus, StageProgress, StageStatus } from '../workflows/types.js';
+import type { PipelineInput, PipelineResult, PipelineStatus, StageJobResult, StageProgress, StageStatus } from '../workflows/types.js';
 
 export interface LiveProgress extends StageProgress {
   /** When the server last received a heartbeat from the attempt. */
@@ -26,7 +26,7 @@ export interface LiveProgress extends StageProgress {
 export async function stageLiveProgress(client: Client, stageWorkflowId: string): Promise<LiveProgress | undefined> {
   const description = await client.workflow.getHandle(stageWorkflowId).describe();
   const pending = description.raw.pendingActivities?.find((a) => a.activityType?.name === 'runStageJob');
-  if (!pending) return undefined;
+  if (!pending) return finishedTraining(client, stageWorkflowId);
   const details = pending.heartbeatDetails?.payloads?.length
     ? await decodeFromPayloadsAtIndex<StageProgress>(client.options.loadedDataConverter, 0, pending.heartbeatDetails.payloads)
     : undefined;
@@ -37,6 +37,30 @@ export async function stageLiveProgress(client: Client, stageWorkflowId: string)
     ...(seconds != null ? { lastHeartbeatTime: new Date(Number(seconds) * 1000 + Math.floor((pending.lastHeartbeatTime?.nanos ?? 0) / 1e6)).toISOString() } : {}),
     ...(pending.lastFailure?.message ? { lastFailure: pending.lastFailure.message } : {}),
   };
+}
+
+/**
+ * Between the training activity's completion and the pipeline marking the stage done (a workflow
+ * task or two; longer on a loaded server) there is no pending activity: where training ended comes
+ * from the newest events of the stage workflow's history — its result, or the activity's — read
+ * newest first, a page of a few events. Undefined when training has not ended (between attempts).
+ */
+async function finishedTraining(client: Client, stageWorkflowId: string): Promise<LiveProgress | undefined> {
+  const res = await client.workflowService.getWorkflowExecutionHistoryReverse({
+    namespace: client.options.namespace,
+    execution: { workflowId: stageWorkflowId },
+    maximumPageSize: 8,
+  });
+  for (const event of res.history?.events ?? []) {
+    const payloads = event.workflowExecutionCompletedEventAttributes?.result?.payloads ?? event.activityTaskCompletedEventAttributes?.result?.payloads;
+    if (event.activityTaskFailedEventAttributes || event.activityTaskTimedOutEventAttributes) return undefined;
+    if (!payloads?.length) continue;
+    const ended = await decodeFromPayloadsAtIndex<Pick<StageJobResult, 'final' | 'attempt'> & { host?: string }>(client.options.loadedDataConverter, 0, payloads);
+    if (!ended?.final) return undefined;
+    const { step, totalSteps, loss, lastCommittedStep } = ended.final;
+    return { phase: 'committing', step, totalSteps, loss, lastCommittedStep, attempt: ended.attempt, activityAttempt: ended.attempt, host: ended.host ?? '' };
+  }
+  return undefined;
 }
 
 /** Merges a running stage's live progress into its status (in place). */
