@@ -7,9 +7,9 @@
  *                     its write-once copy first, in the audit bucket (it anchors the trail's head)
  */
 import { createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
+import { createWriteStream } from 'node:fs';
 import { once } from 'node:events';
-import { mkdtemp, readdir, rm, stat, symlink } from 'node:fs/promises';
+import { mkdtemp, rm, stat, symlink } from 'node:fs/promises';
 import { hostname, tmpdir } from 'node:os';
 import path from 'node:path';
 import { activityInfo, cancellationSignal, heartbeat, log } from '@temporalio/activity';
@@ -20,6 +20,8 @@ import type { DatasetSource } from '../spec/dataset-info.js';
 import type { PipelinePlan, PlannedDataset, PlannedStage } from '../spec/plan-types.js';
 import { commitDirectory, readCommitted, type CommitOptions, type CommitProgress, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
+import { isModelName, pushModelDirectory, resolveModelName } from '../storage/models.js';
+import { hashFile } from '../storage/tree-hash.js';
 import { canonicalJson } from '../storage/canonical-json.js';
 import { isNotFound, jsonBytes, LockedCopyConflict, type ObjectStore } from '../storage/object-store.js';
 import { RunManifest, runManifestKey, type DatasetMixRecord, type RunManifestDataset } from '../storage/run-manifest.js';
@@ -203,27 +205,37 @@ export function createControlActivities(deps: ControlDeps) {
     }
   }
 
+  /**
+   * The run's base model as a committed input: an s3:// commit as it is, a pushed model by its name
+   * (what the name points at now; run.json records which), or a local directory pushed here with
+   * the code `refinery model push` runs (storage/models.ts), resuming whatever is already there.
+   */
   async function storeBaseModel(source: string, prefix: string, beat: (p: PrepareProgress) => void): Promise<ArtifactRef> {
     const at = (p: Omit<PrepareProgress, 'phase'>) => beat({ phase: 'base-model', ...p });
     if (source.startsWith('s3://')) {
       const key = bucketKey(store, source, 'base_model').replace(/\/+$/, '');
       const artifact = await readCommitted(store, key);
-      if (!artifact) throw inputFailure([{ file: source, message: 'base model prefix has no commit marker (_COMMITTED); push it with `refinery push-model`' }]);
+      if (!artifact) throw inputFailure([{ file: source, field: 'base_model', message: 'base model prefix has no commit marker (_COMMITTED); store a model with `refinery model push DIR --name NAME`' }]);
       return refOf(artifact);
     }
+    if (isModelName(source)) {
+      const named = await resolveModelName(store, prefix, source).catch((err: Error) => {
+        throw inputFailure([{ file: source, field: 'base_model', message: err.message }]);
+      });
+      if (!named) throw inputFailure([{ file: source, field: 'base_model', message: `no model named "${source}" in ${store.uri(prefix)} (push one with \`refinery model push DIR --name ${source}\`; see \`refinery model list\`)` }]);
+      return refOf(named.artifact);
+    }
     const isDir = await stat(source).then((s) => s.isDirectory()).catch(() => false);
-    if (!isDir) throw inputFailure([{ file: source, field: 'base_model', message: 'not a directory (build the demo model with `refinery make-tiny-model`)' }]);
-    const tree = await hashTree(source, (p) => at({ step: 'hashing', ...p }));
-    const key = layout.model(prefix, tree.sha256);
-    // No meta: where the model came from is per run (run.json's baseModel.source).
-    let uploaded: CommitProgress | undefined;
-    const artifact = await commitInput(
-      key,
-      (options) => commitDirectory(store, source, key, undefined, { ...options, knownSha256: tree.files }),
-      (p) => at({ step: 'uploading', ...(uploaded = p) }),
-    );
-    at({ step: 'done', ...uploaded });
-    return refOf(artifact);
+    if (!isDir) throw inputFailure([{ file: source, field: 'base_model', message: 'not a directory on the control worker (push it from where it is with `refinery model push DIR --name NAME`; the demo builds one with `refinery make-tiny-model`)' }]);
+    const pushed = await pushModelDirectory(store, {
+      dir: source,
+      prefix,
+      ...(activitySignal() ? { signal: activitySignal()! } : {}),
+      onProgress: (p) => at(p.phase === 'hashing' ? { step: 'hashing', files: p.files, filesDone: p.filesDone, bytes: p.bytes, bytesDone: p.bytesDone } : { step: 'uploading', files: p.files, filesDone: p.filesDone, bytes: p.bytes, bytesDone: p.bytesDone, skippedFiles: p.skippedFiles }),
+    });
+    const files = pushed.artifact.manifest.files.length;
+    at({ step: 'done', files, filesDone: files, bytes: pushed.bytes, bytesDone: pushed.bytes, skippedFiles: pushed.skippedFiles });
+    return refOf(pushed.artifact);
   }
 
   return {
@@ -406,58 +418,6 @@ async function withHeartbeats<T>(first: PrepareProgress, fn: (beat: (p: PrepareP
   } finally {
     clearInterval(ticker);
   }
-}
-
-/** Hash of a directory's content: relative paths and file hashes, sorted. */
-export async function treeSha256(dir: string, onProgress?: (p: TreeHashProgress) => void): Promise<string> {
-  return (await hashTree(dir, onProgress)).sha256;
-}
-
-export interface TreeHashProgress {
-  files: number;
-  filesDone: number;
-  bytes: number;
-  bytesDone: number;
-}
-
-/**
- * treeSha256, with each file's sha256 by relative path (a commit of the directory then need not hash
- * them again to compare with the bucket). `onProgress` is called per MiB hashed and per file.
- */
-export async function hashTree(dir: string, onProgress?: (p: TreeHashProgress) => void): Promise<{ sha256: string; files: Map<string, string> }> {
-  const found: { rel: string; abs: string; size: number }[] = [];
-  const walk = async (d: string) => {
-    for (const e of await readdir(d, { withFileTypes: true })) {
-      const abs = path.join(d, e.name);
-      if (e.isDirectory()) await walk(abs);
-      else if (e.isFile()) found.push({ rel: path.relative(dir, abs).split(path.sep).join('/'), abs, size: (await stat(abs)).size });
-    }
-  };
-  await walk(dir);
-  const p: TreeHashProgress = { files: found.length, filesDone: 0, bytes: found.reduce((a, f) => a + f.size, 0), bytesDone: 0 };
-  onProgress?.({ ...p });
-  const files = new Map<string, string>();
-  for (const f of found) {
-    const before = p.bytesDone;
-    files.set(f.rel, await hashFile(f.abs, (done) => onProgress?.({ ...p, bytesDone: before + done })));
-    p.bytesDone = before + f.size;
-    p.filesDone++;
-    onProgress?.({ ...p });
-  }
-  const entries = found.map((f) => `${f.rel}\0${files.get(f.rel)!}`);
-  return { sha256: createHash('sha256').update(entries.sort().join('\n')).digest('hex'), files };
-}
-
-/** sha256 of a file, read in 1 MiB chunks, reporting the bytes hashed so far after each. */
-async function hashFile(file: string, onBytes?: (bytesDone: number) => void): Promise<string> {
-  const hash = createHash('sha256');
-  let done = 0;
-  for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 }) as AsyncIterable<Buffer>) {
-    hash.update(chunk);
-    done += chunk.length;
-    onBytes?.(done);
-  }
-  return hash.digest('hex');
 }
 
 /** The running activity's cancellation (a timed-out or cancelled attempt stops uploading); none outside one. */

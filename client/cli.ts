@@ -8,6 +8,7 @@ import { connectClient } from './connection.js';
 import { CliError } from './errors.js';
 import { renderStatus } from './render.js';
 import { registerAuditCommands } from './cli-audit.js';
+import { registerModelCommands } from './cli-model.js';
 import { registerScheduleCommands } from './cli-schedule.js';
 
 const program = new Command('refinery')
@@ -270,6 +271,7 @@ program
 
 registerAuditCommands(program);
 registerScheduleCommands(program);
+registerModelCommands(program);
 
 function printArtifacts(status: { stages: { id: string; artifact?: { uri: string } }[] }): void {
   const rows = status.stages.filter((s) => s.artifact);

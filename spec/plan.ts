@@ -4,6 +4,7 @@
  * order. Pure: no I/O, so the same function serves the CLI, the activities and the tests.
  */
 import path from 'node:path';
+import { isModelName } from './model-name.js';
 import { InputError, type InputProblem } from './errors.js';
 import type { LoadedSpec } from './load.js';
 import type { DatasetFormat, Finetuning, Hyper, PipelineSpec, Stage, StageKind } from './schema.js';
@@ -155,7 +156,8 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
   return {
     name: spec.name,
     specSha256: loaded.sha256,
-    baseModel: resolvePath(loaded.file, spec.base_model),
+    // A bare name is a model pushed with `refinery model push` (storage/models.ts): no "/", never a path.
+    baseModel: isModelName(spec.base_model) ? spec.base_model : resolvePath(loaded.file, spec.base_model),
     storage: { bucket: spec.storage?.bucket, prefix: spec.storage?.prefix ?? 'refinery' },
     stages: order.map((id) => planned.find((s) => s.id === id)!),
   };

@@ -153,7 +153,7 @@ export type Stage = z.infer<typeof Stage>;
 export const PipelineSpec = z.strictObject({
   name: Id.describe('pipeline name (a search attribute: `refinery list --pipeline`)'),
   description: z.string().max(2000).optional(),
-  base_model: DataPath.describe('Hugging Face model directory: local path or s3:// prefix'),
+  base_model: DataPath.describe('the model to start from: the name of a model stored with `refinery model push` (no "/"), a Hugging Face model directory (a path, relative to this file; stored by the control worker, which must see it), or the s3:// prefix of a committed model'),
   template: ChatTemplate.optional(),
   storage: z
     .strictObject({

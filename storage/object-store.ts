@@ -97,6 +97,11 @@ export class ObjectStore {
   /** Sends multipart parts as UNSIGNED-PAYLOAD: see putFileHashed. */
   private readonly unsignedClient: Client;
   private readonly partSlots = new Slots(PARTS_IN_FLIGHT);
+  /**
+   * Part buffers, reused: a slot's buffer goes back here when its part is sent. Fresh 32 MiB
+   * buffers per part would leave the garbage collector hundreds of MiB behind on a large file.
+   */
+  private readonly partBuffers: Buffer[] = [];
   private readonly agent: http.Agent;
 
   constructor(readonly config: StorageConfig = storageConfigFromEnv()) {
@@ -353,13 +358,15 @@ export class ObjectStore {
         let buf: Buffer;
         try {
           options.signal?.throwIfAborted();
-          buf = Buffer.allocUnsafe(length);
+          buf = partSize === PART_SIZE ? (this.partBuffers.pop() ?? Buffer.allocUnsafe(PART_SIZE)) : Buffer.allocUnsafe(partSize);
           const { bytesRead } = await fh.read(buf, 0, length, offset);
           if (bytesRead !== length) throw new Error(`${file}: changed while uploading (short read at ${offset})`);
         } catch (err) {
           this.partSlots.release();
           throw err;
         }
+        const whole = buf;
+        buf = buf.subarray(0, length);
         hash.update(buf);
         const partNumber = part;
         const sending: Promise<void> = client
@@ -370,6 +377,7 @@ export class ObjectStore {
           })
           .catch((error: unknown) => void (failure ??= { error }))
           .finally(() => {
+            if (whole.length === PART_SIZE) this.partBuffers.push(whole);
             this.partSlots.release();
             inFlight.delete(sending);
           });

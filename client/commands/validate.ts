@@ -1,5 +1,6 @@
 /** `refinery validate spec.yaml`: schema, references, cycles and every dataset line, without running. */
 import { stat } from 'node:fs/promises';
+import { isModelName } from '../../spec/model-name.js';
 import { checkChatTemplate } from '../../spec/chat-template.js';
 import { validateDatasetFile } from '../../spec/datasets.js';
 import { formatPath, InputError, type InputProblem } from '../../spec/errors.js';
@@ -51,7 +52,7 @@ export async function validateSpec(file: string, options: { bucket?: string } = 
       datasets.push({ name: ds.name, path: ds.path, rows: report.rows });
     }
   }
-  if (!plan.baseModel.startsWith('s3://') && !(await stat(plan.baseModel).then((s) => s.isDirectory()).catch(() => false))) {
+  if (!plan.baseModel.startsWith('s3://') && !isModelName(plan.baseModel) && !(await stat(plan.baseModel).then((s) => s.isDirectory()).catch(() => false))) {
     problems.push({ file, line: loaded.lineOf(['base_model']), field: 'base_model', message: `${plan.baseModel} is not a directory (the demo builds one with "npx refinery make-tiny-model")` });
   }
   problems.push(...(await chatTemplateProblems(plan, loaded, file)));
@@ -69,7 +70,7 @@ export async function validateSpec(file: string, options: { bucket?: string } = 
  * Every stage that renders conversations (a dataset in any format but text) must have a chat
  * template: its own `template` (or the pipeline's), one an earlier stage on its model's path set
  * (that stage saves the template with its output), or the base model's own. Named templates must
- * exist. s3:// base models are checked when the run starts.
+ * exist. s3:// and named base models are checked when the run starts.
  */
 async function chatTemplateProblems(plan: PipelinePlan, loaded: Awaited<ReturnType<typeof loadSpecFile>>, file: string): Promise<InputProblem[]> {
   const byId = new Map(plan.stages.map((s) => [s.id, s]));
@@ -78,7 +79,7 @@ async function chatTemplateProblems(plan: PipelinePlan, loaded: Awaited<ReturnTy
     const from = 'stage' in stage.inputs.model ? byId.get(stage.inputs.model.stage) : undefined;
     return stage.template ?? (from ? inherited(from) : undefined);
   };
-  const local = plan.baseModel.startsWith('s3://') ? undefined : plan.baseModel;
+  const local = plan.baseModel.startsWith('s3://') || isModelName(plan.baseModel) ? undefined : plan.baseModel;
   const problems: InputProblem[] = [];
   for (const stage of plan.stages) {
     const i = specIndex(stage.id);
