@@ -2,6 +2,12 @@
  * Commits a job's checkpoints to the bucket while it keeps training: one at a time, in order;
  * each one fenced by the stage lease (an attempt that lost its lease commits nothing), recorded in
  * the attempt's records, then retention (save_total_limit) in the bucket and on local disk.
+ *
+ * The queue holds at most one checkpoint besides the one going up: when the job saves faster than
+ * the bucket takes them (a slow link, a large model, frequent saves), a newer checkpoint supersedes
+ * the waiting one, which is recorded as superseded and removed from scratch. A resume only ever
+ * wants the newest, so nothing is lost but upload time, and scratch holds at most three (the one
+ * going up, the one waiting, the one the job is writing), not one per save.
  */
 import { readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
@@ -30,8 +36,18 @@ export interface CheckpointUploaderOptions {
   onCommitted: (step: number) => void;
 }
 
+interface QueuedCheckpoint {
+  step: number;
+  dir: string;
+  loss?: number | string | null;
+}
+
 export class CheckpointUploader {
   private queue: Promise<void> = Promise.resolve();
+  /** The checkpoint waiting for the one going up to finish (at most one: see the module comment). */
+  private waiting: QueuedCheckpoint | undefined;
+  /** Checkpoints a newer one superseded before their upload began, to be recorded. */
+  private superseded: { step: number; by: number }[] = [];
   /** The first failure: later checkpoints are not committed, and the attempt fails with it. */
   error: unknown;
 
@@ -39,13 +55,26 @@ export class CheckpointUploader {
 
   /** The newest step committed by this uploader. */
   lastCommitted: number | null = null;
+  /** Steps superseded so far (never uploaded). */
+  readonly supersededSteps: number[] = [];
 
   /** Queues the commit of checkpoint `step` (the job wrote it to `dir`), taken at `loss`. */
   add(step: number, dir: string, loss?: number | string | null): void {
+    const older = this.waiting;
+    if (older) {
+      this.superseded.push({ step: older.step, by: step });
+      this.supersededSteps.push(older.step);
+      // Its files are of no use any more: scratch stays bounded however far behind the uploads fall.
+      if (older.dir !== this.o.resumedFromDir) void rm(older.dir, { recursive: true, force: true });
+    }
+    this.waiting = { step, dir, loss };
     this.queue = this.queue.then(async () => {
-      if (this.error) return;
+      const next = this.waiting;
+      this.waiting = undefined;
+      if (!next || this.error) return;
       try {
-        await this.commit(step, dir, loss);
+        for (const s of this.superseded.splice(0)) await this.o.records.record('checkpoint-superseded', { step: s.step, supersededBy: s.by });
+        await this.commit(next.step, next.dir, next.loss);
       } catch (err) {
         this.error = err;
       }

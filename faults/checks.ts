@@ -47,11 +47,12 @@ export async function checkArtifacts(
 
 /**
  * The checkpoints attempt `attempt` of `stageId` announced (`announced`, from its job's events) that
- * its records do not say it committed (retention may have pruned one since: its record stays).
+ * its records do not say it committed (retention may have pruned one since: its record stays), nor
+ * superseded by a newer checkpoint while it waited for the upload queue (a recorded, intended skip).
  */
 export async function uncommittedCheckpoints(ctx: Ctx, where: { prefix: string; runId: string; stageId: string; attempt: number }, announced: number[], problems: string[]): Promise<number[]> {
   const records = await readAttemptRecords(ctx.store, layout.attemptRecords(where.prefix, where.runId, where.stageId, where.attempt)).catch(() => []);
-  const committed = new Set(records.filter((r) => r.event.type === 'checkpoint-committed').map((r) => r.event.step as number));
+  const committed = new Set(records.filter((r) => r.event.type === 'checkpoint-committed' || r.event.type === 'checkpoint-superseded').map((r) => r.event.step as number));
   const missing = announced.filter((s) => !committed.has(s));
   if (missing.length) problems.push(`attempt ${where.attempt} announced checkpoint(s) ${missing.join(', ')} that were never committed`);
   return missing;

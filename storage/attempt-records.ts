@@ -24,6 +24,8 @@ export type AttemptRecordType =
   | 'attempt-started'
   | 'checkpoint-committed'
   | 'checkpoint-skipped'
+  /** Never uploaded: a newer checkpoint arrived while it waited for the upload queue (checkpoint-uploader.ts). */
+  | 'checkpoint-superseded'
   | 'checkpoint-discarded'
   | 'contract-violation'
   | 'preflight'
@@ -96,6 +98,8 @@ export interface AttemptSummary {
   /** Steps of the checkpoints this attempt committed, in order. */
   checkpoints: number[];
   skippedCheckpoints: { step: number; reason: string }[];
+  /** Checkpoints never uploaded: a newer one superseded each while it waited (checkpoint-uploader.ts). */
+  supersededCheckpoints: number[];
   contractViolations: number;
   /** When its first record was written, and its `attempt-ended` record (or, for a lost one, its last). */
   startedAt: string | null;
@@ -132,6 +136,7 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
     resumedFromStep: null,
     checkpoints: [],
     skippedCheckpoints: [],
+    supersededCheckpoints: [],
     contractViolations: 0,
     startedAt: records[0]?.event.at ?? null,
     endedAt: records.at(-1)?.event.at ?? null,
@@ -153,6 +158,9 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
         break;
       case 'checkpoint-skipped':
         summary.skippedCheckpoints.push({ step: event.step as number, reason: String(event.reason ?? '') });
+        break;
+      case 'checkpoint-superseded':
+        summary.supersededCheckpoints.push(event.step as number);
         break;
       case 'contract-violation':
         summary.contractViolations++;

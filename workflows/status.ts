@@ -58,6 +58,7 @@ export function toAttemptStatus(a: AttemptSummary): AttemptStatus {
     checkpoints: a.checkpoints.length,
     lastCheckpointStep: a.checkpoints.at(-1) ?? null,
     skippedCheckpoints: a.skippedCheckpoints.map((c) => c.step),
+    ...(a.supersededCheckpoints?.length ? { supersededCheckpoints: a.supersededCheckpoints.length } : {}),
     contractViolations: a.contractViolations,
     ...(a.failureClass ? { failureClass: a.failureClass, failureKind: a.failureKind } : {}),
     ...(a.adjustments ? { adjustments: a.adjustments } : {}),

@@ -153,6 +153,8 @@ export interface AttemptStatus {
   checkpoints: number;
   lastCheckpointStep: number | null;
   skippedCheckpoints: number[];
+  /** Checkpoints never uploaded because a newer one superseded them in the upload queue. */
+  supersededCheckpoints?: number;
   contractViolations: number;
 }
 

@@ -37,7 +37,7 @@ export interface VerifyResult {
   warnings: string[];
   checked: { events: number; artifacts: number; inputs: number; files: number; secretScan: number; attemptRecords: number; lockedCopies: number };
   /** Every attempt the trail anchors, with the checkpoints its own records say it committed. */
-  attempts: { stage: string; attempt: number; outcome: string; host: string | null; checkpoints: number[] }[];
+  attempts: { stage: string; attempt: number; outcome: string; host: string | null; checkpoints: number[]; supersededCheckpoints: number[] }[];
   /**
    * The chain head's anchors outside the main bucket, one line each: what it records and whether
    * that matches, or why it was not available.
@@ -167,7 +167,7 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
       problems.push(`${what}: ${records.length} records ending ${short(records.at(-1)?.hash ?? 'nowhere')}, but the trail anchored ${anchor.count} ending ${short(anchor.head ?? 'nowhere')} (records added, removed or replaced)`);
     }
     const summary = summarizeAttempt(attempt, records);
-    attempts.push({ stage, attempt, outcome: summary.outcome, host: summary.host, checkpoints: summary.checkpoints });
+    attempts.push({ stage, attempt, outcome: summary.outcome, host: summary.host, checkpoints: summary.checkpoints, supersededCheckpoints: summary.supersededCheckpoints });
     for (const r of records) pendingScans.push({ key: attemptRecordKey(prefix, r.seq), bytes: Buffer.from(JSON.stringify(r)) });
     lockedChecks.attempt(what, prefix, records);
   }
@@ -179,7 +179,7 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
     const what = `attempt ${summary.attempt} of stage ${stage}`;
     for (const p of summary.problems) problems.push(`${what}: ${p}`);
     lockedChecks.attempt(what, prefix, records);
-    attempts.push({ stage, attempt: summary.attempt, outcome: summary.outcome, host: summary.host, checkpoints: summary.checkpoints });
+    attempts.push({ stage, attempt: summary.attempt, outcome: summary.outcome, host: summary.host, checkpoints: summary.checkpoints, supersededCheckpoints: summary.supersededCheckpoints });
     for (const r of records) pendingScans.push({ key: attemptRecordKey(prefix, r.seq), bytes: Buffer.from(JSON.stringify(r)) });
     if (!run.status) warnings.push(`${what}: still in progress (its records are anchored in the trail when its stage ends)`);
     else if (anchorsAttempts) problems.push(`${store.uri(prefix)}: attempt records the trail does not anchor`);
@@ -311,7 +311,7 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
 }
 
 export function renderVerify(v: VerifyResult): string {
-  const attempts = v.attempts.map((a) => `attempt ${a.attempt} of ${a.stage}: ${a.outcome}${a.host ? ` on ${a.host}` : ''}; checkpoints committed: ${a.checkpoints.length ? a.checkpoints.join(', ') : 'none'}`);
+  const attempts = v.attempts.map((a) => `attempt ${a.attempt} of ${a.stage}: ${a.outcome}${a.host ? ` on ${a.host}` : ''}; checkpoints committed: ${a.checkpoints.length ? a.checkpoints.join(', ') : 'none'}${a.supersededCheckpoints.length ? `; superseded in the upload queue: ${a.supersededCheckpoints.length}` : ''}`);
   const anchors = (v.anchors ?? []).map((a) => `anchor: ${a}`);
   return [...attempts, ...anchors, ...v.problems.map((p) => `problem: ${p}`), ...v.warnings.map((w) => `warning: ${w}`), v.verdict].join('\n');
 }
