@@ -7,10 +7,18 @@
  * likeliest at MIN_TOKEN_AGREEMENT of the positions: a broken quantization (wrong scales, a
  * corrupted tensor) predicts noise and fails, an honest one keeps its choices among HF's. Given llama.cpp's tokenizer test vectors for the model's vocab
  * (`tokenizerVectors`), the file's tokenizer must reproduce every one of them.
+ *
+ * llama.cpp runs in a process of its own (activities/gguf-check-child.ts measures, this module
+ * judges): a native crash while loading or generating fails that check, never the worker.
  */
-import { readdir, readFile, stat } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { availableParallelism, tmpdir } from 'node:os';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import { cancellationSignal } from '@temporalio/activity';
+import { execa } from 'execa';
 
 export interface GreedyReference {
   max_new_tokens: number;
@@ -76,76 +84,72 @@ export class GgufCheckError extends Error {
   override name = 'GgufCheckError';
 }
 
-/** Loads every .gguf in `dir` and compares greedy generations with the reference. */
-export async function checkGgufDirectory(dir: string, options: { tokenizerVectors?: TokenizerVector[] } = {}): Promise<GgufFileCheck[]> {
+/** How long the check's process may run before it is killed (a hung llama.cpp fails the check, not the worker's slot). */
+export const GGUF_CHECK_TIMEOUT_MS = 60 * 60_000;
+
+/** The process that checks a GGUF export (activities/gguf-check-child.ts) died or was killed. */
+export class GgufCheckProcessError extends Error {
+  override name = 'GgufCheckProcessError';
+  constructor(
+    message: string,
+    /** The .gguf file it was checking when it died (absent: it died before the first). */
+    readonly file: string | undefined,
+    /** The signal that killed it (SIGSEGV, SIGABRT, ...), or undefined when it exited. */
+    readonly signal: string | undefined,
+    readonly exitCode: number | undefined,
+  ) {
+    super(message);
+  }
+}
+
+export interface GgufCheckOptions {
+  tokenizerVectors?: TokenizerVector[];
+  /** Kills the check's process and rejects with the signal's reason. Default: the calling Temporal activity's cancellation, if called in one. */
+  signal?: AbortSignal;
+  /** Default GGUF_CHECK_TIMEOUT_MS. */
+  timeoutMs?: number;
+  /** The check's process has started (its pid). */
+  onSpawn?: (pid: number) => void;
+  /** The check's process starts on `file` (a name in `dir`). */
+  onFile?: (file: string, pid: number) => void;
+}
+
+/** What the check's process is given (a JSON file, argv[2]); it writes a GgufCheckChildResult to argv[3]. */
+export interface GgufCheckChildInput {
+  dir: string;
+  files: string[];
+  tokenizerVectors?: TokenizerVector[];
+}
+
+export type GgufCheckChildResult = { ok: true; checks: GgufFileCheck[] } | { ok: false; error: { name: string; message: string; stack?: string } };
+
+/** The line the check's process writes on stdout as it starts on a file (its logs go to stderr). */
+export const GGUF_CHECK_FILE_EVENT = 'gguf-check-file';
+
+const CHILD_ENTRY = path.join(path.dirname(fileURLToPath(import.meta.url)), 'gguf-check-child.ts');
+const TSX_LOADER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'node_modules', 'tsx', 'dist', 'esm', 'index.mjs');
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
+/** Nothing the check needs: object-store and Temporal credentials stay in the worker. */
+const SECRET_ENV = /^(REFINERY_S3_|AWS_|MINIO_|TEMPORAL_TLS|REFINERY_PAYLOAD_KEY)/;
+
+/**
+ * Loads every .gguf in `dir` in llama.cpp and compares greedy generations with the reference. The
+ * llama.cpp work runs in a process of its own (activities/gguf-check-child.ts): a native crash
+ * there (segfault, abort) rejects this check with a GgufCheckProcessError naming the file and the
+ * signal, and the worker with its other jobs lives on. The thresholds are judged here, on the
+ * numbers the process measured.
+ */
+export async function checkGgufDirectory(dir: string, options: GgufCheckOptions = {}): Promise<GgufFileCheck[]> {
   const reference = JSON.parse(await readFile(path.join(dir, 'greedy_reference.json'), 'utf8')) as GreedyReference;
   const files = (await readdir(dir)).filter((f) => f.endsWith('.gguf')).sort();
   if (files.length === 0) throw new GgufCheckError(`no .gguf file in ${dir}`);
-  const { getLlama } = await import('node-llama-cpp');
-  const llama = await getLlama({ gpu: false, build: 'never', logLevel: 'error' as never });
-  const results: GgufFileCheck[] = [];
-  // Margins judge only where every prompt carries them with its argmax (one position each).
-  const withMargins = reference.prompts.length > 0 && reference.prompts.every((p) => p.argmax_tokens && p.margins?.length === p.argmax_tokens.length);
-  for (const file of files) {
-    const type = /model-(.+)\.gguf$/.exec(file)?.[1] ?? file;
-    const threads = await llamaThreadsFor(path.join(dir, file));
-    const model = await llama.loadModel({ modelPath: path.join(dir, file) }).catch((err: unknown) => {
-      throw new GgufCheckError(`llama.cpp could not load ${file}: ${(err as Error).message}`);
-    });
-    try {
-      let greedy = 0;
-      let tokenizer = 0;
-      let agreed = 0;
-      let inTop = 0;
-      let predicted = 0;
-      let confident = 0;
-      let confidentAgreed = 0;
-      let sample = '';
-      for (const p of reference.prompts) {
-        const ours = model.tokenize(p.text, false).map(Number);
-        const withBos = model.tokens.bos !== null && p.prompt_tokens[0] === Number(model.tokens.bos) ? [Number(model.tokens.bos), ...ours] : ours;
-        if (sameTokens(withBos, p.prompt_tokens)) tokenizer++;
-        const generated = await generateGreedy(model, p.prompt_tokens, reference.max_new_tokens, { threads });
-        // llama.cpp stops at end-of-generation without yielding it; HF's output includes the token it
-        // stopped at (any of its generation_config eos ids: eos, the template's end of turn).
-        const expected = untilEog(model, p.greedy_tokens);
-        if (sameTokens(untilEog(model, generated), expected)) greedy++;
-        // Every position of prompt + continuation where the export carries HF's argmax, else the continuation.
-        const [sequence, targets] = p.argmax_tokens
-          ? [[...p.prompt_tokens, ...p.greedy_tokens].slice(0, p.argmax_tokens.length), p.argmax_tokens]
-          : [[...p.prompt_tokens, ...expected].slice(0, -1), expected];
-        const from = p.argmax_tokens ? 0 : p.prompt_tokens.length - 1;
-        const forced = await teacherForcedGreedy(model, sequence, from, { threads });
-        agreed += forced.filter((t, i) => t === targets[i]).length;
-        inTop += forced.filter((t, i) => (p.top_tokens?.[i] ?? [targets[i]]).includes(t)).length;
-        predicted += targets.length;
-        if (withMargins) {
-          forced.forEach((t, i) => {
-            if ((p.margins?.[i] ?? 0) >= CONFIDENT_MARGIN) {
-              confident++;
-              if (t === targets[i]) confidentAgreed++;
-            }
-          });
-        }
-        sample ||= model.detokenize(generated as never[]);
-      }
-      const vectors = options.tokenizerVectors;
-      results.push({
-        file,
-        type,
-        loaded: true,
-        greedyMatch: greedy / reference.prompts.length,
-        tokenizerMatch: tokenizer / reference.prompts.length,
-        tokenAgreement: predicted === 0 ? 1 : agreed / predicted,
-        top5Agreement: predicted === 0 ? 1 : inTop / predicted,
-        ...(withMargins ? { confidentAgreement: confident === 0 ? 0 : confidentAgreed / confident, confidentPositions: confident } : {}),
-        ...(vectors ? { vectorMatch: vectors.filter((v) => sameTokens(model.tokenize(v.text, false).map(Number), v.ids)).length / vectors.length } : {}),
-        sample,
-      });
-    } finally {
-      await model.dispose();
-    }
-  }
+  const results = await measureInChildProcess({ dir, files, ...(options.tokenizerVectors ? { tokenizerVectors: options.tokenizerVectors } : {}) }, options);
+  judgeGgufChecks(results, reference);
+  return results;
+}
+
+/** Throws a GgufCheckError when a file's measurements miss what its type must reach (f16 exact, MIN_TOKEN_AGREEMENT, tokenizer vectors). */
+export function judgeGgufChecks(results: GgufFileCheck[], reference: GreedyReference): void {
   const f16 = results.find((r) => r.type === 'f16' || r.type === 'f32');
   if (f16 && f16.greedyMatch < 1) {
     throw new GgufCheckError(`${f16.file}: llama.cpp's greedy tokens differ from the Hugging Face model's on ${Math.round((1 - f16.greedyMatch) * reference.prompts.length)} of ${reference.prompts.length} check prompts`);
@@ -165,7 +169,96 @@ export async function checkGgufDirectory(dir: string, options: { tokenizerVector
       throw new GgufCheckError(`${r.file}: llama.cpp's tokenizer reproduces ${r.vectorMatch.toFixed(3)} of llama.cpp's own tokenizer test vectors for this vocab, not all`);
     }
   }
-  return results;
+}
+
+/**
+ * Runs activities/gguf-check-child.ts (node + tsx, as bin/refinery runs the CLI) on `input`: its
+ * measurements, or the GgufCheckError it raised; its death (a signal, an exit code without a
+ * result, the timeout) is a GgufCheckProcessError. With setpriv the kernel kills it should the
+ * worker die first.
+ */
+async function measureInChildProcess(input: GgufCheckChildInput, options: GgufCheckOptions): Promise<GgufFileCheck[]> {
+  const signal = options.signal ?? activityCancellation();
+  signal?.throwIfAborted();
+  const timeoutMs = options.timeoutMs ?? GGUF_CHECK_TIMEOUT_MS;
+  const work = await mkdtemp(path.join(tmpdir(), 'refinery-gguf-check-'));
+  try {
+    const inputFile = path.join(work, 'input.json');
+    const resultFile = path.join(work, 'result.json');
+    await writeFile(inputFile, JSON.stringify(input));
+    const node = [process.execPath, '--import', TSX_LOADER, CHILD_ENTRY, inputFile, resultFile];
+    const argv = SETPRIV && process.platform === 'linux' ? [SETPRIV, '--pdeathsig', 'SIGKILL', '--', ...node] : node;
+    const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !SECRET_ENV.test(k)));
+    const child = execa(argv[0]!, argv.slice(1), {
+      cwd: work,
+      env,
+      extendEnv: false,
+      stdin: 'ignore',
+      stdout: 'pipe',
+      stderr: 'pipe',
+      buffer: { stdout: false },
+      stripFinalNewline: false,
+      reject: false,
+      timeout: timeoutMs,
+      forceKillAfterDelay: 5_000,
+      ...(signal ? { cancelSignal: signal } : {}),
+    });
+    const pid = child.pid;
+    if (pid !== undefined) options.onSpawn?.(pid);
+    let current: string | undefined;
+    const lines = createInterface({ input: child.stdout, crlfDelay: Infinity });
+    lines.on('line', (line) => {
+      let event: { event?: unknown; file?: unknown };
+      try {
+        event = JSON.parse(line) as typeof event;
+      } catch {
+        return; // not ours (a library writing on stdout)
+      }
+      if (event?.event === GGUF_CHECK_FILE_EVENT && typeof event.file === 'string') {
+        current = event.file;
+        if (pid !== undefined) options.onFile?.(event.file, pid);
+      }
+    });
+    const result = await child;
+    lines.close();
+    if (result.isCanceled && signal?.aborted) {
+      throw signal.reason instanceof Error ? signal.reason : new Error(`GGUF check of ${input.dir} cancelled`);
+    }
+    const what = current ? path.join(input.dir, current) : `${input.dir} (before its first file)`;
+    const stderrTail = tail(typeof result.stderr === 'string' ? result.stderr : '', 2000);
+    const logs = stderrTail ? `; its last output: ${stderrTail}` : '';
+    if (result.timedOut) {
+      throw new GgufCheckProcessError(`the GGUF check's process timed out after ${Number((timeoutMs / 1000).toFixed(1))} s checking ${what} and was killed${logs}`, current, result.signal, result.exitCode);
+    }
+    if (result.signal) {
+      throw new GgufCheckProcessError(`the GGUF check's process died checking ${what}: killed by ${result.signal}${logs}`, current, result.signal, undefined);
+    }
+    const written = await readFile(resultFile, 'utf8').then((text) => JSON.parse(text) as GgufCheckChildResult).catch(() => undefined);
+    if (result.exitCode !== 0 || !written) {
+      throw new GgufCheckProcessError(`the GGUF check's process died checking ${what}: exited with code ${result.exitCode}${written ? '' : ' without a result'}${logs}`, current, undefined, result.exitCode);
+    }
+    if (!written.ok) {
+      if (written.error.name === 'GgufCheckError') throw new GgufCheckError(written.error.message);
+      throw new Error(`the GGUF check of ${input.dir} failed in its process: ${written.error.stack ?? written.error.message}`);
+    }
+    return written.checks;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** The calling Temporal activity's cancellation signal; undefined outside an activity. */
+function activityCancellation(): AbortSignal | undefined {
+  try {
+    return cancellationSignal();
+  } catch {
+    return undefined;
+  }
+}
+
+function tail(text: string, chars: number): string {
+  const trimmed = text.trim();
+  return trimmed.length <= chars ? trimmed : `…${trimmed.slice(-chars)}`;
 }
 
 /** llama.cpp's tokenizer test vectors: `<vocab>.gguf.inp` (texts between "__ggml_vocab_test__" lines) and `.out` (ids, one line per text). */
@@ -213,12 +306,6 @@ export async function teacherForcedGreedy(model: LoadedModel, tokens: number[], 
   }
 }
 
-/** The tokens before the first end-of-generation token (llama.cpp's own list: eos, eot, <|im_end|>, ...). */
-function untilEog(model: LoadedModel, tokens: number[]): number[] {
-  const i = tokens.findIndex((t) => model.isEogToken(t as never));
-  return i === -1 ? tokens : tokens.slice(0, i);
-}
-
 /**
  * Threads for a check: one for a small model. On a small model llama.cpp's threads spend far more
  * time synchronising than computing (measured on the demo model: 250 ms a token with the default,
@@ -227,8 +314,4 @@ function untilEog(model: LoadedModel, tokens: number[]): number[] {
 export async function llamaThreadsFor(file: string): Promise<number> {
   const { size } = await stat(file);
   return size < 512 * 1024 ** 2 ? 1 : availableParallelism();
-}
-
-function sameTokens(a: number[], b: number[]): boolean {
-  return a.length === b.length && a.every((t, i) => t === b[i]);
 }
