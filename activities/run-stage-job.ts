@@ -35,7 +35,8 @@ import { runJobProcess, type LaunchedJob } from './job-process.js';
 import { JobRegistry } from './job-registry.js';
 import { startLogShipping } from './log-shipper.js';
 import { runPreflight, type PreflightResult } from './preflight.js';
-import { fetchStageInputs } from './stage-inputs.js';
+import { DEFAULT_INPUT_CACHE_BYTES, InputCache, type InputCacheLogger } from './input-cache.js';
+import { fetchStageInputs, type LocalStageInputs } from './stage-inputs.js';
 import { ProgressHeartbeat } from './stage-progress.js';
 import { isTransientStorageError, storageRetry } from './storage-retry.js';
 import type { DrainView, HostHealthView } from './worker-context.js';
@@ -75,7 +76,27 @@ export interface TrainingDeps {
   devices?: number[];
   /** A memory limit of each job's own (bytes; a cgroup per job, activities/job-memory.ts). */
   jobMemoryLimitBytes?: number;
+  /** Cap of the input cache under `<scratchDir>/cache` (bytes; LRU, entries in use never evicted). Default 64 GiB. */
+  inputCacheBytes?: number;
 }
+
+/** The attempt's activity log when there is one (the cache logs from inside attempts), else the console. */
+const activityOrConsoleLog: InputCacheLogger = {
+  info: (message, fields) => {
+    try {
+      log.info(message, fields);
+    } catch {
+      console.log(message, fields ?? '');
+    }
+  },
+  warn: (message, fields) => {
+    try {
+      log.warn(message, fields);
+    } catch {
+      console.warn(message, fields ?? '');
+    }
+  },
+};
 
 /** The stage's hyperparameters with this attempt's adjustments (attempt-policy.ts) applied. */
 function adjustedHyper(input: StageJobInput): Hyper {
@@ -137,6 +158,8 @@ export function createTrainingActivities(deps: TrainingDeps) {
   // Every job an attempt launches is recorded in the scratch dir while it runs, for a restarted
   // worker to reap should it outlive this one (activities/job-registry.ts, worker/stale-jobs.ts).
   const jobRegistry = new JobRegistry(deps.scratchDir);
+  // Inputs by manifest hash, shared by this process's attempts; evicted LRU past the cap, never while an attempt holds them.
+  const inputCache = new InputCache({ dir: path.join(deps.scratchDir, 'cache'), capBytes: deps.inputCacheBytes ?? DEFAULT_INPUT_CACHE_BYTES, log: activityOrConsoleLog });
   return {
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
       return deps.drain ? deps.drain.track(runAttempt(input)) : runAttempt(input);
@@ -276,16 +299,18 @@ export function createTrainingActivities(deps: TrainingDeps) {
 
     // Scratch per attempt: two attempts (of one run, or of two) never share a folder.
     const work = path.join(deps.scratchDir, 'stages', input.cacheKey, `${input.runId}.${attempt}`);
-    const dirs = { output: path.join(work, 'output'), checkpoints: path.join(work, 'checkpoints'), cache: path.join(deps.scratchDir, 'cache') };
+    const dirs = { output: path.join(work, 'output'), checkpoints: path.join(work, 'checkpoints') };
     await mkdir(dirs.output, { recursive: true });
     await mkdir(dirs.checkpoints, { recursive: true });
+    // Held in the input cache from download to the attempt's end, however it ends (the finally below).
+    let local: LocalStageInputs | undefined;
     try {
       progress.update({ phase: 'downloading' });
       // The node's preflight runs while the inputs download (it must pass before the job starts).
       const preflight: Promise<PreflightResult> | undefined = deps.preflightCommand
         ? runPreflight({ argv: deps.preflightCommand, cwd: deps.jobCwd, devices: deps.devices ?? [], signal: stop.signal })
         : undefined;
-      const local = await fetchStageInputs(store, input, dirs.cache);
+      local = await fetchStageInputs(store, input, inputCache);
 
       // Resume: only committed checkpoints that verify count, and none a diverged attempt took after its divergence began.
       const discard = input.adjustments?.discard ?? [];
@@ -543,6 +568,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
     } finally {
       ctx.signal.removeEventListener('abort', onAbort);
       lease.stopRenewing();
+      await local?.release().catch((err: unknown) => log.warn('could not release the stage inputs in the input cache', { error: String(err) }));
       await rm(work, { recursive: true, force: true });
     }
   }

@@ -2,6 +2,7 @@
  * What a worker runs its jobs with: the jobs' Python, llama.cpp's tools for the gguf job, and the
  * GPUs it owns. From the environment, falling back to what infra/bootstrap.sh recorded.
  */
+import { DEFAULT_INPUT_CACHE_BYTES, GiB } from '../activities/input-cache.js';
 import { parseMemoryLimit } from '../activities/job-memory.js';
 import { parseDuration } from '../spec/duration.js';
 import { recordedToolchain } from './toolchain.js';
@@ -82,4 +83,13 @@ export function quarantinePolicy(env: NodeJS.ProcessEnv = process.env): { quaran
 /** REFINERY_JOB_MEMORY_LIMIT ("64G"): each job gets a memory cgroup of its own with that limit. */
 export function jobMemoryLimit(env: NodeJS.ProcessEnv = process.env): number | undefined {
   return env.REFINERY_JOB_MEMORY_LIMIT ? parseMemoryLimit(env.REFINERY_JOB_MEMORY_LIMIT) : undefined;
+}
+
+/** REFINERY_INPUT_CACHE_GB (GiB, a decimal number; default 64): cap of the worker's input cache, evicted least recently used first. */
+export function inputCacheBytes(env: NodeJS.ProcessEnv = process.env): number {
+  const raw = env.REFINERY_INPUT_CACHE_GB?.trim();
+  if (!raw) return DEFAULT_INPUT_CACHE_BYTES;
+  const gib = Number(raw);
+  if (!/^\d*\.?\d+$/.test(raw) || !Number.isFinite(gib) || gib < 0) throw new Error(`REFINERY_INPUT_CACHE_GB="${env.REFINERY_INPUT_CACHE_GB}": expected a size in GiB such as 64 or 0.5`);
+  return Math.round(gib * GiB);
 }

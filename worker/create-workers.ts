@@ -59,6 +59,8 @@ export interface WorkerOptions {
   drainCheckpointTimeoutMs?: number;
   /** A memory limit of each job's own (bytes), enforced by a cgroup per job. */
   jobMemoryLimitBytes?: number;
+  /** Cap of the input cache in the scratch dir (bytes; LRU, inputs of running jobs never evicted). Default 64 GiB. */
+  inputCacheBytes?: number;
   /** Where fleet events (quarantine, drain) are logged (default: console.log). */
   log?: (line: string) => void;
 }
@@ -134,6 +136,7 @@ export async function createWorkers(options: WorkerOptions): Promise<RefineryWor
       preflightCommand: options.preflightCommand === undefined ? pythonPreflightCommand(options.python, options.jobCommand ? 'python' : 'torch') : (options.preflightCommand ?? undefined),
       devices: options.gpus,
       jobMemoryLimitBytes: options.jobMemoryLimitBytes,
+      inputCacheBytes: options.inputCacheBytes,
     });
     const buildTraining = () => Promise.all(options.trainingQueues.map((taskQueue) => trainingWorker(options, taskQueue, training)));
     workers.push(new TrainingPool(buildTraining, health, log));

@@ -6,13 +6,14 @@ import { mkdir } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import path from 'node:path';
 import { NativeConnection, Runtime } from '@temporalio/worker';
+import { GiB } from '../activities/input-cache.js';
 import { dataConverterFromEnv } from '../codec/data-converter.js';
 import { DEFAULT_TASK_QUEUE } from '../spec/plan.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { stateDir } from '../config/paths.js';
 import { temporalSettings } from '../config/temporal.js';
-import { jobMemoryLimit, jobsPython, preflightCommandOverride, quarantinePolicy, workerGpus } from '../config/worker.js';
+import { inputCacheBytes, jobMemoryLimit, jobsPython, preflightCommandOverride, quarantinePolicy, workerGpus } from '../config/worker.js';
 import { createWorkers } from './create-workers.js';
 import { reapStaleJobsOfHost } from './stale-jobs.js';
 
@@ -43,6 +44,8 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
   const temporal = temporalSettings();
   // A bad REFINERY_PAYLOAD_KEY stops the worker here, before it connects.
   const dataConverter = dataConverterFromEnv();
+  // So does a bad REFINERY_INPUT_CACHE_GB.
+  const inputCache = inputCacheBytes();
   const scratchRoot = path.join(stateDir(), 'scratch');
   const scratchDir = options.scratchDir ?? path.join(scratchRoot, `${hostname()}-${process.pid}`);
   await mkdir(scratchDir, { recursive: true });
@@ -67,11 +70,13 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
     preflightCommand: preflightCommandOverride(),
     ...quarantinePolicy(),
     jobMemoryLimitBytes: jobMemoryLimit(),
+    inputCacheBytes: inputCache,
     dataConverter,
   });
   const payloads = dataConverter ? 'payloads encrypted' : 'payloads not encrypted';
   const fleet = workers.fleet ? `; host ${workers.health?.host}, worker id ${workers.fleet.workerId}` : '';
-  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; ${payloads}; scratch ${scratchDir}${fleet}`);
+  const cache = workers.fleet ? `; input cache ${+(inputCache / GiB).toFixed(2)} GiB (LRU)` : '';
+  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; ${payloads}; scratch ${scratchDir}${cache}${fleet}`);
   // A deploy's SIGTERM (or ^C) drains: running jobs checkpoint now, commit, and their attempts end
   // drained, to resume on another worker without losing steps or a stage attempt. A second signal
   // stops at once (the jobs die with the worker: their supervisor's parent-death signal).
