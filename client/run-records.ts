@@ -7,14 +7,16 @@
  *   readManifest      run.json alone (`logs` takes the stage order from it)
  *   runClosedAt       when status.json says the run closed
  *   readAttempts      the attempt records (storage/attempt-records.ts) the trail anchors, and those it does not
- *   readJobEvents     every attempt's contract events (storage/job-logs.ts), by stage and attempt
+ *   readJobEvents     every attempt's contract events (storage/job-logs.ts), by stage and attempt,
+ *                     streamed, with long runs' progress events thinned to a bounded sample
  *
  * Also what every such command checks first: the run id and prefix (`checkRunRef`), and "cannot
  * reach the store" as one line (`storeCall`).
  */
+import { StringDecoder } from 'node:string_decoder';
 import type { AuditRecord } from '../storage/audit-chain.js';
 import { readAttemptRecords } from '../storage/attempt-records.js';
-import { listJobLogs, readJobLog } from '../storage/job-logs.js';
+import { listJobLogs, streamJobLog } from '../storage/job-logs.js';
 import { layout, segment } from '../storage/layout.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { RunManifest, runManifestKey } from '../storage/run-manifest.js';
@@ -235,23 +237,146 @@ export interface JobEventLine {
   message?: string;
 }
 
+/** Progress events readJobEvents keeps per attempt by default: far more than a chart has pixels for. */
+export const MAX_PROGRESS_EVENTS = 2000;
+/** Events files read at a time (each streams: a chunk or two in memory). */
+const EVENTS_READS = 8;
+/** A line longer than this (characters) is no job event: it is skipped without being held whole. */
+const MAX_EVENT_LINE = 8 * 1024 * 1024;
+
+export interface ReadJobEventsOptions {
+  /**
+   * Progress events kept per attempt (default MAX_PROGRESS_EVENTS; Infinity: every one). Over it,
+   * they are thinned evenly (ProgressSampler): the first and the last are always kept, and so is
+   * every other event.
+   */
+  maxProgress?: number;
+}
+
 /**
  * Every `attempt-N.events.jsonl` of the run, by stage and attempt: the whole object, or for an
  * attempt still running or killed, the parts its worker flushed (its curve up to the last flush).
+ * Each is streamed line by line, so memory grows with the events kept, not with the file: a
+ * days-long attempt's progress lines are thinned to `maxProgress` (see ReadJobEventsOptions).
  */
-export async function readJobEvents(store: ObjectStore, runKey: string): Promise<Map<string, Map<number, JobEventLine[]>>> {
+export async function readJobEvents(store: ObjectStore, runKey: string, options: ReadJobEventsOptions = {}): Promise<Map<string, Map<number, JobEventLine[]>>> {
   const out = new Map<string, Map<number, JobEventLine[]>>();
   const refs = await listJobLogs(store, runKey, { kind: 'events' });
-  await Promise.all(
-    refs.map(async (ref) => {
-      const bytes = await readJobLog(store, ref.key);
-      if (!bytes) return;
-      const byAttempt = out.get(ref.stage) ?? new Map<number, JobEventLine[]>();
-      byAttempt.set(ref.attempt, parseJobEventLines(bytes.toString('utf8')));
-      out.set(ref.stage, byAttempt);
-    }),
-  );
+  const read: (JobEventLine[] | undefined)[] = new Array(refs.length);
+  for (let i = 0; i < refs.length; i += EVENTS_READS) {
+    await Promise.all(
+      refs.slice(i, i + EVENTS_READS).map(async (ref, j) => {
+        const log = streamJobLog(store, ref.key);
+        const lines = await parseJobEventStream(log.chunks, options);
+        read[i + j] = log.found ? lines : undefined;
+      }),
+    );
+  }
+  refs.forEach((ref, i) => {
+    const lines = read[i];
+    if (!lines) return;
+    const byAttempt = out.get(ref.stage) ?? new Map<number, JobEventLine[]>();
+    byAttempt.set(ref.attempt, lines);
+    out.set(ref.stage, byAttempt);
+  });
   return out;
+}
+
+/**
+ * The job events of an events file read as a stream of chunks, as parseJobEventLines has them
+ * (blank lines, lines that are not job events and a torn last line skipped), with the progress
+ * events thinned to `maxProgress` as they come (ProgressSampler).
+ */
+export async function parseJobEventStream(chunks: AsyncIterable<Buffer | string> | Iterable<Buffer | string>, options: ReadJobEventsOptions = {}): Promise<JobEventLine[]> {
+  const sampler = new ProgressSampler(options.maxProgress ?? MAX_PROGRESS_EVENTS);
+  const decoder = new StringDecoder('utf8');
+  let pending = '';
+  /** The line being read is longer than MAX_EVENT_LINE: skipped up to its end. */
+  let overlong = false;
+  const take = (line: string) => {
+    if (!line.trim()) return;
+    try {
+      const ev = JSON.parse(line) as JobEventLine;
+      if (ev && typeof ev === 'object' && typeof ev.event === 'string') sampler.add(ev);
+    } catch {
+      // a torn last line of a killed attempt: skip it
+    }
+  };
+  for await (const chunk of chunks) {
+    const text = pending + (typeof chunk === 'string' ? chunk : decoder.write(chunk));
+    let start = 0;
+    for (let nl = text.indexOf('\n'); nl >= 0; nl = text.indexOf('\n', start)) {
+      if (overlong) overlong = false;
+      else take(text.slice(start, nl));
+      start = nl + 1;
+    }
+    pending = text.slice(start);
+    if (pending.length > MAX_EVENT_LINE) {
+      overlong = true;
+      pending = '';
+    }
+  }
+  if (!overlong) take(pending + decoder.end());
+  return sampler.events();
+}
+
+/**
+ * Keeps a bounded, evenly spaced sample of an attempt's progress events as they come, and every
+ * other event: progress event number i (from 0) is kept while i is a multiple of the stride, which
+ * doubles (dropping every other one kept) whenever more than `max` are kept. The first and the
+ * newest progress events are always kept, and so is the one right before each other event (the
+ * step a `metrics` event without one belongs to); those add at most one per other event.
+ */
+export class ProgressSampler {
+  private entries: { ev: JobEventLine; index: number; pinned: boolean }[] = [];
+  /** Progress events seen. */
+  private seen = 0;
+  private stride = 1;
+  /** Progress events held on the stride (pinned ones not counted), the newest included. */
+  private held = 0;
+  /** The newest progress event, while it is the last entry or only other events follow it. */
+  private newest: { ev: JobEventLine; index: number; pinned: boolean } | undefined;
+
+  constructor(readonly max: number = MAX_PROGRESS_EVENTS) {
+    if (!(max >= 2)) throw new RangeError(`ProgressSampler: max must be at least 2 (got ${max})`);
+  }
+
+  /** Progress events seen so far. */
+  get progressSeen(): number {
+    return this.seen;
+  }
+
+  add(ev: JobEventLine): void {
+    if (ev.event !== 'progress') {
+      if (this.newest && !this.newest.pinned) {
+        this.newest.pinned = true;
+        this.held--;
+      }
+      this.entries.push({ ev, index: -1, pinned: false });
+      return;
+    }
+    const prev = this.newest;
+    // The newest one was kept only for being the newest: off the stride and not pinned, it goes.
+    if (prev && !prev.pinned && prev.index % this.stride !== 0) {
+      // It is the last entry (another event after it would have pinned it).
+      this.entries.pop();
+      this.held--;
+    }
+    this.newest = { ev, index: this.seen++, pinned: false };
+    this.entries.push(this.newest);
+    this.held++;
+    if (this.held > this.max) {
+      this.stride *= 2;
+      const newest = this.newest;
+      this.entries = this.entries.filter((e) => e.index < 0 || e.pinned || e === newest || e.index % this.stride === 0);
+      this.held = this.entries.filter((e) => e.index >= 0 && !e.pinned).length;
+    }
+  }
+
+  /** What is kept, in the order it came. */
+  events(): JobEventLine[] {
+    return this.entries.map((e) => e.ev);
+  }
 }
 
 /** The lines of an events file that are job events; a torn last line (a killed attempt) is skipped. */

@@ -98,6 +98,59 @@ export async function readJobLog(store: ObjectStore, key: string): Promise<Buffe
 }
 
 /**
+ * A job log as far as it is stored, as readJobLog has it but streamed: the whole object when there
+ * is one, else its parts in order, carrying on with the whole object from where the parts stopped
+ * when they go away meanwhile (the parts are a prefix of it). Memory is a chunk or two, whatever the
+ * log's size. `found` tells, once the chunks are read, whether either form existed.
+ */
+export function streamJobLog(store: ObjectStore, key: string): { chunks: AsyncIterable<Buffer>; readonly found: boolean } {
+  const state = { found: false };
+  async function* chunks(): AsyncGenerator<Buffer> {
+    const whole = await store.readStream(key);
+    if (whole) {
+      state.found = true;
+      yield* whole;
+      return;
+    }
+    let offset = 0;
+    for (const part of await listJobLogParts(store, key)) {
+      const body = await store.readStream(part.key);
+      // Gone under us: the shipper has written the whole object, and deletes the parts after.
+      if (!body) break;
+      state.found = true;
+      for await (const chunk of body) {
+        offset += chunk.length;
+        yield chunk;
+      }
+    }
+    // The rest, if the whole object has appeared since (nothing, while the attempt still runs).
+    const rest = await streamFrom(store, key, offset);
+    if (!rest) return;
+    state.found = true;
+    yield* rest;
+  }
+  return {
+    chunks: chunks(),
+    get found() {
+      return state.found;
+    },
+  };
+}
+
+/** The object's bytes from `offset` on, streamed; undefined when it does not exist. */
+async function streamFrom(store: ObjectStore, key: string, offset: number): Promise<AsyncIterable<Buffer> | Iterable<Buffer> | undefined> {
+  if (offset <= 0) return store.readStream(key);
+  try {
+    return (await store.client.getPartialObject(store.bucket, key, offset)) as AsyncIterable<Buffer>;
+  } catch (err) {
+    if (isNotFound(err)) return undefined;
+    // Asked from its very end: nothing new.
+    if ((err as { code?: string }).code === 'InvalidRange') return [];
+    throw err;
+  }
+}
+
+/**
  * Follows one job log across polls, whichever form it is stored in: each read() returns the
  * bytes stored since the last one, and carries on from the parts to the whole object seamlessly
  * (the parts are a prefix of it).

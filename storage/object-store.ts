@@ -460,6 +460,35 @@ export class ObjectStore {
     return digest;
   }
 
+  /**
+   * The object's bytes as they arrive, in chunks of up to 1 MiB (the same presigned GET through the
+   * keep-alive agent as getFile), or undefined when it does not exist: memory stays a few chunks
+   * whatever the object's size. Iterate it once; leaving the loop early closes the download.
+   */
+  async readStream(key: string): Promise<AsyncIterable<Buffer> | undefined> {
+    let body: http.IncomingMessage;
+    try {
+      body = await this.getStream(key);
+    } catch (err) {
+      if (isNotFound(err)) return undefined;
+      throw err;
+    }
+    return body as AsyncIterable<Buffer>;
+  }
+
+  /** Size and sha256 of the object's bytes, hashed as they stream (bounded memory); undefined when it does not exist. */
+  async hashObject(key: string): Promise<{ size: number; sha256: string } | undefined> {
+    const chunks = await this.readStream(key);
+    if (!chunks) return undefined;
+    const hash = createHash('sha256');
+    let size = 0;
+    for await (const chunk of chunks) {
+      hash.update(chunk);
+      size += chunk.length;
+    }
+    return { size, sha256: hash.digest('hex') };
+  }
+
   /** The object's body through a locally presigned URL (no extra request), read in large chunks. */
   private async getStream(key: string): Promise<http.IncomingMessage> {
     const url = await this.client.presignedGetObject(this.bucket, key, 600);

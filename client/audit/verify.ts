@@ -286,16 +286,22 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
   }
 
   // 4. No secret in anything the run wrote about itself (invariant 6).
+  // Logs are streamed (a job's output can be large): each secret is looked for across chunk boundaries.
   const logKeys = await listRunLogKeys(store, run.runKey);
-  const scan = async (key: string, bytes: Buffer) => {
+  const scan = (key: string, found: { name: string }[]) => {
     checked.secretScan++;
-    for (const s of secrets) if (bytes.includes(s.value)) problems.push(`${store.uri(key)} contains the ${s.name} (a secret must never be stored)`);
+    for (const s of found) problems.push(`${store.uri(key)} contains the ${s.name} (a secret must never be stored)`);
   };
-  for (const { key, bytes } of run.raw) await scan(key, bytes);
-  for (const { key, bytes } of pendingScans) await scan(key, bytes);
-  for (const key of logKeys) {
-    const bytes = await store.getBytes(key);
-    if (bytes) await scan(key, bytes);
+  for (const { key, bytes } of run.raw) scan(key, await findSecrets([bytes], secrets));
+  for (const { key, bytes } of pendingScans) scan(key, await findSecrets([bytes], secrets));
+  for (let i = 0; i < logKeys.length; i += SCAN_CONCURRENCY) {
+    const batch = await Promise.all(
+      logKeys.slice(i, i + SCAN_CONCURRENCY).map(async (key) => {
+        const chunks = await store.readStream(key);
+        return chunks ? { key, found: await findSecrets(chunks, secrets) } : undefined;
+      }),
+    );
+    for (const b of batch) if (b) scan(b.key, b.found);
   }
 
   const ok = problems.length === 0;
@@ -617,6 +623,35 @@ function keyOfUri(store: ObjectStore, uri: string | undefined, what: string, pro
     return undefined;
   }
   return m[2];
+}
+
+/** Log objects scanned at a time (in key order as far as the problems are concerned). */
+const SCAN_CONCURRENCY = 8;
+
+/**
+ * The secrets (in the order given) whose bytes occur in the concatenation of `chunks`, read as
+ * they come: the last (longest secret − 1) bytes of each chunk are kept, so a secret that straddles
+ * a chunk boundary is found, and memory stays one chunk plus that tail.
+ */
+export async function findSecrets<S extends { value: string }>(chunks: AsyncIterable<Buffer> | Iterable<Buffer>, secrets: readonly S[]): Promise<S[]> {
+  const needles = secrets.map((s) => Buffer.from(s.value, 'utf8'));
+  const keep = Math.max(0, ...needles.map((n) => n.length - 1));
+  // An empty needle is in everything (as Buffer.includes has it).
+  const found = new Set(needles.flatMap((n, i) => (n.length === 0 ? [i] : [])));
+  let tail = Buffer.alloc(0);
+  for await (const chunk of chunks) {
+    if (found.size === needles.length) break; // nothing left to look for (leaving the loop ends a download)
+    // Across the boundary: the previous chunks' tail and this chunk's head.
+    const seam = tail.length > 0 ? Buffer.concat([tail, chunk.subarray(0, keep)]) : undefined;
+    needles.forEach((n, i) => {
+      if (found.has(i)) return;
+      if ((seam && seam.includes(n)) || chunk.includes(n)) found.add(i);
+    });
+    // The new tail: the last `keep` bytes of everything read so far (a chunk may be shorter than that).
+    const joined = chunk.length >= keep ? chunk : Buffer.concat([tail, chunk]);
+    tail = Buffer.from(joined.subarray(Math.max(0, joined.length - keep)));
+  }
+  return secrets.filter((_, i) => found.has(i));
 }
 
 /** Names of environment variables that hold secrets: FOO_TOKEN, FOO_SECRET(_KEY), FOO_PASSWORD, FOO_PRIVATE_KEY. */
