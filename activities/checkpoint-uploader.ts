@@ -40,6 +40,8 @@ interface QueuedCheckpoint {
   step: number;
   dir: string;
   loss?: number | string | null;
+  /** How long the job's training stood still writing it (its `checkpoint` event). */
+  saveSeconds?: number;
 }
 
 export class CheckpointUploader {
@@ -58,8 +60,8 @@ export class CheckpointUploader {
   /** Steps superseded so far (never uploaded). */
   readonly supersededSteps: number[] = [];
 
-  /** Queues the commit of checkpoint `step` (the job wrote it to `dir`), taken at `loss`. */
-  add(step: number, dir: string, loss?: number | string | null): void {
+  /** Queues the commit of checkpoint `step` (the job wrote it to `dir`, in `saveSeconds`), taken at `loss`. */
+  add(step: number, dir: string, loss?: number | string | null, saveSeconds?: number): void {
     const older = this.waiting;
     if (older) {
       this.superseded.push({ step: older.step, by: step });
@@ -67,14 +69,14 @@ export class CheckpointUploader {
       // Its files are of no use any more: scratch stays bounded however far behind the uploads fall.
       if (older.dir !== this.o.resumedFromDir) void rm(older.dir, { recursive: true, force: true });
     }
-    this.waiting = { step, dir, loss };
+    this.waiting = { step, dir, loss, ...(saveSeconds !== undefined ? { saveSeconds } : {}) };
     this.queue = this.queue.then(async () => {
       const next = this.waiting;
       this.waiting = undefined;
       if (!next || this.error) return;
       try {
         for (const s of this.superseded.splice(0)) await this.o.records.record('checkpoint-superseded', { step: s.step, supersededBy: s.by });
-        await this.commit(next.step, next.dir, next.loss);
+        await this.commit(next);
       } catch (err) {
         this.error = err;
       }
@@ -86,12 +88,12 @@ export class CheckpointUploader {
     return this.queue;
   }
 
-  private async commit(step: number, dir: string, loss?: number | string | null): Promise<void> {
+  private async commit({ step, dir, loss, saveSeconds }: QueuedCheckpoint): Promise<void> {
     const { store, artifactPrefix, retry } = this.o;
     // Object storage may be away for a while (restart, network): keep trying, the job trains on.
     // Fenced: the marker is written only while this attempt holds the stage lease.
     const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit, epoch: this.o.epoch, signal: this.o.signal, loss }));
-    await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256, epoch: this.o.epoch, loss: loss ?? null });
+    await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256, epoch: this.o.epoch, loss: loss ?? null, ...(saveSeconds !== undefined ? { saveSeconds } : {}) });
     this.lastCommitted = step;
     this.o.onCommitted(step);
     // Fenced too: an attempt that lost its lease must not prune the new holder's checkpoints.

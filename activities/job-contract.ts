@@ -47,7 +47,8 @@ export const JobEvent = z.discriminatedUnion('event', [
     checkpoint_signal: z.literal(CHECKPOINT_SIGNAL).optional(),
   }),
   z.object({ event: z.literal('progress'), step: z.number().int().nonnegative(), total_steps: z.number().int().nonnegative().nullable().optional(), loss: Reading.nullable().optional(), metrics: Metrics.optional() }),
-  z.object({ event: z.literal('checkpoint'), step: z.number().int().nonnegative(), path: z.string().min(1) }),
+  /** save_seconds: how long training stood still while the job wrote it (optional). */
+  z.object({ event: z.literal('checkpoint'), step: z.number().int().nonnegative(), path: z.string().min(1), save_seconds: z.number().nonnegative().optional() }),
   z.object({ event: z.literal('metrics'), metrics: Metrics, step: z.number().int().optional() }),
   z.object({ event: z.literal('done'), metrics: Metrics.optional() }),
   z.object({

@@ -479,7 +479,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
               }
               case 'checkpoint':
                 // Taken at the loss logged at its step (or the last one before it).
-                uploader.add(event.step, event.path, lossAt.step <= event.step ? lossAt.loss : null);
+                uploader.add(event.step, event.path, lossAt.step <= event.step ? lossAt.loss : null, event.save_seconds);
                 onCheckpointEvent?.(event.step);
                 break;
               case 'metrics':

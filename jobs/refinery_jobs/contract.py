@@ -236,8 +236,11 @@ class Events:
             fields["metrics"] = metrics
         self.emit("progress", **fields)
 
-    def checkpoint(self, step: int, path: str) -> None:
-        self.emit("checkpoint", step=int(step), path=os.path.abspath(path))
+    def checkpoint(self, step: int, path: str, save_seconds: float | None = None) -> None:
+        fields: dict[str, Any] = {"step": int(step), "path": os.path.abspath(path)}
+        if save_seconds is not None:
+            fields["save_seconds"] = float(save_seconds)
+        self.emit("checkpoint", **fields)
 
     def metrics(self, metrics: dict, step: int | None = None) -> None:
         fields: dict[str, Any] = {"metrics": numbers(metrics)}

@@ -165,6 +165,9 @@ def events_callback(events: Events, cfg: JobConfig, device: Device):
             self.checkpoint_request = request
             self._started = False
             self._stepped = False
+            # Time training stands still while a checkpoint is written: from the end of the step (or the
+            # logging and evaluation after it) to on_save. Steps between saves give the step time.
+            self.saves = SaveTimes()
 
         def on_train_begin(self, args, state, control, **kwargs):
             # A resumed state holds the checkpoint's batch size; record the one this run trains with.
@@ -182,11 +185,16 @@ def events_callback(events: Events, cfg: JobConfig, device: Device):
                     raise injected_oom(oom_above_batch, batch)
 
         def on_step_end(self, args, state, control, **kwargs):
+            self.saves.step_ended()
             if request.take() and not control.should_save:
                 log(f"checkpoint requested ({request.signal_name}): saving at step {state.global_step}")
                 control.should_save = True
 
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.saves.mark()
+
         def on_log(self, args, state, control, logs=None, **kwargs):
+            self.saves.mark()
             logs = dict(logs or {})
             if "train_runtime" in logs:
                 self.summary = finite_numbers(logs)
@@ -202,8 +210,9 @@ def events_callback(events: Events, cfg: JobConfig, device: Device):
 
         def on_save(self, args, state, control, **kwargs):
             path = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+            seconds = self.saves.saved()
             if os.path.isfile(os.path.join(path, TRAINER_STATE)):
-                events.checkpoint(state.global_step, path)
+                events.checkpoint(state.global_step, path, save_seconds=seconds)
             else:
                 log(f"checkpoint {path} has no {TRAINER_STATE}; not reporting it")
 
@@ -273,12 +282,64 @@ def final_evaluate(trainer, callback) -> None:
         trainer.evaluate()
 
 
+class SaveTimes:
+    """How long training stood still for its checkpoint saves, beside the time a step takes.
+
+    The Trainer saves synchronously after a step's logging and evaluation (`_maybe_log_save_evaluate`): the save
+    is the time from the last of those marks to on_save. A step is the time between two step ends without a save.
+    """
+
+    def __init__(self):
+        import time
+        self._clock = time.monotonic
+        self._mark: float | None = None
+        self._last_step_end: float | None = None
+        self._saved_since_step = False
+        self.step_seconds: list[float] = []
+        self.save_seconds: list[float] = []
+
+    def step_ended(self) -> None:
+        now = self._clock()
+        if self._last_step_end is not None and not self._saved_since_step:
+            self.step_seconds.append(now - self._last_step_end)
+        self._last_step_end = self._mark = now
+        self._saved_since_step = False
+
+    def mark(self) -> None:
+        if self._mark is not None:
+            self._mark = self._clock()
+
+    def saved(self) -> float | None:
+        if self._mark is None:
+            return None
+        seconds = self._clock() - self._mark
+        self.save_seconds.append(seconds)
+        self._saved_since_step = True
+        return round(seconds, 4)
+
+    def metrics(self) -> dict[str, float]:
+        if not self.save_seconds:
+            return {}
+        steps = sorted(self.step_seconds)
+        out = {"checkpoint_saves": float(len(self.save_seconds)), "checkpoint_save_seconds_mean": sum(self.save_seconds) / len(self.save_seconds),
+               "checkpoint_save_seconds_max": max(self.save_seconds)}
+        if steps:
+            median = steps[len(steps) // 2]
+            out["step_seconds_median"] = median
+            # The save as a number of steps not taken: what a user weighs against save_steps.
+            if median > 0:
+                out["checkpoint_save_in_steps"] = out["checkpoint_save_seconds_mean"] / median
+        return out
+
+
 def final_metrics(callback, extra: dict | None = None) -> dict[str, float]:
-    """`done` metrics: train_loss and runtime from the Trainer summary, last eval, plus job-specific ones."""
+    """`done` metrics: train_loss and runtime from the Trainer summary, last eval, the time checkpoint saves
+    stopped training (SaveTimes), plus job-specific ones."""
     out = {}
     for key in ("train_loss", "train_runtime", "train_samples_per_second"):
         if key in callback.summary:
             out[key] = callback.summary[key]
+    out.update(callback.saves.metrics())
     out.update(callback.last_eval)
     out.update(finite_numbers(extra))
     return out

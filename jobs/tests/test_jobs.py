@@ -36,6 +36,14 @@ class TrainingJobsTest(unittest.TestCase):
         full = run_job("sft", cfg)
         assert_contract(self, full, total_steps=6, checkpoints=[3, 6])
         self.assertIn("eval_loss", full.one("done")["metrics"])
+        # The time training stood still for each save, measured by the job: in each event and the summary.
+        saves = [e["save_seconds"] for e in full.of("checkpoint")]
+        self.assertTrue(all(s > 0 for s in saves), saves)
+        done = full.one("done")["metrics"]
+        self.assertEqual(done["checkpoint_saves"], 2)
+        self.assertAlmostEqual(done["checkpoint_save_seconds_max"], max(saves), delta=1e-3)
+        self.assertGreater(done["step_seconds_median"], 0)
+        self.assertGreater(done["checkpoint_save_in_steps"], 0)
         self.assertTrue(os.path.isfile(os.path.join(cfg["output_dir"], "adapter_model.safetensors")))
         losses = {e["step"]: e["loss"] for e in full.of("progress")}
 
