@@ -12,6 +12,8 @@ export interface PeakRssResult {
   stderr: string;
   /** The largest VmHWM seen, in bytes, of the process or any one descendant. */
   peakRssBytes: number;
+  /** The sum over the process and its descendants of each one's VmHWM: an upper bound of their peak together. */
+  peakRssSumBytes: number;
 }
 
 async function hwmOf(pid: number): Promise<number> {
@@ -33,11 +35,16 @@ async function childrenOf(pid: number): Promise<number[]> {
 export async function runMeasuringPeakRss(file: string, args: string[], options: Options = {}): Promise<PeakRssResult> {
   const child = execa(file, args, { reject: false, ...options });
   let peak = 0;
+  const peaks = new Map<number, number>();
   let done = false;
   const sample = async () => {
     const pids = [child.pid!];
     for (let i = 0; i < pids.length; i++) pids.push(...(await childrenOf(pids[i]!)));
-    for (const pid of pids) peak = Math.max(peak, await hwmOf(pid));
+    for (const pid of pids) {
+      const hwm = await hwmOf(pid);
+      peak = Math.max(peak, hwm);
+      peaks.set(pid, Math.max(peaks.get(pid) ?? 0, hwm));
+    }
   };
   const sampler = (async () => {
     while (!done) {
@@ -48,5 +55,5 @@ export async function runMeasuringPeakRss(file: string, args: string[], options:
   const result = await child;
   done = true;
   await sampler;
-  return { exitCode: result.exitCode, stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? ''), peakRssBytes: peak };
+  return { exitCode: result.exitCode, stdout: String(result.stdout ?? ''), stderr: String(result.stderr ?? ''), peakRssBytes: peak, peakRssSumBytes: [...peaks.values()].reduce((x, y) => x + y, 0) };
 }
