@@ -5,7 +5,7 @@
 # version, so fresh clones reuse it. Prints one line per step.
 #
 #   bash infra/bootstrap.sh                 # everything
-#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, python, llama.cpp, llama-factory, npm)
+#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, mover, python, llama.cpp, llama-factory, npm)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +15,7 @@ CACHE="${REFINERY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/refinery}"
 STATE="${REFINERY_STATE_DIR:-$ROOT/.refinery}"
 mkdir -p "$CACHE" "$STATE"
 
-STEPS="${*:-temporal minio python llama.cpp llama-factory npm}"
+STEPS="${*:-temporal minio mover python llama.cpp llama-factory npm}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 step() { printf '[bootstrap] %-28s %s\n' "$1" "$2"; }
 t0=$(date +%s)
@@ -48,6 +48,27 @@ else
   GOBIN="$MINIO_DIR.tmp" GOFLAGS=-buildvcs=false go install "github.com/minio/minio@$MINIO_VERSION"
   rm -rf "$MINIO_DIR"; mv "$MINIO_DIR.tmp" "$MINIO_DIR"
   step "minio" "done ($(elapsed))"
+fi
+
+# --- The native mover (infra/mover): storage/commit.ts's large transfers, keyed by its source's hash ---
+# Optional: without Go (or with REFINERY_MOVER=off) storage/commit.ts moves everything through Node.
+MOVER_HASH="$(cd "$ROOT/infra/mover" && sha256sum go.mod go.sum ./*.go | sha256sum | cut -c1-16)"
+MOVER_DIR="$CACHE/mover-$MOVER_HASH"
+MOVER_BIN=""
+if [[ -x "$MOVER_DIR/refinery-mover" ]]; then
+  step "mover" "cached ($MOVER_DIR)"
+  MOVER_BIN="$MOVER_DIR/refinery-mover"
+elif ! want mover; then
+  step "mover" "skipped (not built)"
+elif ! command -v go >/dev/null; then
+  step "mover" "skipped: Go is not installed (transfers stay in Node)"
+else
+  step "mover" "building infra/mover"
+  rm -rf "$MOVER_DIR.tmp"; mkdir -p "$MOVER_DIR.tmp"
+  (cd "$ROOT/infra/mover" && GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 go build -trimpath -o "$MOVER_DIR.tmp/refinery-mover" .)
+  rm -rf "$MOVER_DIR"; mv "$MOVER_DIR.tmp" "$MOVER_DIR"
+  MOVER_BIN="$MOVER_DIR/refinery-mover"
+  step "mover" "done ($(elapsed))"
 fi
 
 # --- Python environment for the jobs, keyed by the requirements' hash --------------------------
@@ -149,6 +170,7 @@ cat > "$STATE/toolchain.json" <<JSON
   "temporal": "$TEMPORAL_BIN",
   "temporalTestServer": "$TEMPORAL_TEST_SERVER_BIN",
   "minio": "$MINIO_DIR/minio",
+  "mover": "$MOVER_BIN",
   "python": "$PYENV/bin/python",
   "llamaCppConvert": "$LLAMA_DIR/src/convert_hf_to_gguf.py",
   "llamaQuantize": "$LLAMA_DIR/bin/llama-quantize",
