@@ -26,6 +26,10 @@ import { GpuAllocator } from '../../worker/gpu-allocator.js';
 import { testJobCommand, testStore } from '../helpers/env.js';
 import { until } from '../helpers/processes.js';
 
+// These tests order and count the Node transfer path's own requests (spies on ObjectStore, one file
+// at a time); the native mover's transfers have their own tests (native-mover.test.ts).
+process.env.REFINERY_MOVER = 'off';
+
 const MiB = 1024 * 1024;
 /** Each input: 3 MiB in two files (and a nested one), so that two fit the cap and three do not. */
 const INPUT_BYTES = 3 * MiB;

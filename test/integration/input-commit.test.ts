@@ -24,6 +24,10 @@ import type { PreparedRun } from '../../workflows/types.js';
 import { startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
 import { writeTestSpec } from '../helpers/specs.js';
 
+// These tests order and count the Node transfer path's own requests (spies on ObjectStore, one file
+// at a time); the native mover's transfers have their own tests (native-mover.test.ts).
+process.env.REFINERY_MOVER = 'off';
+
 const MiB = 1024 * 1024;
 let store: ObjectStore;
 const uniq = () => `ic-${Date.now()}-${Math.random().toString(36).slice(2, 6)}`;
