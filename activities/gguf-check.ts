@@ -19,6 +19,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import { cancellationSignal } from '@temporalio/activity';
 import { execa } from 'execa';
+import { SECRET_ENV } from './job-process.js';
 
 export interface GreedyReference {
   max_new_tokens: number;
@@ -129,8 +130,6 @@ export const GGUF_CHECK_FILE_EVENT = 'gguf-check-file';
 const CHILD_ENTRY = path.join(path.dirname(fileURLToPath(import.meta.url)), 'gguf-check-child.ts');
 const TSX_LOADER = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'node_modules', 'tsx', 'dist', 'esm', 'index.mjs');
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((p) => existsSync(p));
-/** Nothing the check needs: object-store and Temporal credentials stay in the worker. */
-const SECRET_ENV = /^(REFINERY_S3_|AWS_|MINIO_|TEMPORAL_TLS|REFINERY_PAYLOAD_KEY)/;
 
 /**
  * Loads every .gguf in `dir` in llama.cpp and compares greedy generations with the reference. The

@@ -68,8 +68,8 @@ export interface JobProcessResult {
   oomKilled: boolean;
 }
 
-/** Variables a job never inherits: credentials belong to the worker, not to user code. */
-const SECRET_ENV = /^(REFINERY_S3_|AWS_|MINIO_|TEMPORAL_TLS|REFINERY_PAYLOAD_KEY)/;
+/** Variables a job (or any child the worker starts for it) never inherits: credentials belong to the worker. */
+export const SECRET_ENV = /^(REFINERY_S3_|AWS_|MINIO_|TEMPORAL_TLS|REFINERY_PAYLOAD_KEY)/;
 
 export function jobEnvironment(base: NodeJS.ProcessEnv, extra: Record<string, string>): Record<string, string> {
   const env: Record<string, string> = {};
