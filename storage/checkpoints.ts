@@ -27,7 +27,7 @@ export async function commitCheckpoint(
   artifactPrefix: string,
   step: number,
   localDir: string,
-  options: Pick<CommitOptions, 'beforeCommit' | 'signal'> & { epoch?: number; loss?: number | string | null } = {},
+  options: Pick<CommitOptions, 'beforeCommit' | 'signal' | 'lowPriority'> & { epoch?: number; loss?: number | string | null } = {},
 ): Promise<CommittedArtifact> {
   const { epoch, loss, ...rest } = options;
   // The loss it was taken at: a retry after a divergence resumes from one taken before it began.
@@ -74,7 +74,12 @@ export async function restoreNewestCheckpoint(
       await downloadCommitted(store, artifact, dir);
       return { restored: { step, dir }, skipped, discarded };
     } catch (err) {
-      if (!(err instanceof IntegrityError)) throw err;
+      if (!(err instanceof IntegrityError)) {
+        // Not this checkpoint's fault (storage away, the local disk full): the attempt fails and
+        // the next one resumes from it. What came down is removed (a full disk gets its space back).
+        await rm(dir, { recursive: true, force: true }).catch(() => undefined);
+        throw err;
+      }
       skipped.push({ step, reason: err.message });
       await rm(dir, { recursive: true, force: true });
     }

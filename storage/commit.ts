@@ -19,6 +19,7 @@ import { createHash } from 'node:crypto';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { ChecksumMismatch, ObjectStore, sha256File, SINGLE_PUT_MAX_BYTES } from './object-store.js';
+import { isLocalDiskError } from './local-fs-error.js';
 import { moveFiles, moverPath, type MoverFile } from './native-mover.js';
 
 export interface ManifestFile {
@@ -369,7 +370,9 @@ export function committedFileKey(artifact: Pick<CommittedArtifact, 'filesPrefix'
 
 /**
  * Downloads a committed artifact into `localDir`, verifying every file. Files already present
- * with the right hash are kept (a retry on the same worker downloads nothing).
+ * with the right hash are kept (a retry on the same worker downloads nothing). A file that is
+ * missing, short or fails its hash throws IntegrityError; a local disk that refuses the write
+ * (full, read-only, failing: storage/local-fs-error.ts) throws that error as it came.
  */
 export async function downloadCommitted(store: ObjectStore, artifact: CommittedArtifact, localDir: string): Promise<{ downloaded: number; reused: number }> {
   let downloaded = 0;
@@ -393,6 +396,8 @@ export async function downloadCommitted(store: ObjectStore, artifact: CommittedA
       return;
     }
     await store.getFile(committedFileKey(artifact, f.path), target, { expectSha256: f.sha256 }).catch((err: unknown) => {
+      // A full or failing local disk is not the artifact's fault: no reason to skip it.
+      if (isLocalDiskError(err)) throw err;
       if (err instanceof ChecksumMismatch) throw mismatch(f, err.actual);
       throw cannot(f, err);
     });
@@ -403,6 +408,7 @@ export async function downloadCommitted(store: ObjectStore, artifact: CommittedA
     needed.sort((a, b) => order.get(a.file)! - order.get(b.file)!);
     const byKey = new Map(needed.map((n) => [n.key, n.file]));
     await moveFiles(store.config, { op: 'get', files: needed.map(({ file: _, ...m }) => m), fileConcurrency: MOVER_FILE_CONCURRENCY }, { mover }).catch((err: unknown) => {
+      if (isLocalDiskError(err)) throw err;
       const key = (err as { key?: unknown }).key;
       const f = typeof key === 'string' ? byKey.get(key) : undefined;
       if (!f) throw new IntegrityError(`${artifact.uri}: cannot download (${(err as Error).message})`);

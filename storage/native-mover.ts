@@ -16,6 +16,7 @@ import { execa } from 'execa';
 import { recordedToolchain } from '../config/toolchain.js';
 import type { StorageConfig } from './config.js';
 import { ChecksumMismatch, FileChanged } from './object-store.js';
+import { LocalFilesystemError } from './local-fs-error.js';
 
 export interface MoverFile {
   key: string;
@@ -66,7 +67,7 @@ export class MoverError extends Error {
   override name = 'MoverError';
   constructor(
     message: string,
-    /** The mover's error kind: 'size', 'io', 'aborted', 'exit' (it ended without saying why)… */
+    /** The mover's error kind: 'size', 'io', 'aborted', 'exit' (it ended without saying why)… ('local' is LocalFilesystemError) */
     readonly kind: string,
     readonly key?: string,
   ) {
@@ -219,6 +220,8 @@ function errorFromEvent(ev: Record<string, unknown>, byKey: Map<string, MoverFil
       return new MoverNotFound(message, key);
     case 'changed':
       return new FileChanged(byKey.get(key)?.path ?? key, expected, actual);
+    case 'local':
+      return new LocalFilesystemError(message, typeof ev.code === 'string' && ev.code ? ev.code : undefined, key || undefined);
     default:
       return new MoverError(message, String(ev.kind ?? 'io'), key || undefined);
   }

@@ -19,8 +19,9 @@
 //
 // Error kinds: "checksum" (get: the bytes do not hash to the request's sha256; "actual" and
 // "expected"), "not-found" (get: no such object), "size" (get: the object's size is not the
-// request's), "changed" (put: the file no longer hashes to the request's sha256), "aborted"
-// (SIGTERM/SIGINT; exit status 143), "io" (anything else).
+// request's), "changed" (put: the file no longer hashes to the request's sha256), "local" (the
+// local filesystem refused a read or write: "code" names the errno, e.g. ENOSPC — the disk's
+// fault, not the object's), "aborted" (SIGTERM/SIGINT; exit status 143), "io" (anything else).
 //
 // Credentials and the endpoint come from the environment only (the names and defaults of
 // storage/config.ts), never from argv, where any user of the machine could read them.
@@ -85,12 +86,30 @@ type moveError struct {
 	Message  string
 	Actual   string
 	Expected string
+	Code     string // kind "local": the errno's name
 }
 
 func (e *moveError) Error() string { return e.Message }
 
 func fail(kind, key, format string, args ...any) *moveError {
 	return &moveError{Kind: kind, Key: key, Message: fmt.Sprintf(format, args...)}
+}
+
+// errnoNames: the errors of a local filesystem worth naming (the caller decides what each means).
+var errnoNames = map[syscall.Errno]string{
+	syscall.ENOSPC: "ENOSPC", syscall.EDQUOT: "EDQUOT", syscall.EROFS: "EROFS", syscall.EIO: "EIO",
+	syscall.EACCES: "EACCES", syscall.EPERM: "EPERM", syscall.ENOENT: "ENOENT", syscall.EMFILE: "EMFILE",
+	syscall.ENFILE: "ENFILE", syscall.ENOTDIR: "ENOTDIR", syscall.EISDIR: "EISDIR",
+}
+
+// localFail: the local filesystem refused a read or write of path (kind "local", errno named).
+func localFail(key, path string, err error) *moveError {
+	me := &moveError{Kind: "local", Key: key, Message: fmt.Sprintf("%s: %v", path, err)}
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		me.Code = errnoNames[errno]
+	}
+	return me
 }
 
 // --- events --------------------------------------------------------------------------------------
@@ -239,16 +258,16 @@ func (m *mover) partSizeFor(size int64) int64 {
 // its size and sha256 are the request's: a file that fails its check never appears.
 func (m *mover) get(ctx context.Context, f fileReq) (string, error) {
 	if err := os.MkdirAll(filepath.Dir(f.Path), 0o755); err != nil {
-		return "", fail("io", f.Key, "%s: %v", f.Path, err)
+		return "", localFail(f.Key, f.Path, err)
 	}
 	tmp := fmt.Sprintf("%s.part-%d", f.Path, os.Getpid())
 	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
 	if err != nil {
-		return "", fail("io", f.Key, "%s: %v", tmp, err)
+		return "", localFail(f.Key, tmp, err)
 	}
 	digest, err := m.getInto(ctx, f, out)
 	if cerr := out.Close(); err == nil && cerr != nil {
-		err = fail("io", f.Key, "%s: %v", tmp, cerr)
+		err = localFail(f.Key, tmp, cerr)
 	}
 	if err == nil && f.Sha256 != "" && digest != f.Sha256 {
 		err = &moveError{Kind: "checksum", Key: f.Key, Actual: digest, Expected: f.Sha256,
@@ -256,7 +275,7 @@ func (m *mover) get(ctx context.Context, f fileReq) (string, error) {
 	}
 	if err == nil {
 		if rerr := os.Rename(tmp, f.Path); rerr != nil {
-			err = fail("io", f.Key, "%s: %v", f.Path, rerr)
+			err = localFail(f.Key, f.Path, rerr)
 		}
 	}
 	if err != nil {
@@ -337,7 +356,7 @@ func (m *mover) getInto(ctx context.Context, f fileReq, out *os.File) (string, e
 			return part{}
 		}
 		if _, err := out.WriteAt(buf[:got], off); err != nil {
-			setErr(fail("io", f.Key, "%s: %v", out.Name(), err))
+			setErr(localFail(f.Key, out.Name(), err))
 			return part{}
 		}
 		return part{buf: buf, n: got}
@@ -432,12 +451,12 @@ func s3Fail(key string, err error) error {
 func (m *mover) put(ctx context.Context, f fileReq) (int64, string, error) {
 	in, err := os.Open(f.Path)
 	if err != nil {
-		return 0, "", fail("io", f.Key, "%s: %v", f.Path, err)
+		return 0, "", localFail(f.Key, f.Path, err)
 	}
 	defer in.Close()
 	st, err := in.Stat()
 	if err != nil {
-		return 0, "", fail("io", f.Key, "%s: %v", f.Path, err)
+		return 0, "", localFail(f.Key, f.Path, err)
 	}
 	size := st.Size()
 	if size <= m.req.PartSize {
@@ -613,6 +632,9 @@ func errorEvent(err error, key string) map[string]any {
 	ev := map[string]any{"event": "error", "kind": me.Kind, "key": me.Key, "message": me.Message}
 	if me.Actual != "" || me.Expected != "" {
 		ev["actual"], ev["expected"] = me.Actual, me.Expected
+	}
+	if me.Code != "" {
+		ev["code"] = me.Code
 	}
 	return ev
 }
