@@ -1,13 +1,15 @@
 /**
  * How a job's end becomes the attempt's result (jobs/CONTRACT.md): config / data / unsupported
  * errors are non-retryable; out of memory (the job said so, the log says so, or the kernel's OOM
- * killer ended it) is retried with a smaller batch; a divergence resumes before it; crashes, stalls
+ * killer ended it) is retried with a smaller batch; a full scratch disk is the node's failure
+ * (infrastructure, another host preferred); a divergence resumes before it; crashes, stalls
  * and failed checkpoint uploads are retried per the stage's policy; a cancelled job is a
  * cancellation. The failure types and their classes: workflows/failures.ts.
  */
 import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
 import { classifyFailure, describeFailure, type FailureDetails } from '../workflows/failures.js';
 import { classifyExit, type JobEvent } from './job-contract.js';
+import { DISK_FULL_TEXT } from '../storage/local-fs-error.js';
 import { OOM_TEXT } from './job-memory.js';
 import type { JobProcessResult } from './job-process.js';
 
@@ -43,6 +45,10 @@ export function throwIfJobFailed(end: JobEnd): void {
   }
   if (exitClass === 'oom' || e?.category === 'oom' || (exitClass === 'crash' && OOM_TEXT.test(`${e?.message ?? ''}\n${end.logTail ?? ''}`))) {
     throw ApplicationFailure.retryable(`job out of memory after step ${end.lastStep} (batch ${details.batchSize} x ${details.gradientAccumulation}): ${detail}`, 'JobOutOfMemory', details);
+  }
+  // The job could not write (its checkpoint, its output): the node's disk is full or failing, not the job broken.
+  if (exitClass === 'crash' && DISK_FULL_TEXT.test(`${e?.message ?? ''}\n${end.logTail ?? ''}`)) {
+    throw ApplicationFailure.retryable(`job could not write to the scratch disk after step ${end.lastStep}: ${detail}`, 'ScratchDiskFailed', details);
   }
   if (exitClass === 'crash') throw ApplicationFailure.retryable(`job failed: ${detail}`, 'JobCrashed', details);
   throw ApplicationFailure.nonRetryable(`${exitClass} error: ${detail}`, exitClass === 'config' ? 'ConfigError' : exitClass === 'data' ? 'DataError' : 'Unsupported');

@@ -21,6 +21,7 @@ import { AttemptRecorder } from '../storage/attempt-records.js';
 import { removeCheckpoints, restoreNewestCheckpoint } from '../storage/checkpoints.js';
 import { CommitConflict, commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
+import { isLocalDiskError } from '../storage/local-fs-error.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import { acquireOrWait, LeaseLostError, localHolder, type StageLease } from '../storage/stage-lease.js';
 import type { Hyper } from '../spec/schema.js';
@@ -131,6 +132,8 @@ async function logTail(file: string, bytes = 16_384): Promise<string> {
 function asAttemptFailure(err: unknown, host: string): unknown {
   if (err instanceof ApplicationFailure || !(err instanceof Error)) return err;
   if (isTransientStorageError(err)) return ApplicationFailure.retryable(`object storage unavailable: ${err.message}`, 'StorageUnavailable', { host } satisfies FailureDetails);
+  // A download into a full (or failing) scratch disk: the node's fault; the next attempt resumes as planned.
+  if (isLocalDiskError(err)) return ApplicationFailure.retryable(`scratch disk on ${host}: ${err.message}`, 'ScratchDiskFailed', { host } satisfies FailureDetails);
   return err;
 }
 
@@ -236,7 +239,7 @@ export function createTrainingActivities(deps: TrainingDeps) {
         ? ApplicationFailure.retryable(`drained before its job ran (${deps.drain?.reason ?? 'worker draining'})`, 'WorkerDrained', { host, step: 0 } satisfies FailureDetails)
         : asAttemptFailure(caught, host);
       const ended = attemptOutcomeOf(err);
-      await records.record('attempt-ended', { ...ended });
+      await records.record('attempt-ended', { ...ended, host });
       if (ended.failure?.class === 'job') {
         const c = classifyFailure(err);
         await deps.health?.jobFailed({ runId: input.runId, stageId: stage.id, kind: c.kind, message: c.message }).catch((e: unknown) => log.warn('host health', { error: String(e) }));

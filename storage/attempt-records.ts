@@ -95,6 +95,12 @@ export interface AttemptSummary {
   outcome: AttemptOutcome | 'lost';
   reason: string | null;
   resumedFromStep: number | null;
+  /**
+   * It got as far as its job: its inputs and the checkpoint to resume from were in place (an
+   * `attempt-started` record; a declined attempt and one that reused a committed output have one
+   * too). False for one that failed before: a download into a full disk, storage away at its start.
+   */
+  began: boolean;
   /** Steps of the checkpoints this attempt committed, in order. */
   checkpoints: number[];
   skippedCheckpoints: { step: number; reason: string }[];
@@ -134,6 +140,7 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
     outcome: 'lost',
     reason: null,
     resumedFromStep: null,
+    began: false,
     checkpoints: [],
     skippedCheckpoints: [],
     supersededCheckpoints: [],
@@ -149,6 +156,7 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
   for (const { event } of records) {
     switch (event.type as AttemptRecordType) {
       case 'attempt-started':
+        summary.began = true;
         summary.host = (event.host as string | undefined) ?? null;
         summary.resumedFromStep = (event.resumedFromStep as number | null | undefined) ?? null;
         if (event.adjustments && typeof event.adjustments === 'object' && Object.keys(event.adjustments).length > 0) summary.adjustments = event.adjustments as AttemptAdjustments;
@@ -166,6 +174,8 @@ export function summarizeAttempt(attempt: number, records: AuditRecord[]): Attem
         summary.contractViolations++;
         break;
       case 'attempt-ended':
+        // An attempt that failed before its start record names its host here.
+        summary.host ??= (event.host as string | undefined) ?? null;
         summary.outcome = event.outcome as AttemptOutcome;
         summary.reason = (event.reason as string | null | undefined) ?? null;
         if (event.failure && typeof event.failure === 'object') {

@@ -90,8 +90,9 @@ export function nextAttempt(
     const n = state.infrastructureFailures + 1;
     const budget = retry.infrastructureAttempts ?? DEFAULT_INFRASTRUCTURE_ATTEMPTS;
     if (n > budget) return { retry: false, message: `${n} attempts lost to infrastructure failures (retry.infrastructure_attempts: ${budget}); last: ${what}: ${failure.message}`, type: 'InfrastructureBudgetExhausted', history };
-    // A node that failed its preflight is avoided; a drained or lost worker is going away anyway.
-    const avoidHosts = failure.kind === 'node-failure' && host ? [host] : state.avoidHosts;
+    // A node that failed its preflight, or whose scratch disk is full, is avoided; a drained or
+    // lost worker is going away anyway.
+    const avoidHosts = (failure.kind === 'node-failure' || failure.kind === 'scratch-disk') && host ? [host] : state.avoidHosts;
     return { retry: true, delayMs: infrastructureDelayMs(failure.kind, n), state: { ...base, infrastructureFailures: n, avoidHosts, placementDeclines: 0 } };
   }
 

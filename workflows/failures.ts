@@ -23,6 +23,7 @@ export type FailureKind =
   | 'drained'
   | 'lease-lost'
   | 'storage'
+  | 'scratch-disk'
   | 'host-avoided'
   | 'host-quarantined'
   | 'crash'
@@ -72,6 +73,7 @@ export const FAILURE_TYPES: Record<string, { class: FailureClass; kind: FailureK
   OutputCommitConflict: { class: 'infrastructure', kind: 'lease-lost' },
   CheckpointUploadFailed: { class: 'infrastructure', kind: 'storage' },
   StorageUnavailable: { class: 'infrastructure', kind: 'storage' },
+  ScratchDiskFailed: { class: 'infrastructure', kind: 'scratch-disk' },
   HostAvoided: { class: 'placement', kind: 'host-avoided' },
   HostQuarantined: { class: 'placement', kind: 'host-quarantined' },
   JobCrashed: { class: 'job', kind: 'crash' },

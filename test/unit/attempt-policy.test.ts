@@ -34,6 +34,7 @@ describe('classifyFailure', () => {
     ['PreflightFailed', 'infrastructure', 'node-failure'],
     ['LeaseLost', 'infrastructure', 'lease-lost'],
     ['StorageUnavailable', 'infrastructure', 'storage'],
+    ['ScratchDiskFailed', 'infrastructure', 'scratch-disk'],
     ['HostAvoided', 'placement', 'host-avoided'],
     ['HostQuarantined', 'placement', 'host-quarantined'],
     ['JobCrashed', 'job', 'crash'],
@@ -100,6 +101,8 @@ describe('nextAttempt', () => {
   it('the retry after a job failure or a failed preflight avoids that host; a drain avoids nobody', () => {
     expect(retried(nextAttempt(stage, firstAttempt(), failure('JobCrashed', { host: 'gpu-a' }))).state.avoidHosts).toEqual(['gpu-a']);
     expect(retried(nextAttempt(stage, firstAttempt(), failure('PreflightFailed', { host: 'gpu-a' }))).state.avoidHosts).toEqual(['gpu-a']);
+    const full = retried(nextAttempt(stage, firstAttempt(), failure('ScratchDiskFailed', { host: 'gpu-a' }))).state;
+    expect([full.avoidHosts, full.jobFailures, full.infrastructureFailures]).toEqual([['gpu-a'], 0, 1]);
     expect(retried(nextAttempt(stage, firstAttempt(), failure('WorkerDrained', { host: 'gpu-a' }))).state.avoidHosts).toEqual([]);
   });
 
