@@ -141,7 +141,13 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
   // Steps lost, from the job's own events, for every fault whether it caused a retry or not: at
   // each hand-over from one attempt that ran the job to the next, the furthest step the earlier one
   // (or any attempt in between) reached minus the checkpoint the next one resumed from; summed.
-  const attempts = await attemptLogs(ctx.store, prefix, runId, target, events);
+  const summaries = await summarizeAttempts(ctx.store, { storagePrefix: prefix, runId, stageId: target }).catch((err: unknown) => {
+    problems.push(`cannot read the attempt records of ${target}: ${(err as Error).message}`);
+    return [];
+  });
+  // An attempt that failed before its job (a restore into a full disk) trained nothing and lost nothing.
+  const neverBegan = new Set(summaries.filter((a) => !a.began && a.outcome !== 'lost').map((a) => a.attempt));
+  const attempts = new Map([...(await attemptLogs(ctx.store, prefix, runId, target, events))].filter(([n]) => !neverBegan.has(n)));
   for (const [a, info] of attempts) if (info.maxStep !== null) furthest.set(a, Math.max(furthest.get(a) ?? 0, info.maxStep));
   if (fault.attemptAtFault !== null && fault.stepAtFault !== null) furthest.set(fault.attemptAtFault, Math.max(furthest.get(fault.attemptAtFault) ?? 0, fault.stepAtFault));
   const ran = [...attempts.entries()].filter(([, info]) => info.started).sort((x, y) => x[0] - y[0]);
@@ -174,11 +180,7 @@ export async function runTrial(ctx: Ctx, kind: TestJobFaultKind, trial: number):
   const failures = events
     .filter((e) => e.stage === target && (e.type === 'attempt-failed' || (e.type === 'attempt' && e.outcome === 'failed')))
     .map((e) => String(e.reason));
-  const attemptSummaries = await summarizeAttempts(ctx.store, { storagePrefix: prefix, runId, stageId: target }).catch((err: unknown) => {
-    problems.push(`cannot read the attempt records of ${target}: ${(err as Error).message}`);
-    return [];
-  });
-  mod.check?.(t, { events, failures, attempts: attemptSummaries });
+  mod.check?.(t, { events, failures, attempts: summaries });
 
   // Orphans: no process of any job session of this run (the job's children included) may be left
   // once the run has ended; the child a job announced in its pid file must be gone too.
