@@ -91,8 +91,11 @@ export class CheckpointUploader {
   private async commit({ step, dir, loss, saveSeconds }: QueuedCheckpoint): Promise<void> {
     const { store, artifactPrefix, retry } = this.o;
     // Object storage may be away for a while (restart, network): keep trying, the job trains on.
-    // Fenced: the marker is written only while this attempt holds the stage lease.
-    const artifact = await retry(`commit of checkpoint ${step}`, () => commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit, epoch: this.o.epoch, signal: this.o.signal, loss }));
+    // Fenced: the marker is written only while this attempt holds the stage lease. The job trains
+    // while this goes up: its bytes move at low CPU and I/O priority, so the job keeps its cores.
+    const artifact = await retry(`commit of checkpoint ${step}`, () =>
+      commitCheckpoint(store, artifactPrefix, step, dir, { beforeCommit: this.o.assertMayCommit, epoch: this.o.epoch, signal: this.o.signal, loss, lowPriority: true }),
+    );
     await this.o.records.record('checkpoint-committed', { step, manifestSha256: artifact.manifestSha256, epoch: this.o.epoch, loss: loss ?? null, ...(saveSeconds !== undefined ? { saveSeconds } : {}) });
     this.lastCommitted = step;
     this.o.onCommitted(step);

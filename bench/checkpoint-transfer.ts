@@ -11,11 +11,11 @@
  * --quick: 256 MiB. The profile uses a directory of the same shape of at most 512 MiB, the
  * interference test one of 64 MiB committed back to back in fixed windows.
  *
- * Targets: Refinery ≥ 0.9× s5cmd throughput both ways; job step time ≤ 5 % slower while a
- * checkpoint uploads.
+ * Targets: Refinery ≥ 0.9× s5cmd throughput both ways; job step time while a checkpoint uploads
+ * ≤ 25 % slower for a job on every core, ≤ 5 % for one that leaves a core free (--job-threads 1).
  */
 import { mkdir, mkdtemp, readdir, rm, stat } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cpus, tmpdir } from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { execa } from 'execa';
@@ -266,7 +266,10 @@ async function main(): Promise<void> {
 // and slow drifts of the machine's other load cancel out. A step counts for a condition only if
 // it lies wholly inside an "on" window or wholly outside all of them.
 
-type UploadKind = 'refinery' | 'niced';
+// refinery: as the training activity commits (activities/checkpoint-uploader.ts): the worker
+// process, its large files through the native mover at low CPU and I/O priority; normal: the same
+// at normal priority (before); niced: the whole commit in a process of its own at nice 19.
+type UploadKind = 'refinery' | 'normal' | 'niced';
 
 interface Window {
   kind: UploadKind;
@@ -283,11 +286,11 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
   const sft = plan.stages.find((s) => s.kind === 'sft')!;
   const work = await mkdtemp(path.join(tmpdir(), 'refinery-bench-interf-'));
   const windowMs = quick ? 4000 : 6000;
-  const kinds: UploadKind[] = quick ? ['refinery'] : ['refinery', 'niced'];
+  const kinds: UploadKind[] = quick ? ['refinery', 'normal'] : ['refinery', 'normal', 'niced'];
   // --job-threads N: OMP/MKL threads of the jobs (torch uses every core by default)
   const jobEnv: Record<string, string> = args.get('job-threads') ? { OMP_NUM_THREADS: args.get('job-threads')!, MKL_NUM_THREADS: args.get('job-threads')! } : {};
   const results: (string | number)[][] = [];
-  const worst: Record<UploadKind, number> = { refinery: -Infinity, niced: -Infinity };
+  const worst: Record<UploadKind, number> = { refinery: -Infinity, normal: -Infinity, niced: -Infinity };
   const s5 = await ensureS5cmd();
   const s5env = { ...process.env, AWS_ACCESS_KEY_ID: store.config.accessKey, AWS_SECRET_ACCESS_KEY: store.config.secretKey, AWS_REGION: 'us-east-1' };
   try {
@@ -353,7 +356,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
               while (performance.now() - from < windowMs) {
                 const prefix = `interference-${n++}`;
                 prefixes.push(prefix);
-                await commitDirectory(store, unitDir, prefix);
+                await commitDirectory(store, unitDir, prefix, undefined, kind === 'refinery' ? { lowPriority: true } : {});
                 bytes += unitBytes;
               }
             }
@@ -376,7 +379,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
       const run = await running;
       await loader;
       const progress = run.events.filter((e) => e.event.event === 'progress');
-      const steps: Record<UploadKind | 'alone', number[]> = { alone: [], refinery: [], niced: [] };
+      const steps: Record<UploadKind | 'alone', number[]> = { alone: [], refinery: [], normal: [], niced: [] };
       const firstWindow = windows[0]?.from ?? Infinity;
       for (let i = 1; i < progress.length; i++) {
         const a = progress[i - 1]!.t;
@@ -391,7 +394,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
       // Paired estimate, robust to the machine's other load drifting: each window's median step
       // against the median step of the pauses just before and just after it.
       const stepsIn = (lo: number, hi: number) => progress.slice(1).map((e, j) => [progress[j]!.t, e.t] as const).filter(([a, b]) => a >= lo && b <= hi).map(([a, b]) => b - a);
-      const paired: Record<UploadKind, number[]> = { refinery: [], niced: [] };
+      const paired: Record<UploadKind, number[]> = { refinery: [], normal: [], niced: [] };
       for (const [i, w] of windows.entries()) {
         const before = stepsIn(windows[i - 1]?.to ?? w.from - windowMs, w.from);
         const after = stepsIn(w.to, windows[i + 1]?.from ?? Infinity);
@@ -406,7 +409,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
         const upMiBps = w.reduce((s, x) => s + x.bytes, 0) / 1024 ** 2 / (w.reduce((s, x) => s + x.uploadMs, 0) / 1000);
         const slow = median(paired[kind]) - 1;
         if (Number.isFinite(slow)) worst[kind] = Math.max(worst[kind], slow);
-        const label = { refinery: 'commitDirectory, in the worker process', niced: 'commitDirectory, own process at nice 19 (paused outside its windows)' }[kind];
+        const label = { refinery: 'commitDirectory as the worker commits a checkpoint (mover at nice 10, ionice idle-ish)', normal: 'commitDirectory at normal priority', niced: 'commitDirectory, own process at nice 19 (paused outside its windows)' }[kind];
         results.push([job.name, `${label} (${fx(upMiBps, 0)} MiB/s)`, `${steps.alone.length}/${steps[kind].length}`, fx(alone), fx(median(steps[kind])), `${slow >= 0 ? '+' : ''}${fx(slow * 100, 1)} %`, paired[kind].map((x) => fx(x, 2)).join(' ')]);
       }
     }
@@ -416,10 +419,14 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
   console.log(`\nstep time while checkpoints upload (${fmtBytes(unitBytes)} directory committed back to back in ${windowMs / 1000} s windows, alternating with ${windowMs / 1000} s without; one job run; medians${jobEnv.OMP_NUM_THREADS ? `; jobs with OMP_NUM_THREADS=${jobEnv.OMP_NUM_THREADS}` : ''})`);
   console.log(table(['job', 'concurrent upload', 'steps alone/with', 'step ms alone', 'step ms with', 'slower (paired)', 'per window: step in / pauses around'], results));
   console.log('"slower (paired)": median over windows of (median step inside the window / median step in the pauses just before and after it) − 1');
+  // The issue's targets: ≤ 25 % when the job uses every core (2 here), ≤ 5 % when it leaves one free.
+  const jobThreads = Number(jobEnv.OMP_NUM_THREADS ?? cpus().length);
+  const target = jobThreads < cpus().length ? 0.05 : 0.25;
   const pct = (x: number) => `${x >= 0 ? '+' : ''}${fx(x * 100, 1)} %`;
   console.log(table(['target', 'measured', ''], [
-    ['step time ≤ 5 % slower during a Refinery upload (worst job)', pct(worst.refinery), verdict(worst.refinery <= 0.05)],
-    ['(same, the upload in its own process at nice 19)', pct(worst.niced), verdict(worst.niced <= 0.05)],
+    [`step time ≤ ${fx(target * 100, 0)} % slower during a Refinery checkpoint upload (worst job)`, pct(worst.refinery), verdict(worst.refinery <= target)],
+    ['(before: the same commit at normal priority)', pct(worst.normal), ''],
+    ...(kinds.includes('niced') ? [['(the whole commit in its own process at nice 19)', pct(worst.niced), verdict(worst.niced <= target)]] : []),
   ]));
 }
 
