@@ -14,7 +14,7 @@
  * holds the source, one download and one copy in MinIO). Throughput ratio: s5cmd's time / Refinery's.
  * Targets (issue "real sizes"): upload and download ≥ 0.9× s5cmd; CLI and worker peak RSS ≤ 400 MiB.
  */
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execa } from 'execa';
@@ -88,7 +88,16 @@ async function main(): Promise<void> {
     };
     const s5 = (...argv: string[]) => measured(s5cmd, ['--endpoint-url', minio.endpoint, ...argv], s5env);
     const op = (...argv: string[]) => measured(process.execPath, ['--import', TSX, path.join(REPO_ROOT, 'bench', 'lib', 'transfer-op.ts'), ...argv]);
-    const removePrefix = async (prefix: string) => void (await execa(s5cmd, ['--endpoint-url', minio.endpoint, 'rm', `s3://${bucket}/${prefix}/*`], { env: s5env, reject: false }));
+    // MinIO frees a deleted object's space in the background (its trash): at 10 GiB a part, the
+    // next part must wait for it, or the drive reaches MinIO's free-space threshold.
+    // MinIO moves a deleted object into its trash and frees the space minutes later: at 10 GiB a
+    // part the drive would reach MinIO's free-space threshold. This private MinIO's trash is emptied
+    // after each removal (nothing is in flight then).
+    const trash = path.join(stack.stateDir, 'minio', 'data', '.minio.sys', 'tmp', '.trash');
+    const removePrefix = async (prefix: string) => {
+      await execa(s5cmd, ['--endpoint-url', minio.endpoint, 'rm', `s3://${bucket}/${prefix}/*`], { env: s5env, reject: false });
+      for (const entry of await readdir(trash).catch(() => [])) await rm(path.join(trash, entry), { recursive: true, force: true });
+    };
     const freshDir = async (name: string) => {
       const d = path.join(work, name);
       await rm(d, { recursive: true, force: true });
