@@ -299,6 +299,7 @@ export function createControlActivities(deps: ControlDeps) {
       inputs: ModelInputs;
       datasets: { train?: ArtifactRef; eval?: ArtifactRef };
       jobsVersion: string;
+      toolchain?: string;
       salt?: string;
     }): Promise<StageCacheDecision> {
       const cacheKey = stageCacheKey(input);
@@ -366,13 +367,16 @@ async function lockFinalStatus(store: ObjectStore, key: string, bytes: Buffer, s
 
 /**
  * Cache key = hash of what determines the result: the stage's kind and settings (checkpointing
- * cadence excluded), the exact input artifacts and datasets, and the job code version.
+ * cadence excluded), the exact input artifacts and datasets, the job code version, and the
+ * toolchain its workers train it with (trainer, Python environment, llama.cpp tools: worker/toolchain.ts).
  */
 export function stageCacheKey(input: {
   stage: PlannedStage;
   inputs: ModelInputs;
   datasets: { train?: ArtifactRef; eval?: ArtifactRef };
   jobsVersion: string;
+  /** The digest of the toolchain its workers train it with (worker/toolchain.ts); absent for runs before it. */
+  toolchain?: string;
   salt?: string;
 }): string {
   const { save_steps: _s, save_total_limit: _l, ...hyper } = input.stage.hyper;
@@ -387,6 +391,7 @@ export function stageCacheKey(input: {
     inputs: Object.fromEntries(Object.entries(input.inputs).filter(([, a]) => a).map(([k, a]) => [k, a!.manifestSha256])),
     datasets: { train: input.datasets.train?.manifestSha256 ?? null, eval: input.datasets.eval?.manifestSha256 ?? null },
     jobs: input.jobsVersion,
+    ...(input.toolchain ? { toolchain: input.toolchain } : {}),
     salt: input.salt ?? null,
   };
   return createHash('sha256').update(canonicalJson(material)).digest('hex').slice(0, 24);

@@ -22,9 +22,11 @@ import { removeCheckpoints, restoreNewestCheckpoint } from '../storage/checkpoin
 import { CommitConflict, commitDirectory, readCommitted, type CommittedArtifact } from '../storage/commit.js';
 import { layout } from '../storage/layout.js';
 import { isLocalDiskError } from '../storage/local-fs-error.js';
+import type { ToolchainParts, WorkerToolchain } from '../worker/toolchain.js';
+import { toolchainDifferences } from '../worker/toolchain.js';
 import type { ObjectStore } from '../storage/object-store.js';
 import { acquireOrWait, LeaseLostError, localHolder, type StageLease } from '../storage/stage-lease.js';
-import type { Hyper } from '../spec/schema.js';
+import type { Hyper, StageKind } from '../spec/schema.js';
 import { classifyFailure, type FailureDetails } from '../workflows/failures.js';
 import type { Reading, StageJobInput, StageJobResult } from '../workflows/types.js';
 import { CheckpointUploader } from './checkpoint-uploader.js';
@@ -79,6 +81,18 @@ export interface TrainingDeps {
   jobMemoryLimitBytes?: number;
   /** Cap of the input cache under `<scratchDir>/cache` (bytes; LRU, entries in use never evicted). Default 64 GiB. */
   inputCacheBytes?: number;
+  /**
+   * What this worker runs stages with (worker/toolchain.ts), described once at startup: part of
+   * every stage's cache key. Without: describeToolchain fails and no attempt checks it.
+   */
+  toolchain?: Promise<WorkerToolchain>;
+}
+
+/** What describeToolchain answers: this worker's toolchain digest per stage kind, and its parts. */
+export interface ToolchainReport {
+  host: string;
+  digests: Partial<Record<StageKind, string>>;
+  parts: ToolchainParts;
 }
 
 /** The attempt's activity log when there is one (the cache logs from inside attempts), else the console. */
@@ -166,6 +180,12 @@ export function createTrainingActivities(deps: TrainingDeps) {
   return {
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
       return deps.drain ? deps.drain.track(runAttempt(input)) : runAttempt(input);
+    },
+    /** The toolchain a stage of each kind would be trained with here: the run keys its stages with it. */
+    async describeToolchain(input: { kinds: StageKind[] }): Promise<ToolchainReport> {
+      if (!deps.toolchain) throw ApplicationFailure.nonRetryable('this worker does not describe its toolchain', 'ToolchainUnknown');
+      const toolchain = await deps.toolchain;
+      return { host: deps.health?.host ?? hostname(), digests: Object.fromEntries(input.kinds.map((k) => [k, toolchain.digest(k)])), parts: toolchain.parts };
     },
   };
 
@@ -260,12 +280,25 @@ export function createTrainingActivities(deps: TrainingDeps) {
    * takes nothing new. A declined attempt is recorded as such and costs no budget.
    */
   async function declineIfMisplaced(input: StageJobInput, host: string, records: AttemptRecorder): Promise<void> {
-    const decline = async (type: 'HostQuarantined' | 'HostAvoided' | 'WorkerDrained', reason: string) => {
+    const decline = async (type: 'HostQuarantined' | 'HostAvoided' | 'WorkerDrained' | 'ToolchainDeclined', reason: string) => {
       const err = ApplicationFailure.retryable(reason, type, { host } satisfies FailureDetails);
       await records.record('attempt-started', { host, pid: process.pid });
       throw err; // recorded as ended (declined) by runAttempt
     };
     if (deps.drain?.signal.aborted) await decline('WorkerDrained', `worker on ${host} is draining: it takes no new attempt`);
+    // The stage was keyed with another toolchain than this worker's (a fleet mid-upgrade): what it
+    // would train is not what the key says. Another worker may have the keyed one; else it is final.
+    if (input.toolchain && deps.toolchain) {
+      const toolchain = await deps.toolchain;
+      const mine = toolchain.digest(input.stage.kind);
+      if (mine !== input.toolchain.digest) {
+        const differs = toolchainDifferences(input.toolchain.parts, toolchain.parts, input.stage.kind);
+        const reason = `host ${host} has toolchain ${mine}, the stage was keyed with ${input.toolchain.digest} (they differ in: ${differs.join(', ') || 'unknown'})`;
+        if (deps.health && (await deps.health.anotherHostServes(input.stage.taskQueue))) await decline('ToolchainDeclined', reason);
+        await records.record('attempt-started', { host, pid: process.pid });
+        throw ApplicationFailure.nonRetryable(`${reason}: no other worker serves ${input.stage.taskQueue}; run the stage again to key it with the fleet's toolchain`, 'ToolchainMismatch', { host } satisfies FailureDetails);
+      }
+    }
     const quarantined = deps.health?.quarantined();
     if (quarantined) await decline('HostQuarantined', `host ${host} is quarantined (${quarantined}): it takes no GPU work`);
     if (deps.health && input.avoidHosts?.includes(host) && (await deps.health.anotherHostServes(input.stage.taskQueue))) {

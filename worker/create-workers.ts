@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
 import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
-import type { StageKind } from '../spec/schema.js';
+import { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { REPO_ROOT } from '../config/paths.js';
 import { CONTROL_TASK_QUEUE } from '../config/temporal.js';
@@ -20,6 +20,7 @@ import { GpuAllocator } from './gpu-allocator.js';
 import { HostHealth } from './host-health.js';
 import { codeVersion, jobsVersion } from './jobs-version.js';
 import { reapStaleJobs } from './stale-jobs.js';
+import { describeWorkerToolchain } from './toolchain.js';
 import { TrainingPool, type ServedWorker } from './training-pool.js';
 
 export interface WorkerOptions {
@@ -121,10 +122,15 @@ export async function createWorkers(options: WorkerOptions): Promise<RefineryWor
     fleet = new FleetMembership({ store: options.store, workerId, host, taskQueues: options.trainingQueues, gpus: options.gpus, drain, health, log });
     await fleet.join();
     const gpus = new GpuAllocator(options.gpus);
+    const jobCommand = options.jobCommand ?? pythonJobCommand(options.python);
+    // Described once, while the pollers start: every stage's cache key includes it (worker/toolchain.ts).
+    const toolchain = describeWorkerToolchain({ jobCommand, kinds: StageKind.options, python: options.python, llamaCppEnv: llamaCppToolEnv(), env: { ...process.env } });
+    toolchain.catch(() => undefined); // a failure surfaces in describeToolchain and each attempt
     const training = createTrainingActivities({
       store: options.store,
       scratchDir: options.scratchDir,
-      jobCommand: options.jobCommand ?? pythonJobCommand(options.python),
+      jobCommand,
+      toolchain,
       jobCwd: path.join(REPO_ROOT, 'jobs'),
       gpus,
       jobEnv: (kind) => (kind === 'gguf' ? llamaCppToolEnv() : {}),

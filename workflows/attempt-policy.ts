@@ -81,6 +81,10 @@ export function nextAttempt(
 
   if (failure.class === 'placement') {
     const declines = state.placementDeclines + 1;
+    // Only workers of the keyed toolchain may train the stage: avoiding no host helps the others.
+    if (failure.kind === 'toolchain-declined' && declines >= MAX_PLACEMENT_DECLINES) {
+      return { retry: false, message: `${declines} workers declined the stage: none has the toolchain it was keyed with (run it again to key it with the fleet's toolchain); last: ${failure.message}`, type: 'ToolchainMismatch', history };
+    }
     // Every other host may be busy or gone: after a few declines, any host will do.
     const avoidHosts = declines >= MAX_PLACEMENT_DECLINES ? [] : state.avoidHosts;
     return { retry: true, delayMs: 1000, state: { ...base, placementDeclines: declines, avoidHosts } };

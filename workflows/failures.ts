@@ -26,6 +26,8 @@ export type FailureKind =
   | 'scratch-disk'
   | 'host-avoided'
   | 'host-quarantined'
+  | 'toolchain-declined'
+  | 'toolchain-mismatch'
   | 'crash'
   | 'stalled'
   | 'timeout'
@@ -76,6 +78,8 @@ export const FAILURE_TYPES: Record<string, { class: FailureClass; kind: FailureK
   ScratchDiskFailed: { class: 'infrastructure', kind: 'scratch-disk' },
   HostAvoided: { class: 'placement', kind: 'host-avoided' },
   HostQuarantined: { class: 'placement', kind: 'host-quarantined' },
+  ToolchainDeclined: { class: 'placement', kind: 'toolchain-declined' },
+  ToolchainMismatch: { class: 'config', kind: 'toolchain-mismatch' },
   JobCrashed: { class: 'job', kind: 'crash' },
   JobStalled: { class: 'job', kind: 'stalled' },
   JobOutOfMemory: { class: 'job', kind: 'oom' },

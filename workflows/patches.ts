@@ -19,3 +19,10 @@ export const HISTORY_V2 = 'history-v2';
  * host that failed. Before it: Temporal's retry policy counted every failure alike.
  */
 export const ATTEMPT_BUDGETS = 'attempt-budgets';
+
+/**
+ * Cache keys that cover what ran (issue #20): each stage's key and the run's fingerprint include
+ * the toolchain its task queue's workers would train it with (workflows/toolchains.ts); a worker
+ * of another toolchain declines the attempt. Before it: keys covered the job code only.
+ */
+export const TOOLCHAIN_KEYS = 'toolchain-keys';

@@ -17,10 +17,11 @@ import { closeRun } from './finish.js';
 import { evaluateMetricGate } from './gates.js';
 import { handleProgressSignals } from './legacy-progress.js';
 import { approvalUpdate, inputQuery, statusQuery } from './messages.js';
-import { HISTORY_V2 } from './patches.js';
+import { HISTORY_V2, TOOLCHAIN_KEYS } from './patches.js';
 import { finishUnchanged, runIdOf, unchangedSince } from './scheduled.js';
 import { SEARCH_ATTRIBUTES } from './search-attributes.js';
 import { stageWorkflow } from './stage.js';
+import { describeRunToolchains, fingerprintWithToolchains, type RunToolchains } from './toolchains.js';
 import { applyAttempts, applyOutcome, initialStatus, markFinished, stageOf } from './status.js';
 import type { ApprovalDecision, ArtifactRef, PipelineInput, PipelineResult, PipelineStatus, PreparedRun, StageOutcome } from './types.js';
 
@@ -79,6 +80,18 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
     fingerprint: prepared.fingerprint ?? null,
   });
 
+  // What each stage would be trained with: in its cache key, and in the run's fingerprint.
+  let toolchains: RunToolchains | undefined;
+  if (patched(TOOLCHAIN_KEYS)) {
+    try {
+      toolchains = await describeRunToolchains(plan);
+    } catch (err) {
+      return finish(status, outcomes, err, storagePrefix, audit);
+    }
+    prepared = { ...prepared, fingerprint: fingerprintWithToolchains(prepared.fingerprint, toolchains) };
+    audit.append('toolchains', { byQueue: toolchains.byQueue, fingerprint: prepared.fingerprint });
+  }
+
   // Scheduled runs (skipIfUnchanged) end here when the inputs equal the last successful run's.
   status.fingerprint = prepared.fingerprint;
   const sameAs = unchangedSince(input, prepared);
@@ -130,6 +143,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
             },
             jobsVersion: prepared.jobsVersion,
             force: input.forceStages?.includes(stage.id) ?? false,
+            ...(toolchains ? { toolchain: toolchains.byStage[stage.id] } : {}),
           },
         ],
       });

@@ -22,6 +22,7 @@ export async function stageWorkflow(input: StageWorkflowInput): Promise<StageOut
     inputs: input.inputs,
     datasets: input.datasets,
     jobsVersion: input.jobsVersion,
+    ...(input.toolchain ? { toolchain: input.toolchain.digest } : {}),
     // A forced stage gets a key of its own, so it runs again yet stays idempotent across retries.
     salt: input.force ? `forced-by:${input.runId}` : undefined,
   });
@@ -37,6 +38,7 @@ export async function stageWorkflow(input: StageWorkflowInput): Promise<StageOut
     artifactPrefix: decision.artifactPrefix,
     inputs: input.inputs,
     datasets: input.datasets,
+    ...(input.toolchain ? { toolchain: input.toolchain } : {}),
   };
   const budgets = patched(ATTEMPT_BUDGETS);
   const { result, state } = budgets ? await runAttempts(input, jobInput) : { result: await runWithTemporalRetries(input, jobInput), state: undefined };

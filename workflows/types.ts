@@ -3,6 +3,7 @@
  * workflow code.
  */
 import type { DatasetMixRecord } from '../storage/run-manifest.js';
+import type { ToolchainParts } from '../worker/toolchain.js';
 import type { PipelinePlan, PlannedStage } from '../spec/plan-types.js';
 import type { AttemptAdjustments } from './attempt-policy.js';
 import type { FailureClass, FailureKind } from './failures.js';
@@ -79,6 +80,14 @@ export interface StageWorkflowInput {
   datasets: { train?: ArtifactRef; eval?: ArtifactRef };
   jobsVersion: string;
   force: boolean;
+  /** The toolchain its training workers would run it with (patch toolchain-keys; absent before). */
+  toolchain?: StageToolchain;
+}
+
+/** A stage's toolchain: the digest in its cache key, and what it was made of (worker/toolchain.ts). */
+export interface StageToolchain {
+  digest: string;
+  parts: ToolchainParts;
 }
 
 export interface StageJobInput {
@@ -89,6 +98,8 @@ export interface StageJobInput {
   artifactPrefix: string;
   inputs: ModelInputs;
   datasets: { train?: ArtifactRef; eval?: ArtifactRef };
+  /** The toolchain the stage was keyed with: a worker with another one declines the attempt. */
+  toolchain?: StageToolchain;
   /**
    * Set when the stage workflow keeps the attempt budgets (workflows/attempt-policy.ts): this
    * attempt's number. Absent (runs started before): Temporal's attempt number.
