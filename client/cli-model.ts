@@ -1,6 +1,7 @@
 /**
  * `model push|list`: base models stored in the bucket by name (client/commands/model.ts), so that a
- * spec's `base_model: NAME` needs no disk shared between the CLI and the workers.
+ * spec's `base_model: NAME` needs no disk shared between the CLI and the workers. `model aliases`,
+ * `promote`, `rollback`: the registry of trained models (client/commands/registry.ts).
  */
 import type { Command } from 'commander';
 
@@ -53,5 +54,52 @@ export function registerModelCommands(program: Command): void {
         const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i]!.length)));
         return [head, ...rows].map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd()).join('\n');
       });
+    });
+
+  model
+    .command('aliases')
+    .description("a trained model's aliases (production, candidate, …), what each points at and replaced, and their whole history; checks the registry log and the targets")
+    .argument('<name>', 'model name (a pipeline name unless promoted with --name)')
+    .option('--prefix <prefix>', "the specs' storage.prefix", 'refinery')
+    .option('--json', 'machine-readable output')
+    .action(async (name: string, opts: { prefix: string; json?: boolean }) => {
+      const { listAliases, renderAliases } = await import('./commands/registry.js');
+      const r = await listAliases({ name, prefix: opts.prefix });
+      print(opts.json, r, () => renderAliases(r));
+      if (r.problems.length > 0) process.exitCode = 1;
+    });
+
+  program
+    .command('promote')
+    .description("point an alias of a model (default: production) at a stage's committed output of a completed run; the alias it replaces stays a rollback away")
+    .argument('<runId>', 'a completed run')
+    .requiredOption('--stage <stageId>', 'the stage whose output to promote (e.g. merge, gguf)')
+    .requiredOption('--reason <text>', 'why, for the registry log')
+    .option('--alias <alias>', 'alias to move', 'production')
+    .option('--name <model>', "model name (default: the run's pipeline name)")
+    .option('--prefix <prefix>', "the spec's storage.prefix", 'refinery')
+    .option('--by <who>', 'who promotes (default: $REFINERY_USER or the OS user)')
+    .option('--json', 'machine-readable output')
+    .action(async (runId: string, opts: { stage: string; reason: string; alias: string; name?: string; prefix: string; by?: string; json?: boolean }) => {
+      const { promoteRun } = await import('./commands/registry.js');
+      const r = await promoteRun({ runId, stage: opts.stage, alias: opts.alias, name: opts.name, prefix: opts.prefix, by: opts.by, reason: opts.reason });
+      const e = r.record.event;
+      print(opts.json, r, () => `${r.model}@${r.alias} -> ${e.target!.uri} (run ${runId}, stage ${opts.stage})${e.replaced ? `\n  replaced ${e.replaced.uri} (run ${e.replaced.runId}); undo: refinery rollback ${r.model} --alias ${r.alias} --reason TEXT` : ''}`);
+    });
+
+  program
+    .command('rollback')
+    .description('point an alias of a model back at what it pointed at before its current target')
+    .argument('<name>', 'model name')
+    .requiredOption('--reason <text>', 'why, for the registry log')
+    .option('--alias <alias>', 'alias to move back', 'production')
+    .option('--prefix <prefix>', "the specs' storage.prefix", 'refinery')
+    .option('--by <who>', 'who rolls back (default: $REFINERY_USER or the OS user)')
+    .option('--json', 'machine-readable output')
+    .action(async (name: string, opts: { reason: string; alias: string; prefix: string; by?: string; json?: boolean }) => {
+      const { rollbackAlias } = await import('./commands/registry.js');
+      const r = await rollbackAlias({ name, alias: opts.alias, prefix: opts.prefix, by: opts.by, reason: opts.reason });
+      const e = r.record.event;
+      print(opts.json, r, () => `${r.model}@${r.alias} -> ${e.target!.uri} (run ${e.target!.runId}, stage ${e.target!.stage}); was ${e.replaced!.uri}`);
     });
 }
