@@ -232,7 +232,8 @@ type mover struct {
 	core   *minio.Core
 	bucket string
 	req    request
-	pool   *bufPool
+	pool   *bufPool      // put: part buffers
+	gets   chan struct{} // get: ranged GETs in flight over all files
 	lim    *limiter
 	moved  atomic.Int64
 }
@@ -261,7 +262,8 @@ func (m *mover) get(ctx context.Context, f fileReq) (string, error) {
 		return "", localFail(f.Key, f.Path, err)
 	}
 	tmp := fmt.Sprintf("%s.part-%d", f.Path, os.Getpid())
-	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o644)
+	// Read-write: the hasher reads each part back once it is written.
+	out, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_RDWR, 0o644)
 	if err != nil {
 		return "", localFail(f.Key, tmp, err)
 	}
@@ -285,11 +287,11 @@ func (m *mover) get(ctx context.Context, f fileReq) (string, error) {
 	return digest, nil
 }
 
-type part struct {
-	buf []byte // nil: the part failed or was never started
-	n   int
-}
-
+// getInto downloads f into out: ranged GETs in parallel, each streamed straight into its place in
+// the file (a 1 MiB chunk buffer per GET, not a part buffer: at most getsInFlight GETs over all
+// files), while a hasher per file reads the parts back in order as they complete — from the page
+// cache, at memory speed — so the sha256 covers exactly the bytes on disk, in one pass behind the
+// download. More GETs in flight than part buffers would allow is what the throughput needs.
 func (m *mover) getInto(ctx context.Context, f fileReq, out *os.File) (string, error) {
 	h := sha256.New()
 	if f.Size == 0 {
@@ -318,19 +320,19 @@ func (m *mover) getInto(ctx context.Context, f fileReq, out *os.File) (string, e
 		errOnce.Do(func() { firstErr = err })
 		cancel()
 	}
-	// Every part's channel receives exactly one value: its buffer, or nil (failed, never started).
-	ready := make([]chan part, nparts)
-	for i := range ready {
-		ready[i] = make(chan part, 1)
+	// Every part's channel receives exactly one value: whether the part is on disk, whole.
+	written := make([]chan bool, nparts)
+	for i := range written {
+		written[i] = make(chan bool, 1)
 	}
 	var etag string // every part after the first must come from the same object version
-	fetch := func(i int, buf []byte) part {
+	fetch := func(i int) bool {
 		off := int64(i) * ps
 		n := min(ps, f.Size-off)
 		opts := minio.GetObjectOptions{}
 		if err := opts.SetRange(off, off+n-1); err != nil {
 			setErr(fail("io", f.Key, "%v", err))
-			return part{}
+			return false
 		}
 		if i > 0 {
 			_ = opts.SetMatchETag(etag)
@@ -338,7 +340,7 @@ func (m *mover) getInto(ctx context.Context, f fileReq, out *os.File) (string, e
 		body, info, hdr, err := m.core.GetObject(ctx, m.bucket, f.Key, opts)
 		if err != nil {
 			setErr(s3Fail(f.Key, err))
-			return part{}
+			return false
 		}
 		defer body.Close()
 		if i == 0 {
@@ -347,68 +349,75 @@ func (m *mover) getInto(ctx context.Context, f fileReq, out *os.File) (string, e
 			cr := hdr.Get("Content-Range")
 			if total, err := strconv.ParseInt(cr[strings.LastIndexByte(cr, '/')+1:], 10, 64); err != nil || total != f.Size {
 				setErr(fail("size", f.Key, "%s: the object is %s bytes, the request says %d", f.Key, cr[strings.LastIndexByte(cr, '/')+1:], f.Size))
-				return part{}
+				return false
 			}
 		}
-		got, err := readFull(ctx, m.lim, body, buf[:n])
-		if err != nil {
-			setErr(s3Fail(f.Key, err))
-			return part{}
+		buf := chunkPool.Get().(*[]byte)
+		defer chunkPool.Put(buf)
+		for done := int64(0); done < n; {
+			want := int(min(int64(len(*buf)), n-done))
+			got, err := readFull(ctx, m.lim, body, (*buf)[:want])
+			if err != nil {
+				setErr(s3Fail(f.Key, err))
+				return false
+			}
+			if _, err := out.WriteAt((*buf)[:got], off+done); err != nil {
+				setErr(localFail(f.Key, out.Name(), err))
+				return false
+			}
+			done += int64(got)
 		}
-		if _, err := out.WriteAt(buf[:got], off); err != nil {
-			setErr(localFail(f.Key, out.Name(), err))
-			return part{}
-		}
-		return part{buf: buf, n: got}
+		return true
 	}
 
-	// The hasher: parts in order, each buffer back to the pool once hashed. Parts acquire their
-	// buffers in order too, so the next part to hash always holds one: no deadlock over the pool.
+	// The hasher: parts in order, each read back from the file once it is written.
 	hashed := make(chan struct{})
 	go func() {
 		defer close(hashed)
+		buf := make([]byte, 4<<20)
 		for i := 0; i < nparts; i++ {
-			p := <-ready[i]
-			if p.buf == nil {
-				continue
+			if ok := <-written[i]; !ok || ctx.Err() != nil {
+				continue // after a failure (which cancels ctx) nothing more is hashed
 			}
-			if ctx.Err() == nil { // after a failure (which cancels ctx) nothing more is hashed
-				h.Write(p.buf[:p.n])
-				m.bytesDone(p.n)
+			off := int64(i) * ps
+			n := min(ps, f.Size-off)
+			for done := int64(0); done < n; {
+				k := int(min(int64(len(buf)), n-done))
+				got, err := out.ReadAt(buf[:k], off+done)
+				if err != nil && !(errors.Is(err, io.EOF) && got == k) {
+					setErr(localFail(f.Key, out.Name(), err))
+					break
+				}
+				h.Write(buf[:got])
+				done += int64(got)
 			}
-			m.pool.put(p.buf)
+			m.bytesDone(int(n))
 		}
 	}()
 
 	var wg sync.WaitGroup
 	for i := 0; i < nparts; i++ {
 		if ctx.Err() != nil {
-			ready[i] <- part{}
-			continue
-		}
-		buf, err := m.pool.get(ctx, min(ps, f.Size-int64(i)*ps))
-		if err != nil {
-			ready[i] <- part{}
+			written[i] <- false
 			continue
 		}
 		if i == 0 {
 			// The first part alone: its answer gives the ETag and size the others are checked against.
-			p := fetch(0, buf)
-			if p.buf == nil {
-				m.pool.put(buf)
-			}
-			ready[0] <- p
+			written[0] <- fetch(0)
+			continue
+		}
+		select {
+		case m.gets <- struct{}{}:
+		case <-ctx.Done():
+			written[i] <- false
 			continue
 		}
 		wg.Add(1)
-		go func(i int, buf []byte) {
+		go func(i int) {
 			defer wg.Done()
-			p := fetch(i, buf)
-			if p.buf == nil {
-				m.pool.put(buf)
-			}
-			ready[i] <- p
-		}(i, buf)
+			defer func() { <-m.gets }()
+			written[i] <- fetch(i)
+		}(i)
 	}
 	wg.Wait()
 	<-hashed
@@ -420,6 +429,9 @@ func (m *mover) getInto(ctx context.Context, f fileReq, out *os.File) (string, e
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// chunkPool: the buffer each GET streams through (chunk bytes: the rate limiter's grain).
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, chunk); return &b }}
 
 // s3Fail maps a store error to its kind.
 func s3Fail(key string, err error) error {
@@ -674,7 +686,8 @@ func main() {
 	if err != nil {
 		die(err)
 	}
-	m := &mover{core: core, bucket: bucket, req: req, pool: newBufPool(req.PartsInFlight, req.PartSize)}
+	// GETs hold no part buffer (getInto): twice as many in flight as parts going up, at least 16.
+	m := &mover{core: core, bucket: bucket, req: req, pool: newBufPool(req.PartsInFlight, req.PartSize), gets: make(chan struct{}, max(2*req.PartsInFlight, 16))}
 	if req.MaxBytesPerSecond > 0 {
 		m.lim = &limiter{rate: float64(req.MaxBytesPerSecond)}
 	}
