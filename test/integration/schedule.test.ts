@@ -111,7 +111,9 @@ describe('scheduled runs on the real stack', () => {
     expect(r1.status.state).toBe('completed');
     expect(r1.status.stages.map((s) => s.state)).toEqual(['completed', 'completed']);
     const m1 = (await store.getJson<RunManifest>(`${prefix}/runs/${run1}/run.json`))!;
-    expect(m1).toMatchObject({ scheduleId: id, requestedBy: 'scheduler-test', fingerprint: r1.status.fingerprint });
+    expect(m1).toMatchObject({ scheduleId: id, requestedBy: 'scheduler-test' });
+    // The run's fingerprint: its inputs' (run.json), then the toolchain each stage is keyed with.
+    expect(r1.status.fingerprint).toMatch(new RegExp(`^${m1.fingerprint}\\+merge=tc-[0-9a-f]{20},sft=tc-[0-9a-f]{20}$`));
     expect(m1.datasets.chats).toMatchObject({ path: `s3://${stack().bucket}/${dataPrefix}`, sourceKey: `${dataPrefix}day-1.jsonl`, source: `s3://${stack().bucket}/${dataPrefix}day-1.jsonl`, sourceSha256: sha256(day1) }); // sha256: of the canonical rows committed
     const prepared1 = (await auditEvents(prefix, run1)).find((e) => e.type === 'run-prepared')!;
     expect(prepared1.datasets).toMatchObject({ chats: { sourceKey: `${dataPrefix}day-1.jsonl`, sourceSha256: sha256(day1) } });
@@ -132,9 +134,9 @@ describe('scheduled runs on the real stack', () => {
     expect(history.events!.filter((e) => e.startChildWorkflowExecutionInitiatedEventAttributes)).toEqual([]);
     expect((await client.workflow.getHandle(run2).describe()).typedSearchAttributes.get(stateKey)).toBe('unchanged');
     const events2 = await auditEvents(prefix, run2);
-    expect(events2.map((e) => e.type)).toEqual(['run-started', 'run-prepared', 'run-unchanged', 'run-finished']);
-    expect(events2[2]).toMatchObject({ previousRunId: run1, fingerprint: r1.status.fingerprint });
-    expect(events2[3]).toMatchObject({ state: 'unchanged' });
+    expect(events2.map((e) => e.type)).toEqual(['run-started', 'run-prepared', 'toolchains', 'run-unchanged', 'run-finished']);
+    expect(events2[3]).toMatchObject({ previousRunId: run1, fingerprint: r1.status.fingerprint });
+    expect(events2[4]).toMatchObject({ state: 'unchanged' });
     expect((await store.getJson<PipelineStatus>(`${prefix}/runs/${run2}/status.json`))?.state).toBe('unchanged');
     expect((await store.getJson<LastSuccess>(`${prefix}/pipelines/${pipeline}/last-success.json`))?.runId).toBe(run1);
     for (const runId of [run1, run2]) expect((await verifyRun({ runId, prefix })).problems).toEqual([]);

@@ -78,6 +78,9 @@ function activities(calls: Calls) {
     async summarizeStageAttempts() {
       return [];
     },
+    async describeToolchain(input: { kinds: string[] }) {
+      return { host: 'test', digests: Object.fromEntries(input.kinds.map((k) => [k, `tc-${k}`])), parts: {} };
+    },
     async runStageJob(input: StageJobInput): Promise<StageJobResult> {
       const id = input.stage.id;
       calls.events.push(`start:${id}`);
@@ -111,7 +114,7 @@ async function withWorkers<T>(calls: Calls, fn: () => Promise<T>): Promise<T> {
       summarizeStageAttempts: acts.summarizeStageAttempts,
     },
   });
-  const gpu = await Worker.create({ connection: env.nativeConnection, taskQueue: 'refinery-gpu', activities: { runStageJob: acts.runStageJob } });
+  const gpu = await Worker.create({ connection: env.nativeConnection, taskQueue: 'refinery-gpu', activities: { runStageJob: acts.runStageJob, describeToolchain: acts.describeToolchain } });
   return gpu.runUntil(control.runUntil(fn()));
 }
 
