@@ -336,6 +336,7 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
         niced.kill('SIGSTOP');
         lines.on('line', (l) => (nicedBytes += Number(/^committed (\d+)/.exec(l)?.[1] ?? 0)));
       }
+      // Whatever ends the loader (an upload that throws included) stops the job: `running` must end.
       const loader = (async () => {
         await firstStep;
         await sleep(2000); // past the first steps
@@ -375,9 +376,8 @@ async function interference(store: ObjectStore, unitDir: string, unitBytes: numb
           await niced;
           await execa(s5, ['--endpoint-url', process.env.REFINERY_S3_ENDPOINT!, 'rm', `s3://${store.bucket}/interference-niced-${jobs.indexOf(job)}/*`], { env: s5env, reject: false });
         }
-      })();
-      const run = await running;
-      await loader;
+      })().finally(() => stop.abort());
+      const [run] = await Promise.all([running, loader]);
       const progress = run.events.filter((e) => e.event.event === 'progress');
       const steps: Record<UploadKind | 'alone', number[]> = { alone: [], refinery: [], normal: [], niced: [] };
       const firstWindow = windows[0]?.from ?? Infinity;
