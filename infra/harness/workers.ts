@@ -2,7 +2,7 @@
  * In-process Refinery workers (worker/create-workers.ts) against a private stack, with a job
  * command of the caller's choosing, and the workflow bundle they share (built once per process).
  */
-import { mkdtemp } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import type { DataConverter } from '@temporalio/common';
@@ -45,10 +45,18 @@ function bundleLogger(warn: boolean) {
   };
 }
 
+/**
+ * A bundle of workflows/ made once for a whole test run (test/global-setup.ts writes it and names
+ * it here): every test file's workers share it instead of bundling again (~2–4 s each).
+ */
+export const SHARED_BUNDLE_ENV = 'REFINERY_TEST_WORKFLOW_BUNDLE';
+
 /** One bundle per failure converter: the workflow sandbox gets it at bundle time, not from Worker.create. */
 const bundles = new Map<string, Promise<WorkflowBundle>>();
 export function workflowBundle(options: { failureConverterPath?: string; warnings?: boolean } = {}): Promise<WorkflowBundle> {
   const key = `${options.failureConverterPath ?? ''}\0${options.warnings ? 'warn' : ''}`;
+  const shared = process.env[SHARED_BUNDLE_ENV];
+  if (!bundles.has(key) && shared && !options.failureConverterPath) bundles.set(key, readFile(shared, 'utf8').then((code) => ({ code })));
   if (!bundles.has(key)) {
     bundles.set(
       key,
