@@ -2,10 +2,13 @@
  * The fault-injection suite's short form (faults/run.ts --short): one fault of each kind — worker
  * kill -9, Temporal dev server kill -9 and restart, Temporal down longer than the heartbeat timeout,
  * MinIO down mid-upload, a corrupt committed checkpoint, a full scratch disk, a hung job, a cancel,
- * a worker drained by SIGTERM, a job out of memory, a NaN loss, a node that fails its preflight, and
- * a killed worker of a real trainer — on its own private stack, then every invariant checked per
- * run (the kinds' own checks included: faults/kinds/). No kind may be skipped unless
- * REFINERY_FAULTS_ALLOW_SKIP names it (e.g. scratch-full on a machine without root). The long form
+ * a worker drained by SIGTERM, a job out of memory, a NaN loss, a node that fails its preflight — on
+ * its own private stack, then every invariant checked per run (the kinds' own checks included:
+ * faults/kinds/). No kind may be skipped unless REFINERY_FAULTS_ALLOW_SKIP names it (e.g.
+ * scratch-full on a machine without root). The killed worker of a real trainer (kind
+ * real-worker-kill, ~50 s) is left to `npx tsx faults/run.ts --short` and the long form here: in CI
+ * test/integration/real-resume.test.ts kills and resumes the real SFT trainer with stronger checks
+ * (the losses after the resume and the final adapter equal an uninterrupted run's). The long form
  * and its figures: docs/reliability.md.
  */
 import { describe, expect, it } from 'vitest';
@@ -15,12 +18,13 @@ import { FAULT_KINDS, runFaultSuite, type FaultKind } from '../../faults/run.js'
 describe('fault injection, short form', () => {
   it('every invariant holds under one fault of each kind', async () => {
     const allowSkip = (process.env.REFINERY_FAULTS_ALLOW_SKIP ?? '').split(',').filter(Boolean) as FaultKind[];
-    const result = await runFaultSuite({ short: true, seed: 20261129, allowSkip });
+    const kinds = FAULT_KINDS.filter((k) => k !== 'real-worker-kill');
+    const result = await runFaultSuite({ short: true, seed: 20261129, allowSkip, kinds });
     console.log(result.table);
 
     // Every kind ran, but for an explicit opt-out.
     const ran = new Set(result.runs.map((r) => r.kind));
-    expect([...FAULT_KINDS].filter((k) => !ran.has(k) && !allowSkip.includes(k))).toEqual([]);
+    expect(kinds.filter((k) => !ran.has(k) && !allowSkip.includes(k))).toEqual([]);
     expect(result.notAllowed).toEqual([]);
 
     for (const run of result.runs) {
