@@ -59,3 +59,16 @@ export function startTestWorkers(options: {
 }): Promise<TestWorkers> {
   return startInProcessWorkers(stack(), { ...options, store: testStore(), killGraceMs: options.killGraceMs ?? 2000, bundleWarnings: true });
 }
+
+/** Runs fn with REFINERY_MOVER set to `value` (undefined: unset; "off": Node's transfers only). */
+export async function withMover<T>(value: string | undefined, fn: () => Promise<T>): Promise<T> {
+  const before = process.env.REFINERY_MOVER;
+  if (value === undefined) delete process.env.REFINERY_MOVER;
+  else process.env.REFINERY_MOVER = value;
+  try {
+    return await fn();
+  } finally {
+    if (before === undefined) delete process.env.REFINERY_MOVER;
+    else process.env.REFINERY_MOVER = before;
+  }
+}

@@ -17,7 +17,7 @@ import { IntegrityError } from '../../storage/commit.js';
 import { isLocalDiskError } from '../../storage/local-fs-error.js';
 import { moverPath } from '../../storage/native-mover.js';
 import type { ObjectStore } from '../../storage/object-store.js';
-import { testStore } from '../helpers/env.js';
+import { testStore, withMover } from '../helpers/env.js';
 
 const MiB = 1024 * 1024;
 let store: ObjectStore;
@@ -32,18 +32,6 @@ async function checkpointDir(sizes: Record<string, number>): Promise<string> {
     for (let done = 0; done < size; done += 8 * MiB) await appendFile(file, randomBytes(Math.min(8 * MiB, size - done)));
   }
   return dir;
-}
-
-async function withMover<T>(value: string | undefined, fn: () => Promise<T>): Promise<T> {
-  const before = process.env.REFINERY_MOVER;
-  if (value === undefined) delete process.env.REFINERY_MOVER;
-  else process.env.REFINERY_MOVER = value;
-  try {
-    return await fn();
-  } finally {
-    if (before === undefined) delete process.env.REFINERY_MOVER;
-    else process.env.REFINERY_MOVER = before;
-  }
 }
 
 beforeAll(async () => {

@@ -14,7 +14,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { commitDirectory, downloadCommitted, IntegrityError, readCommitted, verifyCommitted, type CommitProgress } from '../../storage/commit.js';
 import { moveFiles, moverPath } from '../../storage/native-mover.js';
 import { FileChanged, isNotFound, sha256File, SINGLE_PUT_MAX_BYTES, type ObjectStore } from '../../storage/object-store.js';
-import { testStore } from '../helpers/env.js';
+import { testStore, withMover } from '../helpers/env.js';
 
 const MiB = 1024 * 1024;
 let store: ObjectStore;
@@ -37,19 +37,6 @@ async function incompleteUploads(prefix: string): Promise<string[]> {
   const keys: string[] = [];
   for await (const u of store.client.listIncompleteUploads(store.bucket, prefix, true) as AsyncIterable<{ key: string }>) keys.push(u.key);
   return keys;
-}
-
-/** Runs fn with REFINERY_MOVER set to `value` (undefined: unset). */
-async function withMover<T>(value: string | undefined, fn: () => Promise<T>): Promise<T> {
-  const before = process.env.REFINERY_MOVER;
-  if (value === undefined) delete process.env.REFINERY_MOVER;
-  else process.env.REFINERY_MOVER = value;
-  try {
-    return await fn();
-  } finally {
-    if (before === undefined) delete process.env.REFINERY_MOVER;
-    else process.env.REFINERY_MOVER = before;
-  }
 }
 
 beforeAll(async () => {
