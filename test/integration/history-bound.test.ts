@@ -8,6 +8,7 @@
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Client } from '@temporalio/client';
+import { temporal } from '@temporalio/proto';
 import { verifyRun } from '../../client/commands/audit.js';
 import { runStatus } from '../../client/commands/manage.js';
 import { startRun } from '../../client/commands/run.js';
@@ -33,13 +34,27 @@ afterAll(async () => {
   await workers?.shutdown();
 });
 
+/**
+ * Workflow-task bookkeeping (a task that timed out on a busy machine, a sticky queue that expired)
+ * varies with load, not with training time, so it is counted apart from the run's own events.
+ */
+const WORKFLOW_TASK_EVENT = /^EVENT_TYPE_WORKFLOW_TASK_/;
+
 /** Events in the run's history and in each of its stage workflows' histories. */
-async function historyLength(runId: string, stageIds: string[]): Promise<{ total: number; byWorkflow: Record<string, number> }> {
+async function historyLength(runId: string, stageIds: string[]): Promise<{ total: number; run: number; byWorkflow: Record<string, number>; byType: Record<string, number> }> {
   const byWorkflow: Record<string, number> = {};
+  const byType: Record<string, number> = {};
+  let run = 0;
   for (const id of [runId, ...stageIds.map((s) => `${runId}--${s}`)]) {
-    byWorkflow[id] = (await client.workflow.getHandle(id).fetchHistory()).events?.length ?? 0;
+    const events = (await client.workflow.getHandle(id).fetchHistory()).events ?? [];
+    byWorkflow[id] = events.length;
+    for (const e of events) {
+      const type = String(temporal.api.enums.v1.EventType[e.eventType ?? 0]);
+      byType[type] = (byType[type] ?? 0) + 1;
+      if (!WORKFLOW_TASK_EVENT.test(type)) run++;
+    }
   }
-  return { total: Object.values(byWorkflow).reduce((a, b) => a + b, 0), byWorkflow };
+  return { total: Object.values(byWorkflow).reduce((a, b) => a + b, 0), run, byWorkflow, byType };
 }
 
 const stage = (name: string, params: Record<string, unknown>, hyper: Record<string, unknown>, extra: Record<string, unknown> = {}) => ({
@@ -86,8 +101,12 @@ describe('history does not grow with training time', () => {
 
     const hShort = await historyLength(a.runId, ['sft']);
     const hLong = await historyLength(b.runId, ['sft']);
-    console.log(`[history-bound] 2.4 s of training: ${hShort.total} events; 24 s: ${hLong.total} events`, hShort.byWorkflow, hLong.byWorkflow);
-    expect(Math.abs(hLong.total - hShort.total)).toBeLessThanOrEqual(4);
+    console.log(`[history-bound] 2.4 s of training: ${hShort.total} events (${hShort.run} without workflow-task bookkeeping); 24 s: ${hLong.total} (${hLong.run})`, hShort.byWorkflow, hLong.byWorkflow);
+    const byType = `2.4 s: ${JSON.stringify(hShort.byType)}; 24 s: ${JSON.stringify(hLong.byType)}`;
+    // The run's own events are the same; workflow tasks may time out and be retried under load
+    // (2-3 events each), which is bounded by the number of tasks, not by training time.
+    expect(Math.abs(hLong.run - hShort.run), byType).toBeLessThanOrEqual(2);
+    expect(hLong.total - hShort.total, byType).toBeLessThanOrEqual(30);
   });
 
   it('100,000 progress events and 500 checkpoints (saved faster than they upload: newer ones supersede queued ones): the run history stays under 1,000 events', async () => {
