@@ -14,10 +14,12 @@
  * bytes (a forked or pre-written chain) fails the append for good, so the run's status reports
  * the trail as incomplete (docs/security.md).
  */
+import { activityInfo } from '@temporalio/activity';
 import { ApplicationFailure } from '@temporalio/common';
 import { summarizeAttempts, type AttemptSummary } from '../storage/attempt-records.js';
 import { auditKey, makeRecord, type AuditEvent, type AuditRecord } from '../storage/audit-chain.js';
 import { layout } from '../storage/layout.js';
+import { claimRunId } from '../storage/run-claim.js';
 import { AuditBucketUnusable, jsonBytes, LockedCopyConflict, type ObjectStore } from '../storage/object-store.js';
 
 /** Writes the write-once copy of a record, then the main one; the copy's own failures are not retried. */
@@ -35,7 +37,8 @@ export async function putRecordTwice(store: ObjectStore, key: string, value: unk
 }
 
 export function createAuditActivities(store: ObjectStore) {
-  async function append(runPrefix: string, runId: string, seq: number, event: AuditEvent, prevHash?: string | null): Promise<AuditRecord> {
+  async function append(claimPrefix: string, runId: string, seq: number, event: AuditEvent, prevHash?: string | null): Promise<AuditRecord> {
+    const runPrefix = layout.run(claimPrefix, runId);
     let prev = prevHash;
     if (prev === undefined) {
       prev = null;
@@ -45,6 +48,9 @@ export function createAuditActivities(store: ObjectStore) {
         prev = before.hash;
       }
     }
+    // The first record claims the run id too (it may be written before prepareRun starts).
+    const execution = activityInfo().workflowExecution;
+    if (seq === 1 && execution) await claimRunId(store, claimPrefix, { runId, workflowId: execution.workflowId, workflowRunId: execution.runId });
     const record = makeRecord(seq, prev, event);
     await putRecordTwice(store, auditKey(runPrefix, seq), record);
     return record;
@@ -52,17 +58,16 @@ export function createAuditActivities(store: ObjectStore) {
 
   return {
     async appendAuditEvent(input: { storagePrefix: string; runId: string; seq: number; event: AuditEvent }): Promise<{ seq: number; hash: string }> {
-      const record = await append(layout.run(input.storagePrefix, input.runId), input.runId, input.seq, input.event);
+      const record = await append(input.storagePrefix, input.runId, input.seq, input.event);
       return { seq: record.seq, hash: record.hash };
     },
 
     /** Events numbered `firstSeq`, `firstSeq + 1`, …, written in order, each linked to the one before. */
     async appendAuditEvents(input: { storagePrefix: string; runId: string; firstSeq: number; events: AuditEvent[] }): Promise<{ seq: number; hash: string }> {
-      const runPrefix = layout.run(input.storagePrefix, input.runId);
       let prevHash: string | null | undefined;
       let last: AuditRecord | undefined;
       for (const [i, event] of input.events.entries()) {
-        last = await append(runPrefix, input.runId, input.firstSeq + i, event, prevHash);
+        last = await append(input.storagePrefix, input.runId, input.firstSeq + i, event, prevHash);
         prevHash = last.hash;
       }
       if (!last) throw ApplicationFailure.nonRetryable('appendAuditEvents: no events', 'AuditEmptyBatch');

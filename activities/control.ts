@@ -24,6 +24,7 @@ import { isModelName, pushModelDirectory, resolveModelName } from '../storage/mo
 import { hashFile } from '../storage/tree-hash.js';
 import { canonicalJson } from '../storage/canonical-json.js';
 import { isNotFound, jsonBytes, LockedCopyConflict, type ObjectStore } from '../storage/object-store.js';
+import { claimRunId } from '../storage/run-claim.js';
 import { RunManifest, runManifestKey, type DatasetMixRecord, type RunManifestDataset } from '../storage/run-manifest.js';
 import type { ArtifactRef, LastSuccess, ModelInputs, PipelineStatus, PreparedDataset, PreparedRun, StageCacheDecision } from '../workflows/types.js';
 import { isDatasetPrefix, pickNewestObject, runFingerprint } from './scheduled-inputs.js';
@@ -242,6 +243,8 @@ export function createControlActivities(deps: ControlDeps) {
     async prepareRun(input: { runId: string; plan: PipelinePlan; requestedBy: string; resumeFrom?: string; scheduleId?: string }): Promise<PreparedRun> {
       const { plan } = input;
       const prefix = plan.storage.prefix;
+      const execution = activityInfo().workflowExecution;
+      if (execution) await claimRunId(store, prefix, { runId: input.runId, workflowId: execution.workflowId, workflowRunId: execution.runId });
       const datasets: PreparedRun['datasets'] = {};
       const records: Record<string, RunManifestDataset> = {};
       const seen = new Map<string, PlannedDataset>();

@@ -2,3 +2,5 @@
 export { createControlActivities } from './control.js';
 export { createTrainingActivities } from './run-stage-job.js';
 export { createAuditActivities } from './audit.js';
+export { createApprovalActivities } from './approvals.js';
+export { createRegistryActivities } from './registry.js';

@@ -140,16 +140,39 @@ for (const approved of [true, false]) {
     .requiredOption('--stage <stageId>')
     .requiredOption('--by <who>')
     .requiredOption('--reason <text>')
-    .action(async (runId: string, opts: { stage: string; by: string; reason: string }) => {
+    .option('--key <file>', 'sign the decision with this Ed25519 private key (default: the file $REFINERY_SIGNING_KEY names); see "refinery keygen"')
+    .action(async (runId: string, opts: { stage: string; by: string; reason: string; key?: string }) => {
       const { decideApproval } = await import('./commands/manage.js');
+      const { signDecision } = await import('./commands/signing.js');
+      const { signingKeyFileFromEnv } = await import('../config/approvers.js');
+      const keyFile = opts.key ?? signingKeyFileFromEnv();
+      const decision = { stageId: opts.stage, approved, by: opts.by, reason: opts.reason };
+      // Signed before connecting: a bad key file fails without touching the run.
+      const sent = keyFile ? await signDecision(keyFile, runId, decision) : decision;
       const { client, close } = await connectClient();
       try {
-        console.log(await decideApproval(client, runId, { stageId: opts.stage, approved, by: opts.by, reason: opts.reason }));
+        console.log(await decideApproval(client, runId, sent));
       } finally {
         await close();
       }
     });
 }
+
+program
+  .command('keygen')
+  .description('make an Ed25519 key for signing approvals: FILE (private, mode 0600) and FILE.pub; prints the line for the approvers file')
+  .requiredOption('--out <file>', 'where the private key goes (FILE.pub: the public key)')
+  .option('--name <approver>', 'the approver\'s name (what --by will say): prints the approvers-file entry')
+  .option('--force', 'replace existing files')
+  .action(async (opts: { out: string; name?: string; force?: boolean }) => {
+    const { generateKeyFiles } = await import('./commands/signing.js');
+    const key = await generateKeyFiles(opts.out, { force: opts.force, comment: opts.name });
+    console.log(`private key: ${key.privateKeyFile} (mode 0600: keep it to yourself)`);
+    console.log(`public key:  ${key.publicKeyFile}`);
+    console.log(`fingerprint: ${key.fingerprint}`);
+    const entry = { name: opts.name ?? '<your --by name>', publicKey: key.sshLine, pipelines: ['*'], stages: ['*'] };
+    console.log(`approvers file entry (REFINERY_APPROVERS; narrow pipelines and stages as needed):\n  ${JSON.stringify(entry)}`);
+  });
 
 const workerCommand = program
   .command('worker')

@@ -10,6 +10,8 @@ export function renderStatus(status: PipelineStatus, etas: Map<string, number | 
     lines.push(`  ${s.id.padEnd(width)}  ${s.kind.padEnd(6)} ${renderStage(s, etas.get(s.id))}`);
     for (const a of s.attempts ?? []) if (a.outcome !== 'completed' && a.outcome !== 'reused') lines.push(`  ${''.padEnd(width)}  ${renderAttempt(a)}`);
   }
+  const p = status.promoted;
+  if (p) lines.push(p.changed ? `  promoted ${p.model}@${p.alias} -> ${p.stage} (${p.target.manifestSha256.slice(0, 12)})${p.replaced ? `, replacing ${p.replaced.manifestSha256.slice(0, 12)}` : ''}` : `  ${p.model}@${p.alias} already pointed at ${p.stage}'s output: unchanged`);
   for (const q of status.quarantinedHosts ?? []) lines.push(`  host ${q.host} quarantined since ${q.since}: ${q.reason} (refinery worker clear ${q.host})`);
   return lines.join('\n');
 }
@@ -36,6 +38,7 @@ function renderStage(s: StageStatus, etaSeconds: number | undefined): string {
   if (s.attempt > 1) parts.push(`attempt ${s.attempt}`);
   if (s.resumedFromStep) parts.push(`resumed@${s.resumedFromStep}`);
   if (s.state === 'running' && etaSeconds !== undefined) parts.push(`ETA ${formatSeconds(etaSeconds)}`);
+  if (s.baseline) parts.push(`baseline ${s.baseline}`);
   if (s.gate) parts.push(`gate: ${s.gate}`);
   if (s.note) parts.push(s.note);
   if (s.error && (s.state === 'failed' || s.state === 'cancelled')) parts.push(`— ${s.error.split('\n')[0]}`);

@@ -8,3 +8,6 @@ export const MODEL_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$/;
 export function isModelName(value: string): boolean {
   return MODEL_NAME.test(value) && !value.includes('..');
 }
+
+/** A model registry alias (storage/registry.ts): production, candidate, previous, … */
+export const ALIAS_NAME = /^[a-z][a-z0-9-]{0,39}$/;

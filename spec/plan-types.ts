@@ -34,7 +34,9 @@ export interface PlannedStage {
   kind: StageKind;
   /** Stage ids this one waits for. */
   deps: string[];
-  inputs: { model: ModelRef; reward_model?: ModelRef };
+  inputs: { model: ModelRef; reward_model?: ModelRef; reference?: ModelRef };
+  /** eval: the registry alias scored beside the candidate, resolved when the stage starts. */
+  baseline?: PlannedBaseline;
   dataset?: PlannedDataset;
   evalDataset?: PlannedDataset;
   finetuning: Finetuning;
@@ -55,6 +57,20 @@ export interface PlannedStage {
   producesAdapter: boolean;
 }
 
+export interface PlannedBaseline {
+  model: string;
+  alias: string;
+  /** No target yet: `fail` the stage, or `pass` (score the candidate alone; relative gates pass). */
+  ifMissing: 'fail' | 'pass';
+}
+
+export interface PlannedPromotion {
+  stage: string;
+  model: string;
+  alias: string;
+  reason?: string;
+}
+
 export interface PipelinePlan {
   name: string;
   specSha256: string;
@@ -63,4 +79,6 @@ export interface PipelinePlan {
   storage: { bucket?: string; prefix: string };
   /** In a topological order. */
   stages: PlannedStage[];
+  /** The registry alias pointed at a stage's output once the run completed (absent: none). */
+  promote?: PlannedPromotion;
 }

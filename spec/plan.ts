@@ -28,7 +28,7 @@ const KIND_RULES: Record<StageKind, { formats: DatasetFormat[] | null; needs: ('
   orpo: { formats: ['preference'], needs: [] },
   merge: { formats: null, needs: ['from'] },
   gguf: { formats: null, needs: [] },
-  eval: { formats: ['chat', 'alpaca', 'sharegpt', 'text', 'preference'], needs: [] },
+  eval: { formats: ['chat', 'alpaca', 'sharegpt', 'text', 'preference', 'prompts'], needs: [] },
 };
 
 const TRAINING_KINDS: ReadonlySet<StageKind> = new Set(['cpt', 'sft', 'reward', 'ppo', 'dpo', 'grpo', 'kto', 'orpo']);
@@ -56,7 +56,7 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
   const planned: PlannedStage[] = spec.stages.map((stage, i) => {
     const rules = KIND_RULES[stage.kind];
     const at = (k: string) => ['stages', i, k];
-    const modelRef = (key: 'from' | 'policy' | 'reward_model', value: string | undefined): ModelRef | undefined => {
+    const modelRef = (key: 'from' | 'policy' | 'reward_model' | 'reference', value: string | undefined): ModelRef | undefined => {
       if (value === undefined) return undefined;
       if (value === 'base') {
         if (key === 'reward_model') problem(at(key), 'must name a reward stage, not "base"');
@@ -82,6 +82,11 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
 
     const model = modelRef(stage.policy !== undefined ? 'policy' : 'from', stage.policy ?? stage.from ?? 'base') ?? { base: true };
     const rewardModel = modelRef('reward_model', stage.reward_model);
+    if (stage.kind !== 'eval') {
+      if (stage.baseline !== undefined) problem(at('baseline'), `only eval stages take a baseline (a ${stage.kind} stage trains)`);
+      if (stage.reference !== undefined) problem(at('reference'), `only eval stages take a reference`);
+    }
+    const reference = stage.kind === 'eval' ? modelRef('reference', stage.reference) : undefined;
 
     const dataset = resolveDataset(spec, loaded.file, stage.dataset, at('dataset'), problem);
     const evalDataset = resolveDataset(spec, loaded.file, stage.eval_dataset, at('eval_dataset'), problem);
@@ -95,6 +100,9 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
       problem(at('dataset'), `a ${stage.kind} stage takes no dataset`);
     }
 
+    // KL and answer lengths are measured on the candidate's answers to prompts.
+    if (reference && dataset && dataset.format !== 'prompts') problem(at('reference'), `KL from a reference is measured on answers to prompts: this stage reads ${dataset.format} data`);
+
     const finetuning = finetuningOf(spec, stage);
     const hyper = hyperOf(spec, stage);
     const resources = { ...spec.defaults?.resources, ...stage.resources };
@@ -102,12 +110,15 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
     const timeouts = { ...spec.defaults?.timeouts, ...stage.timeouts };
     const divergence = { ...spec.defaults?.divergence, ...stage.divergence };
 
-    const deps = [...new Set([model, rewardModel].flatMap((r) => (r && 'stage' in r ? [r.stage] : [])))];
+    const deps = [...new Set([model, rewardModel, reference].flatMap((r) => (r && 'stage' in r ? [r.stage] : [])))];
     return {
       id: stage.id,
       kind: stage.kind,
       deps,
-      inputs: { model, ...(rewardModel ? { reward_model: rewardModel } : {}) },
+      inputs: { model, ...(rewardModel ? { reward_model: rewardModel } : {}), ...(reference ? { reference } : {}) },
+      ...(stage.kind === 'eval' && stage.baseline
+        ? { baseline: { model: stage.baseline.model ?? spec.name, alias: stage.baseline.alias, ifMissing: stage.baseline.if_missing } }
+        : {}),
       dataset,
       evalDataset,
       finetuning,
@@ -151,6 +162,7 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
   const order = topologicalOrder(planned, (cycle) =>
     problem(['stages', ids.get(cycle[0]!) ?? 0], `dependency cycle: ${[...cycle, cycle[0]].join(' -> ')}`),
   );
+  const promote = spec.promote ? planPromotion(spec, planned, problem) : undefined;
   if (problems.length > 0) throw new InputError(dedupe(problems));
 
   return {
@@ -160,7 +172,17 @@ export function planPipeline(loaded: Pick<LoadedSpec, 'spec' | 'file' | 'sha256'
     baseModel: isModelName(spec.base_model) ? spec.base_model : resolvePath(loaded.file, spec.base_model),
     storage: { bucket: spec.storage?.bucket, prefix: spec.storage?.prefix ?? 'refinery' },
     stages: order.map((id) => planned.find((s) => s.id === id)!),
+    ...(promote ? { promote } : {}),
   };
+}
+
+/** The promote step names a stage that leaves a model (not an eval or gguf stage). */
+function planPromotion(spec: PipelineSpec, stages: PlannedStage[], problem: (p: (string | number)[], m: string) => void): PipelinePlan['promote'] {
+  const p = spec.promote!;
+  const target = stages.find((s) => s.id === p.stage);
+  if (!target) return void problem(['promote', 'stage'], `no stage with id "${p.stage}"`);
+  if (target.kind === 'eval') return void problem(['promote', 'stage'], `stage "${p.stage}" (eval) produces no model to promote`);
+  return { stage: p.stage, model: p.model ?? spec.name, alias: p.alias, ...(p.reason !== undefined ? { reason: p.reason } : {}) };
 }
 
 /**

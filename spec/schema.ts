@@ -6,6 +6,7 @@
 import { z } from 'zod';
 import { DataPath, Dataset } from './dataset-spec.js';
 import { Hyper, HYPER_UNUSED, STAGE_PARAMS } from './stage-params.js';
+import { ALIAS_NAME, MODEL_NAME } from './model-name.js';
 
 export { DataPath, Dataset, DatasetFormat } from './dataset-spec.js';
 
@@ -84,6 +85,24 @@ export const Gate = z.strictObject({
     .describe('wait for `refinery approve` before dependants start'),
 });
 
+/** An eval stage's baseline: what a registry alias points at when the stage starts (storage/registry.ts). */
+export const Baseline = z.strictObject({
+  model: z.string().regex(MODEL_NAME, 'letters, digits, ".", "_" and "-", starting with a letter or digit').optional().describe("the registry's model name (default: the pipeline's name)"),
+  alias: z.string().regex(ALIAS_NAME, 'lowercase letters, digits and "-", starting with a letter').default('production'),
+  if_missing: z
+    .enum(['fail', 'pass'])
+    .default('fail')
+    .describe('the alias points at nothing yet (a first run): fail the stage, or score the candidate alone and pass gates on relative metrics'),
+});
+
+/** The step a pipeline can end with: once every stage completed (gates passed, approvals given). */
+export const Promote = z.strictObject({
+  stage: Id.describe('the stage whose committed output the alias will point at'),
+  model: z.string().regex(MODEL_NAME, 'letters, digits, ".", "_" and "-", starting with a letter or digit').optional().describe("the registry's model name (default: the pipeline's name)"),
+  alias: z.string().regex(ALIAS_NAME, 'lowercase letters, digits and "-", starting with a letter').default('production'),
+  reason: z.string().min(1).max(2000).optional().describe('recorded with the promotion (default: the gates that passed)'),
+});
+
 /**
  * `finetuning` as written under `defaults` or in a stage: no defaults filled in here (a `.partial()`
  * of Finetuning would fill them), so every field a stage leaves out is inherited from `defaults`.
@@ -125,6 +144,8 @@ export const Stage = z
     from: z.string().optional().describe('model input: "base" or a stage id (default "base")'),
     policy: z.string().optional().describe('ppo/grpo: the policy to train ("base" or a stage id)'),
     reward_model: z.string().optional().describe('ppo/grpo/eval: a reward stage id'),
+    baseline: Baseline.optional().describe('eval: also score the model an alias of the registry points at (e.g. production), for relative metrics and gates'),
+    reference: z.string().optional().describe('eval: the model KL is measured from ("base" or a stage id; default the baseline)'),
     dataset: z.union([Id, Dataset]).optional().describe('a name from `datasets` or an inline dataset'),
     eval_dataset: z.union([Id, Dataset]).optional(),
     params: z.record(z.string(), z.unknown()).optional().describe('kind-specific settings passed to the job'),
@@ -165,5 +186,6 @@ export const PipelineSpec = z.strictObject({
   datasets: z.record(Id, Dataset).optional(),
   defaults: z.strictObject(Inheritable).optional(),
   stages: z.array(Stage).min(1),
+  promote: Promote.optional().describe("point a registry alias at a stage's output when the run completes (`refinery model aliases NAME`)"),
 });
 export type PipelineSpec = z.infer<typeof PipelineSpec>;

@@ -11,13 +11,13 @@
  * `previous` is the target under the current one and repeated rollbacks go further back. Writers
  * race on the next record's key (If-None-Match): one wins, the other reads the log again.
  */
-import { isModelName } from '../spec/model-name.js';
+import { ALIAS_NAME, isModelName } from '../spec/model-name.js';
 import { makeRecord, verifyChain, type AuditRecord } from './audit-chain.js';
 import { readCommitted } from './commit.js';
 import { segment } from './layout.js';
 import { jsonBytes, type ObjectStore } from './object-store.js';
 
-export const ALIAS_NAME = /^[a-z][a-z0-9-]{0,39}$/;
+export { ALIAS_NAME } from '../spec/model-name.js';
 
 export interface RegistryTarget {
   uri: string;

@@ -8,9 +8,10 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { createAuditActivities, createControlActivities, createTrainingActivities } from '../activities/index.js';
+import { createApprovalActivities, createAuditActivities, createControlActivities, createRegistryActivities, createTrainingActivities } from '../activities/index.js';
 import { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
+import { approversFileFromEnv, loadApprovers } from '../config/approvers.js';
 import { REPO_ROOT } from '../config/paths.js';
 import { CONTROL_TASK_QUEUE } from '../config/temporal.js';
 import { llamaCppToolEnv } from '../config/worker.js';
@@ -64,6 +65,11 @@ export interface WorkerOptions {
   inputCacheBytes?: number;
   /** Where fleet events (quarantine, drain) are logged (default: console.log). */
   log?: (line: string) => void;
+  /**
+   * The approvers file the control worker checks approvals against (config/approvers.ts); default
+   * REFINERY_APPROVERS; null: none (unsigned approvals accepted, recorded as unsigned).
+   */
+  approversFile?: string | null;
 }
 
 /** A worker process's workers, and the handles its owner drains and stops them with. */
@@ -96,6 +102,9 @@ export async function createWorkers(options: WorkerOptions): Promise<RefineryWor
   const workers: ServedWorker[] = [];
   if (options.control) {
     const [jobs, code] = await Promise.all([jobsVersion(), codeVersion()]);
+    const approversFile = options.approversFile === undefined ? approversFileFromEnv() : (options.approversFile ?? undefined);
+    // A broken approvers file stops the worker here rather than refusing every approval later.
+    if (approversFile) log(`[worker] approvals must be signed by one of ${loadApprovers(approversFile).approvers.length} approver(s) of ${approversFile}`);
     workers.push(
       await Worker.create({
         connection: options.connection,
@@ -108,6 +117,8 @@ export async function createWorkers(options: WorkerOptions): Promise<RefineryWor
         activities: {
           ...createControlActivities({ store: options.store, jobsVersion: jobs, codeVersion: code }),
           ...createAuditActivities(options.store),
+          ...createApprovalActivities({ approversFile }),
+          ...createRegistryActivities(options.store),
         },
       }),
     );

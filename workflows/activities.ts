@@ -9,6 +9,8 @@ import type * as activities from '../activities/index.js';
 
 type ControlActivities = ReturnType<typeof activities.createControlActivities>;
 type AuditActivities = ReturnType<typeof activities.createAuditActivities>;
+type ApprovalActivities = ReturnType<typeof activities.createApprovalActivities>;
+type RegistryActivities = ReturnType<typeof activities.createRegistryActivities>;
 
 /** Control work only needs the object store: ride out an outage of several minutes. */
 const STORAGE_OUTAGE_RETRY = { maximumAttempts: 30, maximumInterval: '30s', nonRetryableErrorTypes: ['InputError'] };
@@ -24,3 +26,12 @@ export const preparation = proxyActivities<ControlActivities>({ startToCloseTime
 
 /** The audit trail's appends and the attempts read back when a stage ends. */
 export const audit = proxyActivities<AuditActivities>({ startToCloseTimeout: '5 minutes', retry: { maximumAttempts: 30, maximumInterval: '30s' } });
+
+/** The model registry: an eval stage's baseline alias, the promote step (a few object-store calls). */
+export const registry = proxyActivities<RegistryActivities>({ startToCloseTimeout: '5 minutes', retry: { ...STORAGE_OUTAGE_RETRY, nonRetryableErrorTypes: ['InputError', 'RegistryError'] } });
+
+/**
+ * verifyApproval, while `refinery approve|reject` waits for the update's answer: a refusal is
+ * final (non-retryable) and a worker that cannot answer soon makes the approver retry, not wait.
+ */
+export const approvals = proxyActivities<ApprovalActivities>({ startToCloseTimeout: '30 seconds', scheduleToCloseTimeout: '2 minutes', retry: { maximumAttempts: 5, maximumInterval: '10s' } });

@@ -24,6 +24,10 @@ export function stageModelInputs(plan: PipelinePlan, stage: PlannedStage, baseMo
     const rm = modelOf(stage.inputs.reward_model);
     Object.assign(inputs, { reward_model: rm.model, reward_model_base: rm.base });
   }
+  if (stage.inputs.reference) {
+    const ref = modelOf(stage.inputs.reference);
+    Object.assign(inputs, { reference: ref.model, reference_base: ref.base });
+  }
   return inputs;
 }
 
@@ -67,4 +71,11 @@ export function describeError(err: unknown): string {
   let e = err as { message?: string; cause?: unknown } | undefined;
   while (e?.cause) e = e.cause as typeof e;
   return e?.message ?? String(err);
+}
+
+/** The type of the innermost ApplicationFailure (an activity's own error type), if any. */
+export function failureType(err: unknown): string | undefined {
+  let type: string | undefined;
+  for (let e = err as { type?: string; cause?: unknown } | undefined; e; e = e.cause as typeof e) if (typeof e.type === 'string') type = e.type;
+  return type;
 }

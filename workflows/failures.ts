@@ -135,3 +135,6 @@ export function classifyFailure(err: unknown): ClassifiedFailure {
 export function describeFailure(c: { class: FailureClass; kind: FailureKind }): string {
   return `${c.class}: ${c.kind.replace(/-/g, ' ')}`;
 }
+
+/** A run whose id another run owns (storage/run-claim.ts): it ends at once and writes nothing. */
+export const RUN_ID_TAKEN = 'RunIdTaken';

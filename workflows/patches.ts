@@ -26,3 +26,19 @@ export const ATTEMPT_BUDGETS = 'attempt-budgets';
  * of another toolchain declines the attempt. Before it: keys covered the job code only.
  */
 export const TOOLCHAIN_KEYS = 'toolchain-keys';
+
+/**
+ * Nightly retraining that ships (issue #20): an eval stage's `baseline` alias is resolved when the
+ * stage starts and scored beside the candidate; a plan's `promote` step points a registry alias
+ * at a stage's output once every stage completed. Runs started before it have neither.
+ */
+export const BASELINES_AND_PROMOTE = 'baselines-and-promote';
+
+/**
+ * Signed approvals (issue #20): the approval update waits for the control worker's verifyApproval
+ * (activities/approvals.ts) before the decision counts — a signature checked against the workers'
+ * approvers file, refused with the reason otherwise — and the trail's `approval` event records the
+ * signature. Checked where the update is handled, so runs already waiting at a gate take it too;
+ * updates handled before it replay as they were (accepted at once, unsigned).
+ */
+export const SIGNED_APPROVALS = 'signed-approvals';

@@ -10,20 +10,22 @@
  */
 import { ApplicationFailure, CancellationScope, condition, executeChild, isCancellation, patched, setHandler, upsertSearchAttributes } from '@temporalio/workflow';
 import type { PlannedStage } from '../spec/plan-types.js';
-import { audit as auditActivities, preparation } from './activities.js';
+import { RUN_ID_TAKEN } from './failures.js';
+import { audit as auditActivities, preparation, registry } from './activities.js';
+import { handleApproval } from './approvals.js';
 import { AuditLog } from './audit-log.js';
-import { describeError, runInDependencyOrder, stageModelInputs } from './dag.js';
+import { describeError, failureType, runInDependencyOrder, stageModelInputs } from './dag.js';
 import { closeRun } from './finish.js';
 import { evaluateMetricGate } from './gates.js';
 import { handleProgressSignals } from './legacy-progress.js';
 import { approvalUpdate, inputQuery, statusQuery } from './messages.js';
-import { HISTORY_V2, TOOLCHAIN_KEYS } from './patches.js';
+import { BASELINES_AND_PROMOTE, HISTORY_V2, TOOLCHAIN_KEYS } from './patches.js';
 import { finishUnchanged, runIdOf, unchangedSince } from './scheduled.js';
 import { SEARCH_ATTRIBUTES } from './search-attributes.js';
 import { stageWorkflow } from './stage.js';
 import { describeRunToolchains, fingerprintWithToolchains, type RunToolchains } from './toolchains.js';
 import { applyAttempts, applyOutcome, initialStatus, markFinished, stageOf } from './status.js';
-import type { ApprovalDecision, ArtifactRef, PipelineInput, PipelineResult, PipelineStatus, PreparedRun, StageOutcome } from './types.js';
+import type { ApprovalDecision, ArtifactRef, ModelInputs, PipelineInput, PipelineResult, PipelineStatus, PreparedRun, StageOutcome } from './types.js';
 
 export type { PipelineResult } from './types.js';
 
@@ -49,17 +51,16 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   handleProgressSignals(status, audit, !v2);
   setHandler(
     approvalUpdate,
-    (decision) => {
-      approvals.set(decision.stageId, decision);
-      audit.append('approval', { stage: decision.stageId, approved: decision.approved, by: decision.by, reason: decision.reason });
-      return `${decision.approved ? 'approved' : 'rejected'} ${decision.stageId}`;
-    },
+    // Verified on the control worker before it counts, since the signed-approvals patch (workflows/approvals.ts).
+    (decision) => handleApproval(decision, { runId: input.runId, pipeline: plan.name, status, approvals, audit }),
     {
       validator: (decision) => {
         const s = status.stages.find((x) => x.id === decision.stageId);
         if (!s) throw new Error(`no stage "${decision.stageId}" in this run`);
         if (s.state !== 'awaiting-approval') throw new Error(`stage "${decision.stageId}" is not awaiting approval (it is ${s.state})`);
         if (!decision.by.trim()) throw new Error('say who decides (--by)');
+        const earlier = approvals.get(decision.stageId);
+        if (earlier) throw new Error(`stage "${decision.stageId}" was already ${earlier.approved ? 'approved' : 'rejected'} by ${earlier.by}`);
       },
     },
   );
@@ -71,6 +72,8 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   try {
     prepared = await preparation.prepareRun({ runId: input.runId, plan, requestedBy: input.requestedBy, resumeFrom: input.resumeFrom, scheduleId: input.scheduleId });
   } catch (err) {
+    // Another run owns this run id (storage/run-claim.ts): this one writes nothing under it, not even its end.
+    if (failureType(err) === RUN_ID_TAKEN) throw ApplicationFailure.nonRetryable(describeError(err), RUN_ID_TAKEN);
     return finish(status, outcomes, err, storagePrefix, audit);
   }
   audit.append('run-prepared', {
@@ -122,11 +125,37 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
       }
     });
 
+  /**
+   * An eval stage's baseline: what its alias points at now, downloaded beside the candidate (an
+   * adapter baseline rests on this run's base model). Recorded in the trail; its manifest is in
+   * the stage's cache key, so a new production model is scored again.
+   */
+  const resolveBaseline = async (stage: PlannedStage): Promise<ModelInputs | undefined> => {
+    const want = stage.baseline!;
+    const s = stageOf(status, stage.id);
+    const resolved = await registry.resolveAlias({ storagePrefix, model: want.model, alias: want.alias });
+    audit.append('baseline', { stage: stage.id, model: want.model, alias: want.alias, target: resolved.target, ifMissing: want.ifMissing });
+    if (!resolved.target) {
+      s.baseline = `${want.model}@${want.alias} points at no model yet`;
+      if (want.ifMissing === 'fail') {
+        throw ApplicationFailure.nonRetryable(`stage "${stage.id}": ${s.baseline} (promote one: refinery promote RUN --stage S --alias ${want.alias}; or set baseline.if_missing: pass)`, 'BaselineMissing');
+      }
+      s.baseline += ': scored alone, gates on relative metrics pass';
+      return undefined;
+    }
+    const t = resolved.target;
+    s.baseline = `${want.model}@${want.alias} -> ${t.runId ?? '?'}/${t.stage ?? '?'} (${t.manifestSha256.slice(0, 12)})`;
+    return { baseline: { uri: t.uri, prefix: t.prefix, manifestSha256: t.manifestSha256 }, baseline_base: prepared.baseModel };
+  };
+
   const runStage = async (stage: PlannedStage): Promise<void> => {
     const s = stageOf(status, stage.id);
     s.state = 'running';
     s.startedAt = new Date().toISOString();
     audit.append('stage-started', { stage: stage.id, kind: stage.kind });
+    let inputs = stageModelInputs(plan, stage, prepared.baseModel, outcomes);
+    const baseline = stage.baseline && patched(BASELINES_AND_PROMOTE) ? await resolveBaseline(stage) : undefined;
+    if (baseline) inputs = { ...inputs, ...baseline };
     let outcome: StageOutcome;
     try {
       outcome = await executeChild(stageWorkflow, {
@@ -136,7 +165,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
             runId: input.runId,
             storagePrefix,
             stage,
-            inputs: stageModelInputs(plan, stage, prepared.baseModel, outcomes),
+            inputs,
             datasets: {
               train: stage.dataset ? prepared.datasets[stage.dataset.name] : undefined,
               eval: stage.evalDataset ? prepared.datasets[stage.evalDataset.name] : undefined,
@@ -166,7 +195,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
       ...(outcome.reusedFrom ? { reusedFrom: outcome.reusedFrom } : {}),
     });
     if (stage.gate) {
-      const verdict = evaluateMetricGate(stage.gate.metrics, outcome.metrics);
+      const verdict = evaluateMetricGate(stage.gate.metrics, outcome.metrics, { withoutBaseline: stage.baseline !== undefined && !baseline });
       if (stage.gate.metrics.length > 0) audit.append('gate', { stage: stage.id, passed: verdict.passed, reason: verdict.reason });
       if (!verdict.passed) {
         s.gate = verdict.reason;
@@ -209,7 +238,32 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
       stageOf(status, stage.id).state = 'skipped';
     },
   );
+  if (firstError === undefined && plan.promote && patched(BASELINES_AND_PROMOTE)) {
+    try {
+      await promoteOutput(input.runId, input.requestedBy, plan, outcomes, status, audit);
+    } catch (err) {
+      return finish(status, outcomes, err, storagePrefix, audit);
+    }
+  }
   return finish(status, outcomes, firstError, storagePrefix, audit);
+}
+
+/** The promote step: every stage completed, so every gate passed and every approval was given. */
+async function promoteOutput(runId: string, requestedBy: string, plan: PipelineInput['plan'], outcomes: Map<string, StageOutcome>, status: PipelineStatus, audit: AuditLog): Promise<void> {
+  const p = plan.promote!;
+  const gates = status.stages.filter((s) => s.gate).map((s) => `${s.id}: ${s.gate}`);
+  const promoted = await registry.promoteStageOutput({
+    storagePrefix: plan.storage.prefix,
+    runId,
+    stage: p.stage,
+    model: p.model,
+    alias: p.alias,
+    target: outcomes.get(p.stage)!.artifact,
+    by: `${requestedBy} (run ${runId})`,
+    reason: p.reason ?? (gates.length ? `every gate passed (${gates.join('; ')})` : 'every stage completed'),
+  });
+  status.promoted = promoted;
+  audit.append('promoted', { ...promoted });
 }
 
 async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome>, err: unknown, storagePrefix: string, audit: AuditLog): Promise<PipelineResult> {

@@ -16,10 +16,33 @@ export interface ArtifactRef {
 }
 
 /**
- * Model inputs by contract name: `model` (+ `base` when `model` is a LoRA adapter), and for
- * PPO/GRPO `reward_model` (+ `reward_model_base`). See jobs/CONTRACT.md.
+ * Model inputs by contract name: `model` (+ `base` when `model` is a LoRA adapter), for PPO/GRPO
+ * `reward_model` (+ `reward_model_base`), for eval `baseline` and `reference` (+ their `_base`).
+ * See jobs/CONTRACT.md.
  */
-export type ModelInputs = Partial<Record<'model' | 'base' | 'reward_model' | 'reward_model_base', ArtifactRef>>;
+export type ModelInputs = Partial<Record<'model' | 'base' | 'reward_model' | 'reward_model_base' | 'baseline' | 'baseline_base' | 'reference' | 'reference_base', ArtifactRef>>;
+
+/** What an eval stage's baseline alias pointed at when the stage started (null: nothing yet). */
+export interface ResolvedBaseline {
+  model: string;
+  alias: string;
+  target: (ArtifactRef & { runId: string | null; stage: string | null }) | null;
+}
+
+/** The promote step's result (status.promoted, the `promoted` audit event). */
+export interface PromotionOutcome {
+  model: string;
+  alias: string;
+  stage: string;
+  target: ArtifactRef;
+  /** What the alias pointed at before (null: nothing). */
+  replaced: ArtifactRef | null;
+  /** False when the alias already pointed at this output (a run that reused it): nothing written. */
+  changed: boolean;
+  seq: number | null;
+  by: string;
+  reason: string;
+}
 
 export interface PipelineInput {
   /** Absent or empty for scheduled runs: the run id is then the workflow id the schedule gave. */
@@ -220,6 +243,8 @@ export interface StageStatus {
   artifact?: ArtifactRef;
   error?: string;
   gate?: string;
+  /** eval: the baseline it was scored against (`model@alias -> run/stage`, or why none). */
+  baseline?: string;
   /** Why a stage did not run (e.g. the run's inputs were unchanged). */
   note?: string;
   startedAt?: string;
@@ -247,6 +272,8 @@ export interface PipelineStatus {
   fingerprint?: string;
   /** State 'unchanged': the last successful run whose inputs this run found unchanged. */
   unchangedSince?: string;
+  /** The promote step, once it ran (plan.promote). */
+  promoted?: PromotionOutcome;
   /** Set when an audit append failed for good: the trail stops at `auditHead`. */
   auditError?: string;
   /** Filled by the CLI from the bucket (worker/host-health.ts): hosts that ran this run's attempts and are quarantined now. */
@@ -263,4 +290,27 @@ export interface ApprovalDecision {
   approved: boolean;
   by: string;
   reason: string;
+  /** `refinery approve|reject --key`: the approver's signature (docs/security.md, "Signed approvals"). */
+  signed?: ApprovalSignature;
 }
+
+/**
+ * What a signed decision carries besides its fields: public data only (it is in the history). The
+ * signature is over storage/approval-signature.ts approvalPayload(runId, stageId, approved, by, reason, at, nonce).
+ */
+export interface ApprovalSignature {
+  /** When it was signed (ISO 8601). */
+  at: string;
+  nonce: string;
+  /** base64 of the raw 32-byte Ed25519 public key. */
+  publicKey: string;
+  /** hex sha256 of the raw public key. */
+  keyFingerprint: string;
+  /** base64 Ed25519 signature. */
+  signature: string;
+}
+
+/** What verifyApproval found: what the `approval` audit event records besides the decision. */
+export type ApprovalVerdict =
+  | { signed: false }
+  | { signed: true; keyFingerprint: string; publicKey: string; signature: string; signedAt: string; nonce: string; approver: string | null };

@@ -114,7 +114,7 @@ export function describeEvent(e: AuditEvent): string {
     case 'gate':
       return /^(passed|failed)\b/i.test(oneLine(f.reason)) ? oneLine(f.reason) : `${f.passed ? 'passed' : 'FAILED'}: ${oneLine(f.reason)}`;
     case 'approval':
-      return `${f.approved ? 'approved' : 'rejected'} by ${f.by}: ${oneLine(f.reason)}`;
+      return `${f.approved ? 'approved' : 'rejected'} by ${f.by}: ${oneLine(f.reason)}${f.signed === true ? ` (signed, key ${short(String(f.keyFingerprint))})` : f.signed === false ? ' (unsigned)' : ''}`;
     case 'run-unchanged':
       return `not run: inputs unchanged since run ${f.previousRunId}`;
     case 'run-finished':

@@ -13,10 +13,15 @@
  *   - the chain head against its anchors outside the main bucket: the write-once status.json, and
  *     the run's result in Temporal when Temporal can be reached.
  * Where neither is there (runs from before write-once copies), it says so as a warning.
+ *
+ * Signed approvals: each signature again, from the key its event records; with REFINERY_APPROVERS,
+ * the key against that list too (client/audit/approvals.ts).
  */
+import type { RunClaim } from '../../storage/run-claim.js';
 import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow/index.js';
 import { dataConverterFromEnv } from '../../codec/data-converter.js';
+import { approversFileFromEnv, loadApprovers, type Approvers } from '../../config/approvers.js';
 import { temporalSettings } from '../../config/temporal.js';
 import { checkLockedCopy, hashRecord, verifyChain, type AuditRecord, type LockedCopyFinding, type LockedCopyFindingKind } from '../../storage/audit-chain.js';
 import { attemptRecordKey, summarizeAttempt } from '../../storage/attempt-records.js';
@@ -26,6 +31,7 @@ import type { PipelineResult, PipelineStatus } from '../../workflows/types.js';
 import { shortHash as short } from '../format.js';
 import { statusFromFailure } from '../live-progress.js';
 import { listRunLogKeys, readAttempt, readOtherAttempts, readRun, type RunRef } from '../run-records.js';
+import { checkApprovalEvents } from './approvals.js';
 
 export interface VerifyResult {
   runId: string;
@@ -35,7 +41,7 @@ export interface VerifyResult {
   problems: string[];
   /** What could not be checked (a run still in progress), not failures. */
   warnings: string[];
-  checked: { events: number; artifacts: number; inputs: number; files: number; secretScan: number; attemptRecords: number; lockedCopies: number };
+  checked: { events: number; artifacts: number; inputs: number; files: number; secretScan: number; attemptRecords: number; lockedCopies: number; signedApprovals: number };
   /** Every attempt the trail anchors, with the checkpoints its own records say it committed. */
   attempts: { stage: string; attempt: number; outcome: string; host: string | null; checkpoints: number[]; supersededCheckpoints: number[] }[];
   /**
@@ -50,7 +56,7 @@ export interface VerifyResult {
 }
 
 export interface VerifyOptions extends RunRef {
-  /** Where the secrets to look for, and the Temporal settings, come from (default: process.env). */
+  /** Where the secrets to look for, the Temporal settings and REFINERY_APPROVERS come from (default: process.env). */
   env?: NodeJS.ProcessEnv;
   /**
    * Where the run's result is read, to check the chain head against (an anchor outside the bucket):
@@ -71,7 +77,7 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
   const run = await readRun({ ...opts, store });
   const problems: string[] = [...run.readProblems];
   const warnings: string[] = [];
-  const checked = { events: run.records.length, artifacts: 0, inputs: 0, files: 0, secretScan: 0, attemptRecords: 0, lockedCopies: 0 };
+  const checked = { events: run.records.length, artifacts: 0, inputs: 0, files: 0, secretScan: 0, attemptRecords: 0, lockedCopies: 0, signedApprovals: 0 };
   const attempts: VerifyResult['attempts'] = [];
   const events = run.records.map((r) => r.event);
   const first = (type: string) => events.find((e) => e.type === type);
@@ -82,7 +88,9 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
   const locked = await readLockedRun(store, run.runKey);
   const lockedChecks = new LockedChecks(store, locked);
   const lockedStatus = locked.originals.get(statusKey)?.value as Partial<PipelineStatus> | undefined;
-  const temporal = await temporalAnchor(opts, run.runId, env, first('run-started')?.at);
+  // The execution that owns the run id (storage/run-claim.ts): a later one of the same workflow id wrote nothing here.
+  const claim = await store.getJson<RunClaim>(`${run.runKey}/claim.json`).catch(() => undefined);
+  const temporal = await temporalAnchor(opts, run.runId, env, first('run-started')?.at, claim);
 
   // 1. The hash chain, and its end against the head recorded in status.json.
   if (run.records.length === 0) problems.push(`no audit trail: ${store.uri(`${run.runKey}/audit/`)} is empty`);
@@ -197,6 +205,19 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
   warnings.push(...lockedReport.warnings);
   checked.lockedCopies = lockedReport.checked;
 
+  // 1c. Signed approvals: each signature from the key its event records; with an approvers file, that list too.
+  let approvers: Approvers | undefined;
+  const approversFile = approversFileFromEnv(env);
+  try {
+    approvers = approversFile ? loadApprovers(approversFile) : undefined;
+  } catch (err) {
+    problems.push(`${(err as Error).message}: approvals were checked without it`);
+  }
+  const approvalCheck = checkApprovalEvents(run.runId, run.records, approvers);
+  problems.push(...approvalCheck.problems);
+  warnings.push(...approvalCheck.warnings);
+  checked.signedApprovals = approvalCheck.signed;
+
   // 2. run.json against the chain (run.json itself is not hash-chained).
   const started = first('run-started');
   const prepared = first('run-prepared');
@@ -310,7 +331,8 @@ export async function verifyRun(opts: VerifyOptions): Promise<VerifyResult> {
     ? `OK: run ${run.runId} — ${checked.events} events chained${head ? ' to the head recorded at run end' : ''}` +
       `${anchoredIn.length ? ` (anchored in ${anchoredIn.join(' and ')})` : ' (no anchor outside the bucket)'}; ` +
       `${checked.lockedCopies ? `${checked.lockedCopies} records match their write-once copies in s3://${locked.state.state === 'locked' ? locked.state.bucket : ''}` : 'no write-once copies checked'}; ` +
-      `${attempts.length} attempts' records (${checked.attemptRecords}) match their anchors; ${checked.artifacts} artifacts and ${checked.inputs} inputs re-hashed (${checked.files} files); run.json matches the trail; no secrets in ${checked.secretScan} objects`
+      `${attempts.length} attempts' records (${checked.attemptRecords}) match their anchors; ` +
+      `${checked.signedApprovals ? `${checked.signedApprovals} approval signature${checked.signedApprovals === 1 ? '' : 's'} verified${approvers ? ` (keys listed in ${approvers.file})` : ''}; ` : ''}${checked.artifacts} artifacts and ${checked.inputs} inputs re-hashed (${checked.files} files); run.json matches the trail; no secrets in ${checked.secretScan} objects`
     : `FAILED: run ${run.runId} — ${problems.length} problem${problems.length === 1 ? '' : 's'}`;
   const lockedBucket = locked.state.state === 'locked' ? locked.state.bucket : null;
   return { runId: run.runId, prefix: run.prefix, ok, problems, warnings, checked, attempts, anchors, lockedBucket, verdict, exitCode: ok ? 0 : 1 };
@@ -537,9 +559,9 @@ class LockedChecks {
 
 type TemporalAnchor = { name: string; head: { seq: number; hash: string }; state?: string } | { unavailable: string; problem?: string };
 
-async function temporalAnchor(opts: VerifyOptions, runId: string, env: NodeJS.ProcessEnv, firstEventAt: unknown): Promise<TemporalAnchor> {
+async function temporalAnchor(opts: VerifyOptions, runId: string, env: NodeJS.ProcessEnv, firstEventAt: unknown, claim?: RunClaim): Promise<TemporalAnchor> {
   if (opts.temporal === false) return { unavailable: 'Temporal: not consulted' };
-  if (opts.temporal) return headFromTemporal(opts.temporal, runId, firstEventAt);
+  if (opts.temporal) return headFromTemporal(opts.temporal, runId, firstEventAt, claim);
   const { address, namespace } = temporalSettings(env);
   let dataConverter;
   try {
@@ -554,15 +576,15 @@ async function temporalAnchor(opts: VerifyOptions, runId: string, env: NodeJS.Pr
     return { unavailable: `Temporal: not reachable at ${address}` };
   }
   try {
-    return await headFromTemporal(new Client({ connection, namespace, dataConverter }), runId, firstEventAt);
+    return await headFromTemporal(new Client({ connection, namespace, dataConverter }), runId, firstEventAt, claim);
   } finally {
     await connection.close().catch(() => undefined);
   }
 }
 
-async function headFromTemporal(client: Client, runId: string, firstEventAt: unknown): Promise<TemporalAnchor> {
+async function headFromTemporal(client: Client, runId: string, firstEventAt: unknown, claim?: RunClaim): Promise<TemporalAnchor> {
   const namespace = client.options.namespace;
-  const handle = client.workflow.getHandle(runId);
+  const handle = claim?.runId === runId ? client.workflow.getHandle(claim.workflowId, claim.workflowRunId) : client.workflow.getHandle(runId);
   let description;
   try {
     description = await handle.describe();

@@ -3,7 +3,7 @@ import type { Client } from '@temporalio/client';
 import { listQuarantined } from '../../storage/fleet.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { approvalUpdate } from '../../workflows/messages.js';
-import type { PipelineStatus } from '../../workflows/types.js';
+import type { ApprovalDecision, PipelineStatus } from '../../workflows/types.js';
 import { SEARCH_ATTRIBUTES } from '../../workflows/search-attributes.js';
 import { CliError } from '../errors.js';
 import { currentRunStatus } from '../live-progress.js';
@@ -37,7 +37,8 @@ export async function cancelRun(client: Client, runId: string): Promise<void> {
   await client.workflow.getHandle(runId).cancel();
 }
 
-export async function decideApproval(client: Client, runId: string, decision: { stageId: string; approved: boolean; by: string; reason: string }): Promise<string> {
+/** Sends a decision (signed or not: client/commands/signing.ts); a refusal is a CliError with the workflow's reason. */
+export async function decideApproval(client: Client, runId: string, decision: ApprovalDecision): Promise<string> {
   try {
     return await client.workflow.getHandle(runId).executeUpdate(approvalUpdate, { args: [decision] });
   } catch (err) {

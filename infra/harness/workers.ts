@@ -99,6 +99,8 @@ export interface InProcessWorkerOptions {
   quarantineAfter?: number;
   /** A memory limit of each job's own (bytes). */
   jobMemoryLimitBytes?: number;
+  /** The control worker's approvers file (signed approvals); default none, whatever this shell's REFINERY_APPROVERS says. */
+  approversFile?: string;
 }
 
 export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddress' | 'namespace'>, options: InProcessWorkerOptions): Promise<InProcessWorkers> {
@@ -126,6 +128,7 @@ export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddr
     // Tests inject job crashes on purpose, all on this one host (see processes.ts).
     quarantineAfter: options.quarantineAfter ?? 1000,
     jobMemoryLimitBytes: options.jobMemoryLimitBytes,
+    approversFile: options.approversFile ?? null,
     log: () => undefined,
   });
   const run = Promise.all(workers.map((w) => w.run())).then(() => undefined);

@@ -100,7 +100,8 @@ def resolve_base(cfg: JobConfig, input_name: str = "model") -> tuple[str, str | 
             raise config_error(f"inputs.{input_name}", f"not a model directory (no config.json or "
                                                        f"adapter_config.json): {path}")
         return path, None
-    base = cfg.inputs.get("base")
+    # Each model input has its own base (`baseline_base` for `baseline`); `base` is the model's.
+    base = cfg.inputs.get("base" if input_name == "model" else f"{input_name}_base") or cfg.inputs.get("base")
     if base is None:
         with open(os.path.join(path, "adapter_config.json"), encoding="utf-8") as f:
             recorded = json.load(f).get("base_model_name_or_path")

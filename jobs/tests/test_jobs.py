@@ -157,6 +157,47 @@ class TrainingJobsTest(unittest.TestCase):
         assert_contract(self, result)
         self.assertLess(result.one("done")["metrics"]["loss"], 5.0)
 
+    def test_eval_against_a_baseline(self):
+        """Relative metrics: the trained policy against the untrained model, and against itself (no gain, no KL)."""
+        policy, untrained = helpers.sft_policy(), helpers.tiny_model()
+        loss = run_job("eval", job_config("eval", workdir("eval-baseline-loss"), checkpoint_dir=None,
+                                          inputs={"model": policy, "baseline": untrained},
+                                          datasets={"train": demo("sft_eval.jsonl")}))
+        assert_contract(self, loss)
+        m = loss.one("done")["metrics"]
+        self.assertLess(m["loss"], m["baseline_loss"], m)  # it learned the chats the untrained model has not
+        self.assertAlmostEqual(m["loss_delta"], m["loss"] - m["baseline_loss"], places=6)
+        self.assertLess(m["perplexity_ratio"], 1.0)
+
+        prompts = {"train": demo("prompts.jsonl")}
+        params = {"max_rows": 12, "max_new_tokens": 16}
+        vs_untrained = run_job("eval", job_config("eval", workdir("eval-baseline-answers"), checkpoint_dir=None, params=params,
+                                                  inputs={"model": policy, "baseline": untrained,
+                                                          "reward_model": helpers.reward_model()}, datasets=prompts))
+        assert_contract(self, vs_untrained)
+        m = vs_untrained.one("done")["metrics"]
+        for key in ("answer_length_mean", "baseline_answer_length_mean", "length_ratio", "reward_mean",
+                    "baseline_reward_mean", "reward_delta", "win_rate", "kl"):
+            self.assertIn(key, m)
+        self.assertGreater(m["kl"], 0.01, m)
+        self.assertTrue(0.0 <= m["win_rate"] <= 1.0, m)
+        self.assertAlmostEqual(m["reward_delta"], m["reward_mean"] - m["baseline_reward_mean"], places=5)
+
+        vs_itself = run_job("eval", job_config("eval", workdir("eval-baseline-itself"), checkpoint_dir=None, params=params,
+                                               inputs={"model": policy, "baseline": policy,
+                                                       "reward_model": helpers.reward_model()}, datasets=prompts))
+        m = vs_itself.one("done")["metrics"]
+        self.assertEqual(m["win_rate"], 0.5, m)  # the same answers: every prompt a tie
+        self.assertEqual(m["length_ratio"], 1.0, m)
+        self.assertAlmostEqual(m["kl"], 0.0, places=5)
+
+        # A reference other than the baseline: KL from the untrained model, no baseline metrics.
+        ref = run_job("eval", job_config("eval", workdir("eval-reference"), checkpoint_dir=None, params=params,
+                                         inputs={"model": policy, "reference": untrained}, datasets=prompts))
+        m = ref.one("done")["metrics"]
+        self.assertGreater(m["kl"], 0.01, m)
+        self.assertNotIn("win_rate", m)
+
     def test_grpo(self):
         work = workdir("grpo")
         cfg = job_config("grpo", work, inputs={"model": helpers.sft_policy(), "reward_model": helpers.reward_model()},

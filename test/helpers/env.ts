@@ -56,6 +56,8 @@ export function startTestWorkers(options: {
   dataConverter?: DataConverter;
   jobMemoryLimitBytes?: number;
   host?: string;
+  /** The control worker's approvers file (REFINERY_APPROVERS of a real worker); default none. */
+  approversFile?: string;
 }): Promise<TestWorkers> {
   return startInProcessWorkers(stack(), { ...options, store: testStore(), killGraceMs: options.killGraceMs ?? 2000, bundleWarnings: true });
 }

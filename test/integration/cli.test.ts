@@ -19,7 +19,7 @@ function refinery(args: string[]) {
   });
 }
 
-const COMMANDS = ['validate', 'run', 'status', 'list', 'retry', 'cancel', 'approve', 'reject', 'worker', 'codec-server', 'stack', 'make-tiny-model', 'gguf-generate', 'audit', 'report', 'logs', 'schedule'];
+const COMMANDS = ['validate', 'run', 'status', 'list', 'retry', 'cancel', 'approve', 'reject', 'keygen', 'worker', 'codec-server', 'stack', 'make-tiny-model', 'gguf-generate', 'audit', 'report', 'logs', 'schedule'];
 
 describe('refinery CLI', () => {
   it.each(COMMANDS)('%s --help describes the command', async (cmd) => {

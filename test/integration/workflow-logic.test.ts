@@ -78,6 +78,10 @@ function activities(calls: Calls) {
     async summarizeStageAttempts() {
       return [];
     },
+    /** No approvers file: every decision is accepted, recorded as unsigned (activities/approvals.ts). */
+    async verifyApproval() {
+      return { signed: false as const };
+    },
     async describeToolchain(input: { kinds: string[] }) {
       return { host: 'test', digests: Object.fromEntries(input.kinds.map((k) => [k, `tc-${k}`])), parts: {} };
     },
@@ -112,6 +116,7 @@ async function withWorkers<T>(calls: Calls, fn: () => Promise<T>): Promise<T> {
       appendAuditEvent: acts.appendAuditEvent,
       appendAuditEvents: acts.appendAuditEvents,
       summarizeStageAttempts: acts.summarizeStageAttempts,
+      verifyApproval: acts.verifyApproval,
     },
   });
   const gpu = await Worker.create({ connection: env.nativeConnection, taskQueue: 'refinery-gpu', activities: { runStageJob: acts.runStageJob, describeToolchain: acts.describeToolchain } });

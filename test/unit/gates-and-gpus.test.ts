@@ -37,6 +37,15 @@ describe('evaluateMetricGate', () => {
     expect(evaluateMetricGate([{ metric: 'eval_loss' }], { eval_loss: 0 }).passed).toBe(true);
   });
 
+  it('without a baseline yet (baseline.if_missing: pass) bounds on relative metrics pass; others still apply', () => {
+    const bounds = [{ metric: 'win_rate', min: 0.55 }, { metric: 'kl', max: 0.2 }, { metric: 'loss', max: 3 }];
+    expect(evaluateMetricGate(bounds, { loss: 2 }, { withoutBaseline: true })).toEqual({ passed: true, reason: 'passed: win_rate: no baseline yet, kl: no baseline yet, loss = 2' });
+    expect(evaluateMetricGate(bounds, { loss: 4 }, { withoutBaseline: true }).passed).toBe(false);
+    // With a baseline expected, a relative metric missing is a failure like any other.
+    expect(evaluateMetricGate(bounds, { loss: 2 })).toEqual({ passed: false, reason: 'metric "win_rate" was not reported' });
+    expect(evaluateMetricGate([{ metric: 'baseline_loss', max: 9 }], {}, { withoutBaseline: true }).passed).toBe(true);
+  });
+
   it('all bounds must hold; the reason lists every value when they do', () => {
     const bounds = [
       { metric: 'eval_loss', max: 2 },

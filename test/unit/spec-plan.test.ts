@@ -324,7 +324,7 @@ describe('planner errors name the line and the field', () => {
     ['sft', 'preference', 'chat | alpaca | sharegpt'],
     ['reward', 'prompts', 'preference'],
     ['grpo', 'text', 'prompts'],
-    ['eval', 'prompts', 'chat | alpaca | sharegpt | text | preference'],
+    ['eval', 'kto', 'chat | alpaca | sharegpt | text | preference | prompts'],
   ])('a %s stage refuses %s data', (kind, format, allowed) => {
     const extra = kind === 'grpo' ? '\n    reward_model: rm\n  - id: rm\n    kind: reward\n    dataset: { path: p.jsonl, format: preference }' : '';
     const problems = planProblems(`name: a\nbase_model: ./b\nstages:\n  - id: s\n    kind: ${kind}\n    dataset: { path: x.jsonl, format: ${format} }${extra}\n`);
@@ -359,6 +359,39 @@ describe('planner errors name the line and the field', () => {
   ])('%s', (_name, stages, field, line, message) => {
     const problems = planProblems(`name: a\nbase_model: ./b\nstages:\n${stages}`);
     expect(problems).toContainEqual(expect.objectContaining({ field, line, message }));
+  });
+
+  it('eval baselines and references, and the promote step: planned with their defaults', () => {
+    const p = plan(
+      'name: nightly\nbase_model: ./b\nstages:\n  - id: sft\n    kind: sft\n    dataset: { path: c.jsonl, format: chat }\n' +
+        '  - id: ev\n    kind: eval\n    from: sft\n    reference: base\n    dataset: { path: q.jsonl, format: prompts }\n    baseline: {}\n' +
+        'promote: { stage: sft }\n',
+    );
+    expect(stageOf(p, 'ev')).toMatchObject({ baseline: { model: 'nightly', alias: 'production', ifMissing: 'fail' }, inputs: { model: { stage: 'sft' }, reference: { base: true } }, deps: ['sft'] });
+    expect(p.promote).toEqual({ stage: 'sft', model: 'nightly', alias: 'production' });
+    const q = plan('name: n\nbase_model: ./b\nstages:\n  - id: sft\n    kind: sft\n    dataset: { path: c.jsonl, format: chat }\n  - id: ev\n    kind: eval\n    from: sft\n    reference: sft\n    dataset: { path: q.jsonl, format: prompts }\n    baseline: { model: chat-model, alias: candidate, if_missing: pass }\npromote: { stage: sft, model: chat-model, alias: candidate, reason: nightly }\n');
+    expect(stageOf(q, 'ev').baseline).toEqual({ model: 'chat-model', alias: 'candidate', ifMissing: 'pass' });
+    expect(q.promote).toEqual({ stage: 'sft', model: 'chat-model', alias: 'candidate', reason: 'nightly' });
+  });
+
+  it('a baseline or reference outside eval, KL on data that has no prompts, promoting what is not a model: refused with line and field', () => {
+    const problems = planProblems(
+      'name: a\nbase_model: ./b\nstages:\n  - id: sft\n    kind: sft\n    dataset: { path: c.jsonl, format: chat }\n    baseline: {}\n    reference: base\n' +
+        '  - id: ev\n    kind: eval\n    from: sft\n    reference: sft\n    dataset: { path: c.jsonl, format: chat }\n' +
+        'promote: { stage: ev }\n',
+    );
+    expect(problems).toEqual([
+      expect.objectContaining({ line: 7, field: 'stages[0].baseline', message: 'only eval stages take a baseline (a sft stage trains)' }),
+      expect.objectContaining({ line: 8, field: 'stages[0].reference', message: 'only eval stages take a reference' }),
+      expect.objectContaining({ line: 12, field: 'stages[1].reference', message: 'KL from a reference is measured on answers to prompts: this stage reads chat data' }),
+      expect.objectContaining({ line: 14, field: 'promote.stage', message: 'stage "ev" (eval) produces no model to promote' }),
+    ]);
+    expect(planProblems('name: a\nbase_model: ./b\nstages:\n  - id: s\n    kind: sft\n    dataset: { path: c.jsonl, format: chat }\npromote: { stage: nope }\n')).toEqual([
+      expect.objectContaining({ line: 7, field: 'promote.stage', message: 'no stage with id "nope"' }),
+    ]);
+    expect(specProblems('name: a\nbase_model: ./b\nstages:\n  - id: s\n    kind: eval\n    dataset: { path: c.jsonl, format: chat }\n    baseline: { alias: Prod }\n')).toEqual([
+      expect.objectContaining({ line: 7, field: 'stages[0].baseline.alias' }),
+    ]);
   });
 
   it('ppo with both from and policy', () => {
