@@ -79,10 +79,11 @@ export function registerModelCommands(program: Command): void {
     .option('--name <model>', "model name (default: the run's pipeline name)")
     .option('--prefix <prefix>', "the spec's storage.prefix", 'refinery')
     .option('--by <who>', 'who promotes (default: $REFINERY_USER or the OS user)')
+    .option('--key <file>', 'sign the change with this Ed25519 private key (refinery keygen; default $REFINERY_SIGNING_KEY)')
     .option('--json', 'machine-readable output')
-    .action(async (runId: string, opts: { stage: string; reason: string; alias: string; name?: string; prefix: string; by?: string; json?: boolean }) => {
+    .action(async (runId: string, opts: { stage: string; reason: string; alias: string; name?: string; prefix: string; by?: string; key?: string; json?: boolean }) => {
       const { promoteRun } = await import('./commands/registry.js');
-      const r = await promoteRun({ runId, stage: opts.stage, alias: opts.alias, name: opts.name, prefix: opts.prefix, by: opts.by, reason: opts.reason });
+      const r = await promoteRun({ runId, stage: opts.stage, alias: opts.alias, name: opts.name, prefix: opts.prefix, by: opts.by, reason: opts.reason, keyFile: opts.key });
       const e = r.record.event;
       print(opts.json, r, () => `${r.model}@${r.alias} -> ${e.target!.uri} (run ${runId}, stage ${opts.stage})${e.replaced ? `\n  replaced ${e.replaced.uri} (run ${e.replaced.runId}); undo: refinery rollback ${r.model} --alias ${r.alias} --reason TEXT` : ''}`);
     });
@@ -95,10 +96,11 @@ export function registerModelCommands(program: Command): void {
     .option('--alias <alias>', 'alias to move back', 'production')
     .option('--prefix <prefix>', "the specs' storage.prefix", 'refinery')
     .option('--by <who>', 'who rolls back (default: $REFINERY_USER or the OS user)')
+    .option('--key <file>', 'sign the change with this Ed25519 private key (refinery keygen; default $REFINERY_SIGNING_KEY)')
     .option('--json', 'machine-readable output')
-    .action(async (name: string, opts: { reason: string; alias: string; prefix: string; by?: string; json?: boolean }) => {
+    .action(async (name: string, opts: { reason: string; alias: string; prefix: string; by?: string; key?: string; json?: boolean }) => {
       const { rollbackAlias } = await import('./commands/registry.js');
-      const r = await rollbackAlias({ name, alias: opts.alias, prefix: opts.prefix, by: opts.by, reason: opts.reason });
+      const r = await rollbackAlias({ name, alias: opts.alias, prefix: opts.prefix, by: opts.by, reason: opts.reason, keyFile: opts.key });
       const e = r.record.event;
       print(opts.json, r, () => `${r.model}@${r.alias} -> ${e.target!.uri} (run ${e.target!.runId}, stage ${e.target!.stage}); was ${e.replaced!.uri}`);
     });

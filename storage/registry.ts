@@ -15,6 +15,9 @@ import { ALIAS_NAME, isModelName } from '../spec/model-name.js';
 import { makeRecord, verifyChain, type AuditRecord } from './audit-chain.js';
 import { readCommitted } from './commit.js';
 import { segment } from './layout.js';
+import { registrySignatureProblem, type SignedRegistryFields } from './registry-signature.js';
+import type { ApprovalSignature } from '../workflows/types.js';
+import { inScope, type Approvers } from '../config/approvers.js';
 import { jsonBytes, type ObjectStore } from './object-store.js';
 
 export { ALIAS_NAME } from '../spec/model-name.js';
@@ -38,8 +41,20 @@ export interface RegistryEvent {
   replaced: RegistryTarget | null;
   by: string;
   reason: string;
+  /** `promote|rollback --key`: the approver's signature over what the change does (storage/registry-signature.ts). */
+  signed?: ApprovalSignature;
   [field: string]: unknown;
 }
+
+/** Signs a change while its record is built (the CLI's key); absent: the change is unsigned. */
+export type RegistrySigner = (fields: SignedRegistryFields) => ApprovalSignature;
+
+/** The signed fields of a record's event. */
+export function signedFieldsOf(e: RegistryEvent): SignedRegistryFields {
+  return { type: e.type, model: e.model, alias: e.alias, target: e.target?.manifestSha256 ?? null, replaced: e.replaced?.manifestSha256 ?? null, by: e.by, reason: e.reason, at: e.at };
+}
+
+const withSignature = (event: RegistryEvent, signer?: RegistrySigner): RegistryEvent => (signer ? { ...event, signed: signer(signedFieldsOf(event)) } : event);
 
 export type RegistryRecord = AuditRecord & { event: RegistryEvent };
 
@@ -114,6 +129,7 @@ export interface PromoteOptions {
   target: RegistryTarget;
   by: string;
   reason: string;
+  signer?: RegistrySigner;
 }
 
 /** Points `alias` of `model` at a committed output (checked to be committed first). */
@@ -126,12 +142,12 @@ export async function promote(store: ObjectStore, prefix: string, o: PromoteOpti
   return appendRecord(store, prefix, o.model, (records) => {
     const state = aliasStates(records).get(o.alias);
     if (state?.current?.manifestSha256 === o.target.manifestSha256) throw new RegistryError(`${o.model}@${o.alias} already points at ${o.target.uri}`);
-    return { type: 'alias-promoted', at: new Date().toISOString(), model: o.model, alias: o.alias, target: o.target, replaced: state?.current ?? null, by: o.by, reason: o.reason };
+    return withSignature({ type: 'alias-promoted', at: new Date().toISOString(), model: o.model, alias: o.alias, target: o.target, replaced: state?.current ?? null, by: o.by, reason: o.reason }, o.signer);
   });
 }
 
 /** Points `alias` of `model` back at what it pointed at before its current target. */
-export async function rollback(store: ObjectStore, prefix: string, o: { model: string; alias: string; by: string; reason: string }): Promise<RegistryRecord> {
+export async function rollback(store: ObjectStore, prefix: string, o: { model: string; alias: string; by: string; reason: string; signer?: RegistrySigner }): Promise<RegistryRecord> {
   checkNames(o.model, o.alias);
   if (!o.by.trim()) throw new RegistryError('say who rolls back (--by)');
   if (!o.reason.trim()) throw new RegistryError('say why (--reason)');
@@ -139,14 +155,34 @@ export async function rollback(store: ObjectStore, prefix: string, o: { model: s
     const state = aliasStates(records).get(o.alias);
     if (!state?.current) throw new RegistryError(`${o.model}@${o.alias} points at nothing: nothing to roll back`);
     if (!state.previous) throw new RegistryError(`${o.model}@${o.alias} has no earlier target to roll back to (it was promoted once)`);
-    return { type: 'alias-rolled-back', at: new Date().toISOString(), model: o.model, alias: o.alias, target: state.previous, replaced: state.current, by: o.by, reason: o.reason };
+    return withSignature({ type: 'alias-rolled-back', at: new Date().toISOString(), model: o.model, alias: o.alias, target: state.previous, replaced: state.current, by: o.by, reason: o.reason }, o.signer);
   });
 }
 
-/** The log's own problems, and those of every target an alias points at now (committed, same manifest). */
-export async function verifyRegistry(store: ObjectStore, prefix: string, model: string): Promise<string[]> {
+/**
+ * The log's own problems, every signed change's signature, and the targets aliases point at now
+ * (committed, same manifest). With `approvers` (REFINERY_APPROVERS), every change must be signed
+ * by a listed key whose approver is its `by` and whose scope covers the model.
+ */
+export async function verifyRegistry(store: ObjectStore, prefix: string, model: string, approvers?: Approvers): Promise<string[]> {
   const records = await readRegistryLog(store, prefix, model);
   const problems = verifyChain(records);
+  for (const { seq, event } of records) {
+    const what = `record ${seq} (${event.type} ${event.alias} by ${event.by})`;
+    if (event.signed) {
+      const problem = registrySignatureProblem(signedFieldsOf(event), event.signed);
+      if (problem) problems.push(`${what}: ${problem}`);
+    }
+    if (!approvers) continue;
+    if (!event.signed) {
+      problems.push(`${what}: not signed, and the approvers file requires signed changes`);
+      continue;
+    }
+    const listed = approvers.approvers.find((a) => a.fingerprint === event.signed!.keyFingerprint);
+    if (!listed) problems.push(`${what}: signed with key ${event.signed.keyFingerprint.slice(0, 16)}, which the approvers file does not list`);
+    else if (listed.name !== event.by) problems.push(`${what}: signed by ${listed.name}'s key, but the record says by ${event.by}`);
+    else if (!inScope(listed.pipelines, model)) problems.push(`${what}: ${listed.name} may not approve changes of ${model}`);
+  }
   for (const state of aliasStates(records).values()) {
     if (!state.current) continue;
     const committed = await readCommitted(store, state.current.prefix).catch(() => undefined);

@@ -4,10 +4,13 @@
  * gate passed, every approval given) and whose output is committed can be promoted.
  */
 import { ObjectStore } from '../../storage/object-store.js';
-import { aliasStates, promote, readRegistryLog, RegistryError, rollback, verifyRegistry, type AliasState, type RegistryRecord, type RegistryTarget } from '../../storage/registry.js';
+import { approversFileFromEnv, loadApprovers, signingKeyFileFromEnv } from '../../config/approvers.js';
+import { aliasStates, promote, readRegistryLog, RegistryError, rollback, verifyRegistry, type AliasState, type RegistryRecord, type RegistrySigner, type RegistryTarget } from '../../storage/registry.js';
+import { registrySigner } from '../../storage/registry-signature.js';
 import { CliError } from '../errors.js';
 import { readRun } from '../run-records.js';
 import { whoAmI } from './run.js';
+import { readSigningKey } from './signing.js';
 
 export interface PromoteCommand {
   runId: string;
@@ -18,7 +21,15 @@ export interface PromoteCommand {
   prefix: string;
   by?: string;
   reason: string;
+  /** A private key file (`--key`, default $REFINERY_SIGNING_KEY): the change is signed with it. */
+  keyFile?: string;
   store?: ObjectStore;
+}
+
+/** The signer of `--key FILE` (or $REFINERY_SIGNING_KEY), or none. */
+async function signerOf(keyFile: string | undefined): Promise<RegistrySigner | undefined> {
+  const file = keyFile ?? signingKeyFileFromEnv();
+  return file ? registrySigner(await readSigningKey(file)) : undefined;
 }
 
 const asCliError = (err: unknown): never => {
@@ -37,13 +48,13 @@ export async function promoteRun(o: PromoteCommand): Promise<{ model: string; al
   const model = o.name ?? run.status?.pipeline ?? run.manifest?.pipeline;
   if (!model) throw new CliError(`run ${o.runId}: no pipeline name to name the model by`, 'pass --name', 2);
   const target: RegistryTarget = { uri: artifact.uri, prefix: artifact.prefix, manifestSha256: artifact.manifestSha256, runId: o.runId, stage: o.stage };
-  const record = await promote(store, o.prefix, { model, alias: o.alias, target, by: whoAmI(o.by), reason: o.reason }).catch(asCliError);
+  const record = await promote(store, o.prefix, { model, alias: o.alias, target, by: whoAmI(o.by), reason: o.reason, signer: await signerOf(o.keyFile) }).catch(asCliError);
   return { model, alias: o.alias, record };
 }
 
-export async function rollbackAlias(o: { name: string; alias: string; prefix: string; by?: string; reason: string; store?: ObjectStore }): Promise<{ model: string; alias: string; record: RegistryRecord }> {
+export async function rollbackAlias(o: { name: string; alias: string; prefix: string; by?: string; reason: string; keyFile?: string; store?: ObjectStore }): Promise<{ model: string; alias: string; record: RegistryRecord }> {
   const store = o.store ?? new ObjectStore();
-  const record = await rollback(store, o.prefix, { model: o.name, alias: o.alias, by: whoAmI(o.by), reason: o.reason }).catch(asCliError);
+  const record = await rollback(store, o.prefix, { model: o.name, alias: o.alias, by: whoAmI(o.by), reason: o.reason, signer: await signerOf(o.keyFile) }).catch(asCliError);
   return { model: o.name, alias: o.alias, record };
 }
 
@@ -54,10 +65,13 @@ export interface AliasesReport {
   problems: string[];
 }
 
-export async function listAliases(o: { name: string; prefix: string; store?: ObjectStore }): Promise<AliasesReport> {
+/** `approversFile`: default $REFINERY_APPROVERS; with one, every change must be signed by a listed approver. */
+export async function listAliases(o: { name: string; prefix: string; approversFile?: string; store?: ObjectStore }): Promise<AliasesReport> {
   const store = o.store ?? new ObjectStore();
   const records = await readRegistryLog(store, o.prefix, o.name).catch(asCliError);
-  return { model: o.name, aliases: [...aliasStates(records).values()], history: records.map((r) => r.event), problems: await verifyRegistry(store, o.prefix, o.name) };
+  const approversFile = o.approversFile ?? approversFileFromEnv();
+  const approvers = approversFile ? loadApprovers(approversFile) : undefined;
+  return { model: o.name, aliases: [...aliasStates(records).values()], history: records.map((r) => r.event), problems: await verifyRegistry(store, o.prefix, o.name, approvers) };
 }
 
 export function renderAliases(r: AliasesReport): string {
@@ -66,7 +80,7 @@ export function renderAliases(r: AliasesReport): string {
   const lines = [`model ${r.model}`];
   for (const a of r.aliases) lines.push(`  ${a.alias.padEnd(12)} ${short(a.current)}   previous ${short(a.previous)}${a.since ? `   since ${a.since.at} by ${a.since.by}: ${a.since.reason}` : ''}`);
   lines.push('history');
-  for (const e of r.history) lines.push(`  ${e.at}  ${e.type === 'alias-promoted' ? 'promote ' : 'rollback'} ${e.alias}: ${short(e.replaced)} -> ${short(e.target)}  by ${e.by}: ${e.reason}`);
+  for (const e of r.history) lines.push(`  ${e.at}  ${e.type === 'alias-promoted' ? 'promote ' : 'rollback'} ${e.alias}: ${short(e.replaced)} -> ${short(e.target)}  by ${e.by}${e.signed ? ` (signed, key ${e.signed.keyFingerprint.slice(0, 16)})` : ' (unsigned)'}: ${e.reason}`);
   lines.push(r.problems.length === 0 ? 'registry log verifies; every alias points at a committed output' : `PROBLEMS:\n${r.problems.map((p) => `  ${p}`).join('\n')}`);
   return lines.join('\n');
 }

@@ -3,7 +3,8 @@
  * alias along its history (`previous` is a rollback away, repeated rollbacks go further back);
  * only committed outputs can be promoted; racing writers both land, in one verifying chain; a
  * modified record is detected and nothing more is written onto it; an alias whose target is no
- * longer committed is reported. Promotion of real runs' stages: test/integration/toolchain-keys.test.ts.
+ * longer committed is reported; signed changes verify, and with an approvers file an unsigned, unlisted,
+ * misattributed or edited change is a problem. Promotion of real runs' stages: test/integration/toolchain-keys.test.ts.
  */
 import { mkdtemp, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -11,7 +12,11 @@ import path from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import { commitDirectory } from '../../storage/commit.js';
 import type { ObjectStore } from '../../storage/object-store.js';
-import { aliasStates, promote, readRegistryLog, RegistryError, rollback, verifyRegistry, type RegistryTarget } from '../../storage/registry.js';
+import { parseApprovers } from '../../config/approvers.js';
+import { makeRecord } from '../../storage/audit-chain.js';
+import { generateSigningKeyPair, parsePrivateKey } from '../../storage/approval-signature.js';
+import { registrySigner } from '../../storage/registry-signature.js';
+import { aliasStates, promote, readRegistryLog, RegistryError, rollback, verifyRegistry, type RegistryRecord, type RegistryTarget } from '../../storage/registry.js';
 import { testStore } from '../helpers/env.js';
 
 let store: ObjectStore;
@@ -57,6 +62,44 @@ describe('model registry', () => {
       ['alias-rolled-back', 'run-a', 'bob'],
     ]);
     expect(await verifyRegistry(store, prefix, 'chat')).toEqual([]);
+  });
+
+  it('signed promotions and rollbacks: verified from the record alone; the approvers file makes unsigned, unlisted, misattributed and edited changes problems', async () => {
+    const [a, b] = await Promise.all([output('sa'), output('sb')]);
+    const alice = generateSigningKeyPair();
+    const mallory = generateSigningKeyPair();
+    const approvers = parseApprovers(JSON.stringify({ approvers: [{ name: 'alice', publicKey: alice.publicKeyPem, pipelines: ['signed-chat'], stages: ['*'] }] }), '/etc/refinery/approvers.json');
+    const sign = registrySigner(parsePrivateKey(alice.privateKeyPem));
+    const model = 'signed-chat';
+    await promote(store, prefix, { model, alias: 'production', target: a, by: 'alice', reason: 'night 1', signer: sign });
+    await promote(store, prefix, { model, alias: 'production', target: b, by: 'alice', reason: 'night 2', signer: sign });
+    await rollback(store, prefix, { model, alias: 'production', by: 'alice', reason: 'night 2 regresses', signer: sign });
+    const log = await readRegistryLog(store, prefix, model);
+    expect(log.every((r) => r.event.signed?.signature)).toBe(true);
+    expect(await verifyRegistry(store, prefix, model)).toEqual([]);
+    expect(await verifyRegistry(store, prefix, model, approvers)).toEqual([]);
+
+    // Unsigned, signed by an unlisted key, signed by alice's key in bob's name: each a problem under the approvers file.
+    await promote(store, prefix, { model, alias: 'candidate', target: b, by: 'alice', reason: 'unsigned' });
+    await promote(store, prefix, { model, alias: 'candidate', target: a, by: 'mallory', reason: 'not listed', signer: registrySigner(parsePrivateKey(mallory.privateKeyPem)) });
+    await promote(store, prefix, { model, alias: 'candidate', target: b, by: 'bob', reason: 'in bob\'s name', signer: sign });
+    expect(await verifyRegistry(store, prefix, model)).toEqual([]); // each signature holds on its own
+    expect(await verifyRegistry(store, prefix, model, approvers)).toEqual([
+      'record 4 (alias-promoted candidate by alice): not signed, and the approvers file requires signed changes',
+      expect.stringMatching(/^record 5 \(alias-promoted candidate by mallory\): signed with key [0-9a-f]{16}, which the approvers file does not list$/),
+      "record 6 (alias-promoted candidate by bob): signed by alice's key, but the record says by bob",
+    ]);
+    // Another model: outside alice's scope.
+    await promote(store, prefix, { model: 'other-chat', alias: 'production', target: a, by: 'alice', reason: 'scope', signer: sign });
+    expect(await verifyRegistry(store, prefix, 'other-chat', approvers)).toEqual(['record 1 (alias-promoted production by alice): alice may not approve changes of other-chat']);
+
+    // A signed record edited (its reason), its hash chain rewritten to match: the signature still catches it.
+    const key = `${prefix}/registry/${model}/log/000001.json`;
+    const record = (await store.getJson<RegistryRecord>(key))!;
+    const forged = makeRecord(record.seq, record.prevHash, { ...record.event, reason: 'edited later' });
+    await store.putJson(key, forged);
+    const problems = await verifyRegistry(store, prefix, model);
+    expect(problems.some((p) => p.startsWith('record 1 (alias-promoted production by alice): the signature does not verify'))).toBe(true);
   });
 
   it('refuses what is not committed, a bad name, a missing reason', async () => {
