@@ -10,6 +10,8 @@ export function renderStatus(status: PipelineStatus, etas: Map<string, number | 
     lines.push(`  ${s.id.padEnd(width)}  ${s.kind.padEnd(6)} ${renderStage(s, etas.get(s.id))}`);
     for (const a of s.attempts ?? []) if (a.outcome !== 'completed' && a.outcome !== 'reused') lines.push(`  ${''.padEnd(width)}  ${renderAttempt(a)}`);
   }
+  const c = status.cost;
+  if (c && status.state !== 'running') lines.push(`  cost: wall ${c.wallSeconds === null ? '?' : formatSeconds(c.wallSeconds)}, ${c.attempts} attempt${c.attempts === 1 ? '' : 's'} (${formatSeconds(c.attemptSeconds)} of attempt time), ${(c.gpuSeconds / 3600).toFixed(2)} GPU-hours`);
   const p = status.promoted;
   if (p) lines.push(p.changed ? `  promoted ${p.model}@${p.alias} -> ${p.stage} (${p.target.manifestSha256.slice(0, 12)})${p.replaced ? `, replacing ${p.replaced.manifestSha256.slice(0, 12)}` : ''}` : `  ${p.model}@${p.alias} already pointed at ${p.stage}'s output: unchanged`);
   for (const q of status.quarantinedHosts ?? []) lines.push(`  host ${q.host} quarantined since ${q.since}: ${q.reason} (refinery worker clear ${q.host})`);
@@ -36,6 +38,7 @@ function renderStage(s: StageStatus, etaSeconds: number | undefined): string {
   }
   if (s.loss !== null && s.loss !== undefined) parts.push(`loss ${typeof s.loss === 'number' ? s.loss.toFixed(4) : s.loss}`);
   if (s.attempt > 1) parts.push(`attempt ${s.attempt}`);
+  if (s.cost && s.state !== 'running' && s.cost.wallSeconds !== null && s.cost.attempts > 0) parts.push(`took ${formatSeconds(s.cost.wallSeconds)}${s.cost.gpuSeconds > 0 ? ` (${(s.cost.gpuSeconds / 3600).toFixed(2)} GPU-h)` : ''}`);
   if (s.resumedFromStep) parts.push(`resumed@${s.resumedFromStep}`);
   if (s.state === 'running' && etaSeconds !== undefined) parts.push(`ETA ${formatSeconds(etaSeconds)}`);
   if (s.baseline) parts.push(`baseline ${s.baseline}`);

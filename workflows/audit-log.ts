@@ -23,7 +23,8 @@ export class AuditLog {
   constructor(
     private readonly storagePrefix: string,
     private readonly runId: string,
-    private readonly batched = false,
+    /** Batched appends (runs since history-v2): an event appended beside others costs no activity of its own. */
+    readonly batched = false,
   ) {}
 
   append(type: string, fields: Omit<AuditEvent, 'type' | 'at'> = {}): void {

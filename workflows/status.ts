@@ -12,9 +12,11 @@ export function initialStatus(runId: string, plan: PipelinePlan): PipelineStatus
     runId,
     pipeline: plan.name,
     state: 'running',
+    startedAt: new Date().toISOString(),
     stages: plan.stages.map((s) => ({
       id: s.id,
       kind: s.kind,
+      gpus: s.gpus,
       state: 'pending',
       attempt: 0,
       step: 0,
@@ -60,6 +62,8 @@ export function toAttemptStatus(a: AttemptSummary): AttemptStatus {
     skippedCheckpoints: a.skippedCheckpoints.map((c) => c.step),
     ...(a.supersededCheckpoints?.length ? { supersededCheckpoints: a.supersededCheckpoints.length } : {}),
     contractViolations: a.contractViolations,
+    startedAt: a.startedAt,
+    endedAt: a.endedAt,
     ...(a.failureClass ? { failureClass: a.failureClass, failureKind: a.failureKind } : {}),
     ...(a.adjustments ? { adjustments: a.adjustments } : {}),
   };

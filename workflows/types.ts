@@ -190,6 +190,21 @@ export interface AttemptStatus {
   /** Checkpoints never uploaded because a newer one superseded them in the upload queue. */
   supersededCheckpoints?: number;
   contractViolations: number;
+  /** From its own records: its first record, and its `attempt-ended` (a lost one: its last). */
+  startedAt?: string | null;
+  endedAt?: string | null;
+}
+
+/** What a stage or a run cost, computed when the run ends (workflows/cost.ts). */
+export interface Cost {
+  /** From start to end (a stage: from when it started to when it ended, gates and waits included). */
+  wallSeconds: number | null;
+  /** Attempts that ran (a cache hit runs none). */
+  attempts: number;
+  /** The attempts' own time, summed: what a worker held for the stage. */
+  attemptSeconds: number;
+  /** GPUs × attemptSeconds: GPU time held, whether the job kept the GPUs busy or not. */
+  gpuSeconds: number;
 }
 
 export interface StageJobResult {
@@ -256,6 +271,10 @@ export interface StageStatus {
   progressAt?: string;
   /** Every attempt that ran, from the attempts' own records (filled when the stage ends). */
   attempts?: AttemptStatus[];
+  /** GPUs each attempt of the stage holds (the plan's resources.gpus). */
+  gpus?: number;
+  /** Set when the run ends. */
+  cost?: Cost;
   skippedCheckpoints?: number[];
   contractViolations?: number;
 }
@@ -272,6 +291,9 @@ export interface PipelineStatus {
   fingerprint?: string;
   /** State 'unchanged': the last successful run whose inputs this run found unchanged. */
   unchangedSince?: string;
+  /** When the workflow started, and what the whole run cost (set when it ends). */
+  startedAt?: string;
+  cost?: Cost;
   /** The promote step, once it ran (plan.promote). */
   promoted?: PromotionOutcome;
   /** Set when an audit append failed for good: the trail stops at `auditHead`. */

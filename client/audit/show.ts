@@ -119,6 +119,16 @@ export function describeEvent(e: AuditEvent): string {
       return `not run: inputs unchanged since run ${f.previousRunId}`;
     case 'run-finished':
       return join([String(f.state), f.error ? oneLine(f.error) : '']);
+    case 'run-cost': {
+      const t = f.total as { wallSeconds?: number | null; attempts?: number; attemptSeconds?: number; gpuSeconds?: number } | undefined;
+      return t ? `wall ${t.wallSeconds ?? '?'} s, ${t.attempts ?? 0} attempts, ${t.attemptSeconds ?? 0} s of attempt time, ${((t.gpuSeconds ?? 0) / 3600).toFixed(2)} GPU-hours` : '';
+    }
+    case 'promoted':
+      return `${f.changed ? 'promoted' : 'already pointed at it:'} ${f.model}@${f.alias} -> stage ${f.stage} (${short((f.target as { manifestSha256?: string } | undefined)?.manifestSha256)})`;
+    case 'baseline': {
+      const t = f.target as { runId?: string; stage?: string; manifestSha256?: string } | null;
+      return t ? `${f.model}@${f.alias} -> ${t.runId}/${t.stage} (${short(t.manifestSha256)})` : `${f.model}@${f.alias} points at no model yet`;
+    }
     default:
       return Object.entries(f)
         .filter(([k]) => !['type', 'at', 'stage'].includes(k))

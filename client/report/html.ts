@@ -5,9 +5,10 @@
  */
 import { formatNumber, keyMetrics } from '../format.js';
 import { DEFAULT_PREFIX } from '../run-records.js';
+import type { Cost } from '../../workflows/types.js';
 import { durationOf, renderCharts, renderTimeline } from './charts.js';
 import { time, type ReportData } from './model.js';
-import { esc } from './svg.js';
+import { esc, formatDuration } from './svg.js';
 
 const CSS = `
 *{box-sizing:border-box}
@@ -83,6 +84,18 @@ export function renderReport(d: ReportData, now: Date): { html: string; charts: 
 
   // Timeline
   parts.push(`<section><h2>Stage timeline</h2>${renderTimeline(d)}</section>`);
+
+  // Cost (workflows/cost.ts): from status.json, else the trail's run-cost event
+  const costEvent = run.records.map((r) => r.event).find((e) => e.type === 'run-cost') as { total?: Cost; stages?: Record<string, Cost> } | undefined;
+  const total = run.status?.cost ?? costEvent?.total;
+  if (total) {
+    const stageCosts = run.status?.stages?.map((st) => [st.id, st.cost] as const) ?? Object.entries(costEvent?.stages ?? {});
+    const row = (name: string, c: Cost | undefined) =>
+      c ? `<tr><td>${esc(name)}</td><td>${c.wallSeconds === null ? '—' : esc(formatDuration(c.wallSeconds * 1000))}</td><td>${c.attempts}</td><td>${esc(formatDuration(c.attemptSeconds * 1000))}</td><td>${(c.gpuSeconds / 3600).toFixed(2)}</td></tr>` : '';
+    parts.push(
+      `<section><h2>Cost</h2><table><thead><tr><th>stage</th><th>wall time</th><th>attempts</th><th>attempt time</th><th>GPU-hours</th></tr></thead><tbody>${stageCosts.map(([id, c]) => row(id, c)).join('')}${row('run', total).replace('<tr>', '<tr class="total">')}</tbody></table></section>`,
+    );
+  }
 
   // Failures and retries
   const failures = d.stages.flatMap((s) => s.attempts.filter((a) => a.outcome === 'failed' || a.outcome === 'lost' || a.outcome === 'cancelled').map((a) => ({ s, a })));

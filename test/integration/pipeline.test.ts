@@ -57,9 +57,25 @@ describe('pipeline workflow on the real stack', () => {
     }
     expect((await store.getJson<{ requestedBy: string }>(`it-dag/runs/${runId}/run.json`))?.requestedBy).toBe('tester');
 
+    // What it cost: one attempt per stage, each attempt's time inside its stage's wall time, the
+    // run's wall time covering all; the same figures in status.json and the trail's run-cost event.
+    const cost = result.status.cost!;
+    expect(cost.attempts).toBe(4);
+    for (const s of Object.values(byId)) {
+      expect(s.cost).toMatchObject({ attempts: 1, gpuSeconds: 0 });
+      expect(s.cost!.attemptSeconds).toBeGreaterThan(0);
+      expect(s.cost!.attemptSeconds).toBeLessThanOrEqual(s.cost!.wallSeconds! + 0.01);
+    }
+    expect(cost.attemptSeconds).toBeCloseTo(Object.values(byId).reduce((n, s) => n + s.cost!.attemptSeconds, 0), 2);
+    expect(cost.wallSeconds!).toBeGreaterThanOrEqual(Math.max(...Object.values(byId).map((s) => s.cost!.wallSeconds!)));
+    expect((await store.getJson<{ cost: unknown }>(`it-dag/runs/${runId}/status.json`))?.cost).toEqual(cost);
+    const trail = await Promise.all((await store.list(`it-dag/runs/${runId}/audit/`)).map(async (o) => (await store.getJson<{ event: { type: string; total?: unknown } }>(o.key))!.event));
+    expect(trail.find((e) => e.type === 'run-cost')?.total).toEqual(cost);
+
     // Same spec again: every stage is reused, nothing runs.
     const again = await (await startRun(client, file, { id: `dag-again-${Date.now()}` })).handle.result();
     expect(again.status.stages.map((s) => s.state)).toEqual(['reused', 'reused', 'reused', 'reused']);
+    expect(again.status.cost).toMatchObject({ attempts: 0, attemptSeconds: 0, gpuSeconds: 0 }); // cache hits run nothing
     expect(again.artifacts).toEqual(result.artifacts);
 
     // Change one hyper-parameter of sft: sft and everything downstream re-run; rm is reused.

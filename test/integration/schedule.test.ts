@@ -134,9 +134,10 @@ describe('scheduled runs on the real stack', () => {
     expect(history.events!.filter((e) => e.startChildWorkflowExecutionInitiatedEventAttributes)).toEqual([]);
     expect((await client.workflow.getHandle(run2).describe()).typedSearchAttributes.get(stateKey)).toBe('unchanged');
     const events2 = await auditEvents(prefix, run2);
-    expect(events2.map((e) => e.type)).toEqual(['run-started', 'run-prepared', 'toolchains', 'run-unchanged', 'run-finished']);
-    expect(events2[3]).toMatchObject({ previousRunId: run1, fingerprint: r1.status.fingerprint });
-    expect(events2[4]).toMatchObject({ state: 'unchanged' });
+    expect(events2.map((e) => e.type)).toEqual(['run-started', 'run-prepared', 'toolchains', 'run-cost', 'run-unchanged', 'run-finished']);
+    expect(events2[3]).toMatchObject({ total: { attempts: 0, attemptSeconds: 0, gpuSeconds: 0 } });
+    expect(events2[4]).toMatchObject({ previousRunId: run1, fingerprint: r1.status.fingerprint });
+    expect(events2[5]).toMatchObject({ state: 'unchanged' });
     expect((await store.getJson<PipelineStatus>(`${prefix}/runs/${run2}/status.json`))?.state).toBe('unchanged');
     expect((await store.getJson<LastSuccess>(`${prefix}/pipelines/${pipeline}/last-success.json`))?.runId).toBe(run1);
     for (const runId of [run1, run2]) expect((await verifyRun({ runId, prefix })).problems).toEqual([]);
