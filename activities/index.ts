@@ -4,3 +4,4 @@ export { createTrainingActivities } from './run-stage-job.js';
 export { createAuditActivities } from './audit.js';
 export { createApprovalActivities } from './approvals.js';
 export { createRegistryActivities } from './registry.js';
+export { createNotificationActivities } from './notify.js';

@@ -8,10 +8,11 @@ import { hostname } from 'node:os';
 import path from 'node:path';
 import type { DataConverter } from '@temporalio/common';
 import { NativeConnection, Worker, type WorkflowBundle } from '@temporalio/worker';
-import { createApprovalActivities, createAuditActivities, createControlActivities, createRegistryActivities, createTrainingActivities } from '../activities/index.js';
+import { createApprovalActivities, createAuditActivities, createControlActivities, createNotificationActivities, createRegistryActivities, createTrainingActivities } from '../activities/index.js';
 import { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { approversFileFromEnv, loadApprovers } from '../config/approvers.js';
+import { loadWebhooks, redactUrl, webhooksFileFromEnv } from '../config/webhooks.js';
 import { REPO_ROOT } from '../config/paths.js';
 import { CONTROL_TASK_QUEUE } from '../config/temporal.js';
 import { llamaCppToolEnv } from '../config/worker.js';
@@ -70,6 +71,11 @@ export interface WorkerOptions {
    * REFINERY_APPROVERS; null: none (unsigned approvals accepted, recorded as unsigned).
    */
   approversFile?: string | null;
+  /**
+   * The webhooks file the control worker posts notifications to (config/webhooks.ts); default
+   * REFINERY_WEBHOOKS; null: none (notify succeeds at once, sending nothing).
+   */
+  webhooksFile?: string | null;
 }
 
 /** A worker process's workers, and the handles its owner drains and stops them with. */
@@ -105,6 +111,9 @@ export async function createWorkers(options: WorkerOptions): Promise<RefineryWor
     const approversFile = options.approversFile === undefined ? approversFileFromEnv() : (options.approversFile ?? undefined);
     // A broken approvers file stops the worker here rather than refusing every approval later.
     if (approversFile) log(`[worker] approvals must be signed by one of ${loadApprovers(approversFile).approvers.length} approver(s) of ${approversFile}`);
+    const webhooksFile = options.webhooksFile === undefined ? webhooksFileFromEnv() : (options.webhooksFile ?? undefined);
+    // Likewise a broken webhooks file; it is read again for each notification, so edits count at once.
+    if (webhooksFile) log(`[worker] notifications go to ${loadWebhooks(webhooksFile).map((w) => `${redactUrl(w.url)} (${w.format})`).join(', ') || 'no webhook'} (${webhooksFile})`);
     workers.push(
       await Worker.create({
         connection: options.connection,
@@ -119,6 +128,7 @@ export async function createWorkers(options: WorkerOptions): Promise<RefineryWor
           ...createAuditActivities(options.store),
           ...createApprovalActivities({ approversFile }),
           ...createRegistryActivities(options.store),
+          ...createNotificationActivities({ webhooksFile, log }),
         },
       }),
     );

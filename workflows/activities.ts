@@ -6,11 +6,13 @@
  */
 import { proxyActivities } from '@temporalio/workflow';
 import type * as activities from '../activities/index.js';
+import { NOTIFY_MAX_ATTEMPTS } from './notification-events.js';
 
 type ControlActivities = ReturnType<typeof activities.createControlActivities>;
 type AuditActivities = ReturnType<typeof activities.createAuditActivities>;
 type ApprovalActivities = ReturnType<typeof activities.createApprovalActivities>;
 type RegistryActivities = ReturnType<typeof activities.createRegistryActivities>;
+type NotificationActivities = ReturnType<typeof activities.createNotificationActivities>;
 
 /** Control work only needs the object store: ride out an outage of several minutes. */
 const STORAGE_OUTAGE_RETRY = { maximumAttempts: 30, maximumInterval: '30s', nonRetryableErrorTypes: ['InputError'] };
@@ -35,3 +37,13 @@ export const registry = proxyActivities<RegistryActivities>({ startToCloseTimeou
  * final (non-retryable) and a worker that cannot answer soon makes the approver retry, not wait.
  */
 export const approvals = proxyActivities<ApprovalActivities>({ startToCloseTimeout: '30 seconds', scheduleToCloseTimeout: '2 minutes', retry: { maximumAttempts: 5, maximumInterval: '10s' } });
+
+/**
+ * notify: one event to every matching webhook (activities/notify.ts). A receiver that is down gets
+ * ~4 minutes of retries (1 s doubling, at most 1 min apart); a webhook's own `maxAttempts` can
+ * stop sooner. Each request has its own 10 s timeout, and the webhooks are posted to in parallel.
+ */
+export const notifications = proxyActivities<NotificationActivities>({
+  startToCloseTimeout: '1 minute',
+  retry: { maximumAttempts: NOTIFY_MAX_ATTEMPTS, initialInterval: '1s', backoffCoefficient: 2, maximumInterval: '1m', nonRetryableErrorTypes: ['WebhooksFileError'] },
+});

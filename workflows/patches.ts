@@ -42,3 +42,11 @@ export const BASELINES_AND_PROMOTE = 'baselines-and-promote';
  * updates handled before it replay as they were (accepted at once, unsigned).
  */
 export const SIGNED_APPROVALS = 'signed-approvals';
+
+/**
+ * Notifications (issue #17): the run tells the control worker's `notify` activity what happened —
+ * run completed, failed, cancelled or unchanged, a stage failed, an approval gate waits, the
+ * promote step's result — and the worker posts it to its webhooks (config/webhooks.ts). Runs
+ * started before it schedule no notify activity.
+ */
+export const NOTIFICATIONS = 'notifications';

@@ -19,7 +19,8 @@ import { closeRun } from './finish.js';
 import { evaluateMetricGate } from './gates.js';
 import { handleProgressSignals } from './legacy-progress.js';
 import { approvalUpdate, inputQuery, statusQuery } from './messages.js';
-import { BASELINES_AND_PROMOTE, HISTORY_V2, TOOLCHAIN_KEYS } from './patches.js';
+import { Notifier } from './notifier.js';
+import { BASELINES_AND_PROMOTE, HISTORY_V2, NOTIFICATIONS, TOOLCHAIN_KEYS } from './patches.js';
 import { finishUnchanged, runIdOf, unchangedSince } from './scheduled.js';
 import { SEARCH_ATTRIBUTES } from './search-attributes.js';
 import { stageWorkflow } from './stage.js';
@@ -32,11 +33,13 @@ export type { PipelineResult } from './types.js';
 export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<PipelineResult> {
   // Runs started before this patch keep their old behaviour on replay (workflows/patches.ts).
   const v2 = patched(HISTORY_V2);
+  const notifying = patched(NOTIFICATIONS);
   const input = { ...pipelineInput, runId: runIdOf(pipelineInput) }; // scheduled runs: the workflow id
   const { plan } = input;
   const status = initialStatus(input.runId, plan);
   const approvals = new Map<string, ApprovalDecision>();
   const audit = new AuditLog(plan.storage.prefix, input.runId, v2);
+  const notifier = new Notifier(notifying, { runId: input.runId, pipeline: plan.name }, audit);
   audit.append('run-started', {
     pipeline: plan.name,
     requestedBy: input.requestedBy,
@@ -74,7 +77,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   } catch (err) {
     // Another run owns this run id (storage/run-claim.ts): this one writes nothing under it, not even its end.
     if (failureType(err) === RUN_ID_TAKEN) throw ApplicationFailure.nonRetryable(describeError(err), RUN_ID_TAKEN);
-    return finish(status, outcomes, err, storagePrefix, audit);
+    return finish(status, outcomes, err, storagePrefix, audit, notifier);
   }
   audit.append('run-prepared', {
     baseModel: { uri: prepared.baseModel.uri, manifestSha256: prepared.baseModel.manifestSha256 },
@@ -89,7 +92,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
     try {
       toolchains = await describeRunToolchains(plan);
     } catch (err) {
-      return finish(status, outcomes, err, storagePrefix, audit);
+      return finish(status, outcomes, err, storagePrefix, audit, notifier);
     }
     prepared = { ...prepared, fingerprint: fingerprintWithToolchains(prepared.fingerprint, toolchains) };
     audit.append('toolchains', { byQueue: toolchains.byQueue, fingerprint: prepared.fingerprint });
@@ -98,7 +101,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
   // Scheduled runs (skipIfUnchanged) end here when the inputs equal the last successful run's.
   status.fingerprint = prepared.fingerprint;
   const sameAs = unchangedSince(input, prepared);
-  if (sameAs !== undefined) return finishUnchanged(status, sameAs, storagePrefix, audit);
+  if (sameAs !== undefined) return finishUnchanged(status, sameAs, storagePrefix, audit, notifier.enabled ? () => notifier.finish(status) : undefined);
 
   /** Anchors what each attempt recorded for itself in the run's trail: one event per attempt. */
   const recordAttempts = (stageId: string) =>
@@ -203,6 +206,12 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
       }
       if (stage.gate.approvalTimeoutMs !== undefined) {
         s.state = 'awaiting-approval';
+        notifier.send('approval-waiting', {
+          stage: stage.id,
+          state: s.state,
+          ...(stage.gate.metrics.length > 0 ? { gate: verdict.reason } : {}),
+          approvalDeadline: new Date(Date.now() + stage.gate.approvalTimeoutMs).toISOString(),
+        });
         const decided = await condition(() => approvals.has(stage.id), stage.gate.approvalTimeoutMs);
         const decision = approvals.get(stage.id);
         if (!decided || !decision) {
@@ -231,6 +240,7 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
         s.error = describeError(err);
         s.endedAt = new Date().toISOString();
         audit.append(s.state === 'cancelled' ? 'stage-cancelled' : 'stage-failed', { stage: stage.id, error: s.error });
+        if (s.state === 'failed') notifier.send('stage-failed', { stage: stage.id, state: s.state, error: s.error, ...(s.gate ? { gate: s.gate } : {}) });
         throw err;
       }
     },
@@ -242,10 +252,15 @@ export async function pipelineWorkflow(pipelineInput: PipelineInput): Promise<Pi
     try {
       await promoteOutput(input.runId, input.requestedBy, plan, outcomes, status, audit);
     } catch (err) {
-      return finish(status, outcomes, err, storagePrefix, audit);
+      notifyPromoteStopped(notifier, plan, status, err);
+      return finish(status, outcomes, err, storagePrefix, audit, notifier);
     }
+    const p = status.promoted;
+    if (p) notifier.send('promoted', { stage: p.stage, state: 'promoted', promoted: { model: p.model, alias: p.alias, target: p.target.uri, changed: p.changed } });
+  } else if (firstError !== undefined && plan.promote) {
+    notifyPromoteStopped(notifier, plan, status, firstError);
   }
-  return finish(status, outcomes, firstError, storagePrefix, audit);
+  return finish(status, outcomes, firstError, storagePrefix, audit, notifier);
 }
 
 /** The promote step: every stage completed, so every gate passed and every approval was given. */
@@ -266,9 +281,23 @@ async function promoteOutput(runId: string, requestedBy: string, plan: PipelineI
   audit.append('promoted', { ...promoted });
 }
 
-async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome>, err: unknown, storagePrefix: string, audit: AuditLog): Promise<PipelineResult> {
+/** A run with a promote step that failed or was stopped by a gate did not promote: say why (not for cancelled runs). */
+function notifyPromoteStopped(notifier: Notifier, plan: PipelineInput['plan'], status: PipelineStatus, err: unknown): void {
+  if (!plan.promote || isCancellation(err)) return;
+  const gated = status.stages.find((s) => s.state === 'failed' && s.gate);
+  notifier.send('promote-stopped', {
+    stage: plan.promote.stage,
+    state: 'stopped',
+    promote: { model: plan.promote.model, alias: plan.promote.alias },
+    ...(gated ? { gate: `stage "${gated.id}": ${gated.gate}` } : { error: describeError(err) }),
+  });
+}
+
+async function finish(status: PipelineStatus, outcomes: Map<string, StageOutcome>, err: unknown, storagePrefix: string, audit: AuditLog, notifier: Notifier): Promise<PipelineResult> {
   const cancelled = err !== undefined && isCancellation(err);
   markFinished(status, err === undefined ? 'completed' : cancelled ? 'cancelled' : 'failed', err === undefined ? undefined : describeError(err));
+  // Told before the run closes, so that each notification's outcome is in the trail before run-finished.
+  if (notifier.enabled) await notifier.finish(status);
   await closeRun(status, audit, storagePrefix, () => audit.append('run-finished', { state: status.state, error: status.error ?? null }));
   if (cancelled) throw err;
   if (err !== undefined) {

@@ -27,12 +27,16 @@ export function unchangedSince(input: PipelineInput, prepared: PreparedRun): str
   return last.runId;
 }
 
-/** Ends a run whose inputs are unchanged since `previousRunId`: nothing is trained. */
-export async function finishUnchanged(status: PipelineStatus, previousRunId: string, storagePrefix: string, audit: AuditLog): Promise<PipelineResult> {
+/**
+ * Ends a run whose inputs are unchanged since `previousRunId`: nothing is trained. `beforeClose`
+ * runs once the status says so, before the run closes (its notifications).
+ */
+export async function finishUnchanged(status: PipelineStatus, previousRunId: string, storagePrefix: string, audit: AuditLog, beforeClose?: () => Promise<void>): Promise<PipelineResult> {
   status.state = 'unchanged';
   status.unchangedSince = previousRunId;
   const note = `not run: inputs unchanged since run ${previousRunId}`;
   for (const s of status.stages) Object.assign(s, { state: 'skipped', note });
+  if (beforeClose) await beforeClose(); // only then: an extra await would reorder older runs' commands
   await closeRun(status, audit, storagePrefix, () => {
     audit.append('run-unchanged', { previousRunId, fingerprint: status.fingerprint ?? null });
     audit.append('run-finished', { state: status.state, error: null });

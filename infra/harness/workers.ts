@@ -101,6 +101,8 @@ export interface InProcessWorkerOptions {
   jobMemoryLimitBytes?: number;
   /** The control worker's approvers file (signed approvals); default none, whatever this shell's REFINERY_APPROVERS says. */
   approversFile?: string;
+  /** The control worker's webhooks file (notifications); default none, whatever this shell's REFINERY_WEBHOOKS says. */
+  webhooksFile?: string;
 }
 
 export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddress' | 'namespace'>, options: InProcessWorkerOptions): Promise<InProcessWorkers> {
@@ -129,6 +131,7 @@ export async function startInProcessWorkers(stack: Pick<StackInfo, 'temporalAddr
     quarantineAfter: options.quarantineAfter ?? 1000,
     jobMemoryLimitBytes: options.jobMemoryLimitBytes,
     approversFile: options.approversFile ?? null,
+    webhooksFile: options.webhooksFile ?? null,
     log: () => undefined,
   });
   const run = Promise.all(workers.map((w) => w.run())).then(() => undefined);

@@ -58,6 +58,8 @@ export function startTestWorkers(options: {
   host?: string;
   /** The control worker's approvers file (REFINERY_APPROVERS of a real worker); default none. */
   approversFile?: string;
+  /** The control worker's webhooks file (REFINERY_WEBHOOKS of a real worker); default none. */
+  webhooksFile?: string;
 }): Promise<TestWorkers> {
   return startInProcessWorkers(stack(), { ...options, store: testStore(), killGraceMs: options.killGraceMs ?? 2000, bundleWarnings: true });
 }
