@@ -144,6 +144,15 @@ export function signApproval(
  * fingerprint names, the signature over exactly these fields with that key.
  */
 export function signatureProblem(fields: SignedApprovalFields, signed: Pick<ApprovalSignature, 'publicKey' | 'keyFingerprint' | 'signature'>): string | undefined {
+  const problem = payloadSignatureProblem(approvalPayload(fields), signed);
+  return problem === SIGNATURE_MISMATCH ? `the signature does not verify with key ${shortFingerprint(signed.keyFingerprint)}: the decision was changed after it was signed, or signed for another run, stage or key` : problem;
+}
+
+/** What payloadSignatureProblem says when the key is fine but the bytes were not what it signed. */
+export const SIGNATURE_MISMATCH = 'signature mismatch';
+
+/** Why `signed` is not a valid Ed25519 signature of `payload` by the key it names (undefined: it is). */
+export function payloadSignatureProblem(payload: Buffer, signed: Pick<ApprovalSignature, 'publicKey' | 'keyFingerprint' | 'signature'>): string | undefined {
   let raw: Buffer;
   let key: KeyObject;
   try {
@@ -156,11 +165,11 @@ export function signatureProblem(fields: SignedApprovalFields, signed: Pick<Appr
   const signature = Buffer.from(signed.signature, 'base64');
   let valid = false;
   try {
-    valid = signature.length === 64 && verify(null, approvalPayload(fields), key, signature);
+    valid = signature.length === 64 && verify(null, payload, key, signature);
   } catch {
     valid = false;
   }
-  return valid ? undefined : `the signature does not verify with key ${shortFingerprint(signed.keyFingerprint)}: the decision was changed after it was signed, or signed for another run, stage or key`;
+  return valid ? undefined : SIGNATURE_MISMATCH;
 }
 
 /** Enough of a fingerprint to tell keys apart in messages. */

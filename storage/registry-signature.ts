@@ -5,9 +5,9 @@
  * against the approvers file too when REFINERY_APPROVERS is set, where an unsigned change, an
  * unlisted key or a `by` that is not the key's approver is a problem.
  */
-import { randomBytes, sign, verify, type KeyObject } from 'node:crypto';
+import { randomBytes, sign, type KeyObject } from 'node:crypto';
 import type { ApprovalSignature } from '../workflows/types.js';
-import { keyFingerprint, publicKeyBytes, rawPublicKey, shortFingerprint } from './approval-signature.js';
+import { keyFingerprint, payloadSignatureProblem, publicKeyBytes, shortFingerprint, SIGNATURE_MISMATCH } from './approval-signature.js';
 import { canonicalJson } from './canonical-json.js';
 
 /** In every signed payload: an approval's signature never verifies as a registry change. */
@@ -43,22 +43,7 @@ export function registrySigner(privateKey: KeyObject): (fields: SignedRegistryFi
 
 /** Why a registry change's signature does not hold (undefined: it does). */
 export function registrySignatureProblem(fields: SignedRegistryFields, signed: ApprovalSignature): string | undefined {
-  let raw: Buffer;
-  let key: KeyObject;
-  try {
-    raw = Buffer.from(signed.publicKey, 'base64');
-    key = rawPublicKey(raw);
-  } catch (err) {
-    return `its public key is unusable: ${(err as Error).message}`;
-  }
-  if (keyFingerprint(raw) !== signed.keyFingerprint) return `its key fingerprint is not that of its public key`;
   if (signed.at !== fields.at) return `it was signed at ${signed.at}, the record says ${fields.at}`;
-  const signature = Buffer.from(signed.signature, 'base64');
-  let valid = false;
-  try {
-    valid = signature.length === 64 && verify(null, registryPayload(fields, signed.nonce), key, signature);
-  } catch {
-    valid = false;
-  }
-  return valid ? undefined : `the signature does not verify with key ${shortFingerprint(signed.keyFingerprint)}: the record was changed after it was signed`;
+  const problem = payloadSignatureProblem(registryPayload(fields, signed.nonce), signed);
+  return problem === SIGNATURE_MISMATCH ? `the signature does not verify with key ${shortFingerprint(signed.keyFingerprint)}: the record was changed after it was signed` : problem;
 }
