@@ -4,13 +4,10 @@
  * head's anchor). Each lives in client/commands/ and is imported when it runs.
  */
 import { type Command, InvalidArgumentError } from 'commander';
+import { print } from './output.js';
 
 const PREFIX_HELP = "storage prefix of the run (the spec's storage.prefix; the demo uses \"demo\")";
 const DEFAULT_PREFIX = 'refinery';
-
-const print = (json: boolean | undefined, data: unknown, text: () => string) => {
-  process.stdout.write((json ? JSON.stringify(data, null, 2) : text()) + '\n');
-};
 
 function positiveInt(value: string): number {
   const n = Number(value);

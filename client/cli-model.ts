@@ -4,10 +4,7 @@
  * `promote`, `rollback`: the registry of trained models (client/commands/registry.ts).
  */
 import type { Command } from 'commander';
-
-const print = (json: boolean | undefined, data: unknown, text: () => string) => {
-  process.stdout.write((json ? JSON.stringify(data, null, 2) : text()) + '\n');
-};
+import { print } from './output.js';
 
 export function registerModelCommands(program: Command): void {
   const model = program.command('model').description('store base models in the bucket by name, for specs that say `base_model: NAME`');

@@ -5,10 +5,7 @@
 import type { Command } from 'commander';
 import type { ScheduleDetails, ScheduleInfo } from './commands/schedule.js';
 import { connectClient } from './connection.js';
-
-const print = (json: boolean | undefined, data: unknown, text: () => string) => {
-  process.stdout.write((json ? JSON.stringify(data, null, 2) : text()) + '\n');
-};
+import { print } from './output.js';
 
 async function withClient<T>(fn: (client: Awaited<ReturnType<typeof connectClient>>['client'], cmd: typeof import('./commands/schedule.js')) => Promise<T>): Promise<T> {
   const cmd = await import('./commands/schedule.js');

@@ -1,23 +1,31 @@
 /**
  * `refinery`: the command line. Each command is a small function in client/commands/ that returns
- * data; this file parses flags, prints (text or --json) and maps errors to one line and an exit code.
+ * data; this file parses flags, prints (text or --json) and maps errors to one line (or one JSON
+ * object) and a documented exit code (client/exit-codes.ts).
  */
-import { Command } from 'commander';
-import { InputError } from '../spec/errors.js';
+import path from 'node:path';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { connectClient } from './connection.js';
-import { CliError } from './errors.js';
+import { CliError, describeError } from './errors.js';
 import { renderStatus } from './render.js';
 import { registerAuditCommands } from './cli-audit.js';
 import { registerModelCommands } from './cli-model.js';
 import { registerScheduleCommands } from './cli-schedule.js';
+import { COMPLETION_SHELLS, completionScript, type CompletionShell } from './completion.js';
+import { EXIT, exitCodeForRunState, exitCodesHelp } from './exit-codes.js';
+import { addHelpExamples } from './help-examples.js';
+import { print, printError, wantsJson } from './output.js';
 
+const jsonErrors = wantsJson(process.argv.slice(2));
+
+// exitOverride and configureOutput come first: subcommands inherit them when they are added.
 const program = new Command('refinery')
   .description('Durable, auditable, resumable LLM post-training pipelines on Temporal')
-  .showHelpAfterError('(run with --help for usage)');
-
-const print = (json: boolean | undefined, data: unknown, text: () => string) => {
-  process.stdout.write((json ? JSON.stringify(data, null, 2) : text()) + '\n');
-};
+  .showHelpAfterError('(run with --help for usage)')
+  // Usage errors reach main() as CommanderErrors: exit 2, and with --json one JSON object.
+  .exitOverride()
+  .configureOutput({ writeErr: (text) => (jsonErrors ? undefined : process.stderr.write(text)) })
+  .addHelpText('after', exitCodesHelp());
 
 program
   .command('validate')
@@ -47,16 +55,18 @@ program
     const { startRun, watchRun } = await import('./commands/run.js');
     const { client, close } = await connectClient();
     try {
-      const { runId, handle } = await startRun(client, spec, { id: opts.id, resumeFrom: opts.resumeFrom, forceStages: opts.forceStage, by: opts.by });
+      const { runId, handle, stageQueues } = await startRun(client, spec, { id: opts.id, resumeFrom: opts.resumeFrom, forceStages: opts.forceStage, by: opts.by });
       if (!opts.watch) {
         print(opts.json, { runId }, () => `started run ${runId}\n  watch:  refinery status ${runId}\n  cancel: refinery cancel ${runId}`);
         return;
       }
       if (!opts.json) process.stdout.write(`started run ${runId}\n`);
-      const final = await watchRun(client, handle, opts.json ? devNull() : process.stdout);
+      // With --json, stdout is the final status alone; "no worker polls …" goes to stderr.
+      const notice = opts.json ? (line: string) => process.stderr.write(line + '\n') : undefined;
+      const final = await watchRun(client, handle, { out: opts.json ? devNull() : process.stdout, notice, stageQueues });
       if (opts.json) print(true, final, () => '');
       else printArtifacts(final);
-      process.exitCode = final.state === 'completed' ? 0 : final.state === 'cancelled' ? 130 : 1;
+      process.exitCode = exitCodeForRunState(final.state);
     } finally {
       await close();
     }
@@ -121,12 +131,13 @@ program
   .command('cancel')
   .description('cancel a run: its jobs are stopped (whole process trees) and the run shows cancelled')
   .argument('<runId>')
-  .action(async (runId: string) => {
+  .option('--json', 'machine-readable output')
+  .action(async (runId: string, opts: { json?: boolean }) => {
     const { cancelRun } = await import('./commands/manage.js');
     const { client, close } = await connectClient();
     try {
       await cancelRun(client, runId);
-      console.log(`cancellation requested for ${runId}`);
+      print(opts.json, { runId, cancellationRequested: true }, () => `cancellation requested for ${runId}`);
     } finally {
       await close();
     }
@@ -141,7 +152,8 @@ for (const approved of [true, false]) {
     .requiredOption('--by <who>')
     .requiredOption('--reason <text>')
     .option('--key <file>', 'sign the decision with this Ed25519 private key (default: the file $REFINERY_SIGNING_KEY names); see "refinery keygen"')
-    .action(async (runId: string, opts: { stage: string; by: string; reason: string; key?: string }) => {
+    .option('--json', 'machine-readable output')
+    .action(async (runId: string, opts: { stage: string; by: string; reason: string; key?: string; json?: boolean }) => {
       const { decideApproval } = await import('./commands/manage.js');
       const { signDecision } = await import('./commands/signing.js');
       const { signingKeyFileFromEnv } = await import('../config/approvers.js');
@@ -151,7 +163,8 @@ for (const approved of [true, false]) {
       const sent = keyFile ? await signDecision(keyFile, runId, decision) : decision;
       const { client, close } = await connectClient();
       try {
-        console.log(await decideApproval(client, runId, sent));
+        const outcome = await decideApproval(client, runId, sent);
+        print(opts.json, { runId, stage: opts.stage, approved, by: opts.by, signed: Boolean(keyFile), outcome }, () => outcome);
       } finally {
         await close();
       }
@@ -164,14 +177,17 @@ program
   .requiredOption('--out <file>', 'where the private key goes (FILE.pub: the public key)')
   .option('--name <approver>', 'the approver\'s name (what --by will say): prints the approvers-file entry')
   .option('--force', 'replace existing files')
-  .action(async (opts: { out: string; name?: string; force?: boolean }) => {
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { out: string; name?: string; force?: boolean; json?: boolean }) => {
     const { generateKeyFiles } = await import('./commands/signing.js');
     const key = await generateKeyFiles(opts.out, { force: opts.force, comment: opts.name });
-    console.log(`private key: ${key.privateKeyFile} (mode 0600: keep it to yourself)`);
-    console.log(`public key:  ${key.publicKeyFile}`);
-    console.log(`fingerprint: ${key.fingerprint}`);
     const entry = { name: opts.name ?? '<your --by name>', publicKey: key.sshLine, pipelines: ['*'], stages: ['*'] };
-    console.log(`approvers file entry (REFINERY_APPROVERS; narrow pipelines and stages as needed):\n  ${JSON.stringify(entry)}`);
+    print(opts.json, { ...key, approversEntry: entry }, () =>
+      [`private key: ${key.privateKeyFile} (mode 0600: keep it to yourself)`,
+        `public key:  ${key.publicKeyFile}`,
+        `fingerprint: ${key.fingerprint}`,
+        `approvers file entry (REFINERY_APPROVERS; narrow pipelines and stages as needed):\n  ${JSON.stringify(entry)}`].join('\n'),
+    );
   });
 
 const workerCommand = program
@@ -193,21 +209,26 @@ workerCommand
   .option('--by <who>', 'who asks (recorded in the attempts it drains)')
   .option('--no-wait', 'return once the request is left, without waiting for the drain')
   .option('--timeout <duration>', 'how long to wait for the drain', '15m')
-  .action(async (workerIds: string[], opts: { host?: string; by?: string; wait: boolean; timeout: string }) => {
+  .option('--json', 'machine-readable output (progress lines go to stderr)')
+  .action(async (workerIds: string[], opts: { host?: string; by?: string; wait: boolean; timeout: string; json?: boolean }) => {
     const { drainWorkers } = await import('./commands/fleet.js');
     const { ObjectStore } = await import('../storage/object-store.js');
     const { parseDuration } = await import('../spec/duration.js');
-    await drainWorkers(new ObjectStore(), { workerIds, host: opts.host, by: opts.by, wait: opts.wait, timeoutMs: parseDuration(opts.timeout), log: (line) => console.log(line) });
+    const log = (line: string) => (opts.json ? process.stderr : process.stdout).write(line + '\n');
+    const drained = await drainWorkers(new ObjectStore(), { workerIds, host: opts.host, by: opts.by, wait: opts.wait, timeoutMs: parseDuration(opts.timeout), log });
+    if (opts.json) print(true, { workers: drained, waited: opts.wait }, () => '');
   });
 
 workerCommand
   .command('clear')
   .description("take a host out of quarantine: its workers take GPU work again")
   .argument('<host>')
-  .action(async (host: string) => {
+  .option('--json', 'machine-readable output')
+  .action(async (host: string, opts: { json?: boolean }) => {
     const { clearHost } = await import('./commands/fleet.js');
     const { ObjectStore } = await import('../storage/object-store.js');
-    console.log((await clearHost(new ObjectStore(), host)) ? `host ${host}: quarantine cleared (its workers notice within 15 s)` : `host ${host} was not quarantined`);
+    const cleared = await clearHost(new ObjectStore(), host);
+    print(opts.json, { host, cleared }, () => (cleared ? `host ${host}: quarantine cleared (its workers notice within 15 s)` : `host ${host} was not quarantined`));
   });
 
 program
@@ -235,9 +256,9 @@ program
     const { payloadKeysFromEnv } = await import('../codec/payload-keys.js');
     const { temporalSettings } = await import('../config/temporal.js');
     const port = Number(opts.port);
-    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port "${opts.port}": expected a port number`);
+    if (!Number.isInteger(port) || port < 0 || port > 65535) throw new CliError(`--port "${opts.port}": expected a port number`, undefined, EXIT.badInput);
     const keys = payloadKeysFromEnv();
-    if (!keys) throw new CliError('REFINERY_PAYLOAD_KEY is not set', 'the codec server needs the key the workers encrypt with (docs/security.md)');
+    if (!keys) throw new CliError('REFINERY_PAYLOAD_KEY is not set', 'the codec server needs the key the workers encrypt with (docs/security.md)', EXIT.badInput);
     const codec = new AesGcmPayloadCodec(keys);
     const namespaces = opts.namespace ?? [temporalSettings().namespace];
     const corsOrigins = opts.corsOrigin ?? DEFAULT_UI_ORIGINS;
@@ -271,9 +292,11 @@ program
   .option('--family <name>', 'llama | llama3 | qwen2 | mistral | phi3 | gemma', 'llama')
   .option('--data <file...>', 'llama: text to train the tokenizer on', ['demo/data/sft.jsonl'])
   .option('--seed <n>', 'seed', '0')
-  .action(async (opts: { out: string; data: string[]; seed: string; family: string }) => {
+  .option('--json', 'machine-readable output')
+  .action(async (opts: { out: string; data: string[]; seed: string; family: string; json?: boolean }) => {
     const { makeTinyModel } = await import('./commands/make-tiny-model.js');
-    console.log(await makeTinyModel(opts));
+    const done = await makeTinyModel(opts);
+    print(opts.json, { family: opts.family, out: path.resolve(opts.out), message: done }, () => done);
   });
 
 program
@@ -296,6 +319,19 @@ registerAuditCommands(program);
 registerScheduleCommands(program);
 registerModelCommands(program);
 
+program
+  .command('completion')
+  .description('print a shell completion script: source <(refinery completion bash), or zsh')
+  .argument('<shell>', COMPLETION_SHELLS.join(' | '), (value: string): CompletionShell => {
+    if (!(COMPLETION_SHELLS as readonly string[]).includes(value)) throw new InvalidArgumentError(`expected ${COMPLETION_SHELLS.join(' or ')}`);
+    return value as CompletionShell;
+  })
+  .action((shell: CompletionShell) => {
+    process.stdout.write(completionScript(program, shell));
+  });
+
+addHelpExamples(program);
+
 function printArtifacts(status: { stages: { id: string; artifact?: { uri: string } }[] }): void {
   const rows = status.stages.filter((s) => s.artifact);
   if (rows.length === 0) return;
@@ -316,20 +352,12 @@ async function main(): Promise<void> {
   try {
     await program.parseAsync(process.argv);
   } catch (err) {
-    if (err instanceof InputError) {
-      for (const line of err.message.split('\n')) console.error(`error: ${line}`);
-      process.exitCode = 2;
-    } else if (err instanceof CliError) {
-      console.error(`error: ${err.message}`);
-      if (err.hint) console.error(`hint: ${err.hint}`);
-      process.exitCode = err.exitCode;
-    } else if ((err as Error).name === 'StackError') {
-      console.error(`error: ${(err as Error).message}`);
-      process.exitCode = 1;
-    } else {
-      console.error(`error: ${(err as Error).message ?? String(err)}`);
-      process.exitCode = 1;
-    }
+    const report = describeError(err);
+    process.exitCode = report.exitCode;
+    // Commander printed its own usage error already (unless --json silenced it); help exits 0.
+    if (err instanceof CommanderError && !jsonErrors) return;
+    if (report.exitCode === EXIT.ok) return;
+    printError(jsonErrors, report);
   }
 }
 

@@ -3,6 +3,7 @@ import { Client, Connection } from '@temporalio/client';
 import { dataConverterFromEnv } from '../codec/data-converter.js';
 import { temporalSettings } from '../config/temporal.js';
 import { CliError } from './errors.js';
+import { EXIT } from './exit-codes.js';
 
 export async function connectClient(): Promise<{ client: Client; close: () => Promise<void> }> {
   const { address, namespace } = temporalSettings();
@@ -12,7 +13,7 @@ export async function connectClient(): Promise<{ client: Client; close: () => Pr
   try {
     connection = await Connection.connect({ address, connectTimeout: '5s' });
   } catch {
-    throw new CliError(`cannot reach Temporal at ${address}`, 'start the local stack with "npx refinery stack start" or set TEMPORAL_ADDRESS');
+    throw new CliError(`cannot reach Temporal at ${address}`, 'start the local stack with "npx refinery stack start" or set TEMPORAL_ADDRESS', EXIT.unreachable);
   }
   return { client: new Client({ connection, namespace, dataConverter }), close: () => connection.close() };
 }

@@ -22,6 +22,7 @@ import { ObjectStore } from '../storage/object-store.js';
 import { RunManifest, runManifestKey } from '../storage/run-manifest.js';
 import type { PipelineStatus } from '../workflows/types.js';
 import { CliError } from './errors.js';
+import { EXIT } from './exit-codes.js';
 
 export { RunManifest } from '../storage/run-manifest.js';
 
@@ -59,12 +60,12 @@ const READ_CONCURRENCY = 16;
 export function checkRunRef(runId: string, prefix: string = DEFAULT_PREFIX): string {
   const p = prefix.replace(/\/+$/, '');
   if (!PREFIX_RE.test(p) || p.includes('//')) {
-    throw new CliError(`--prefix "${prefix}" is not a storage prefix`, 'use the spec\'s storage.prefix, e.g. "refinery" or "demo"', 2);
+    throw new CliError(`--prefix "${prefix}" is not a storage prefix`, 'use the spec\'s storage.prefix, e.g. "refinery" or "demo"', EXIT.badInput);
   }
   try {
     segment(runId);
   } catch {
-    throw new CliError(`"${runId}" is not a run id`, 'run ids are letters, digits, ".", "_" and "-" (see "refinery list")', 2);
+    throw new CliError(`"${runId}" is not a run id`, 'run ids are letters, digits, ".", "_" and "-" (see "refinery list")', EXIT.badInput);
   }
   return p;
 }
@@ -124,7 +125,7 @@ export async function readRun(ref: RunRef): Promise<RunRecords> {
     throw new CliError(
       `no run "${ref.runId}" under ${store.uri(`${prefix}/runs/`)}`,
       elsewhere.length > 0 ? `it is under prefix "${elsewhere[0]}": pass --prefix ${elsewhere[0]}` : 'pass --prefix with the spec\'s storage.prefix (the demo uses "demo"); see "refinery list"',
-      2,
+      EXIT.notFound,
     );
   }
   raw.sort((a, b) => (a.key < b.key ? -1 : 1));
@@ -180,9 +181,9 @@ export async function storeCall<T>(store: ObjectStore, fn: () => Promise<T>): Pr
   } catch (err) {
     const code = (err as { code?: string }).code;
     if (code === 'ECONNREFUSED' || code === 'ENOTFOUND' || code === 'EHOSTUNREACH') {
-      throw new CliError(`cannot reach object storage at ${store.config.endPoint}:${store.config.port}`, 'start the local stack with "refinery stack start" or set REFINERY_S3_ENDPOINT');
+      throw new CliError(`cannot reach object storage at ${store.config.endPoint}:${store.config.port}`, 'start the local stack with "refinery stack start" or set REFINERY_S3_ENDPOINT', EXIT.unreachable);
     }
-    if (code === 'NoSuchBucket') throw new CliError(`bucket "${store.bucket}" does not exist`, 'set REFINERY_BUCKET to the bucket your runs use');
+    if (code === 'NoSuchBucket') throw new CliError(`bucket "${store.bucket}" does not exist`, 'set REFINERY_BUCKET to the bucket your runs use', EXIT.unreachable);
     throw err;
   }
 }

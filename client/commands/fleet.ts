@@ -8,6 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { clearQuarantine, listQuarantined, listWorkers, requestDrain, type QuarantineRecord } from '../../storage/fleet.js';
 import type { ObjectStore } from '../../storage/object-store.js';
 import { CliError } from '../errors.js';
+import { EXIT } from '../exit-codes.js';
 
 export type FleetWorker = Awaited<ReturnType<typeof listWorkers>>[number];
 
@@ -43,9 +44,9 @@ export interface DrainOptions {
 export async function drainWorkers(store: ObjectStore, o: DrainOptions): Promise<string[]> {
   const workers = (await listWorkers(store)).filter((w) => w.live);
   const targets = o.host ? workers.filter((w) => w.host === o.host).map((w) => w.workerId) : o.workerIds;
-  if (targets.length === 0) throw new CliError(o.host ? `no live worker on host "${o.host}"` : 'name a worker id or --host', 'see "refinery workers"');
+  if (targets.length === 0) throw new CliError(o.host ? `no live worker on host "${o.host}"` : 'name a worker id or --host', 'see "refinery workers"', o.host ? EXIT.notFound : EXIT.badInput);
   const unknown = targets.filter((id) => !workers.some((w) => w.workerId === id));
-  if (unknown.length > 0) throw new CliError(`no live worker "${unknown.join('", "')}"`, 'see "refinery workers"');
+  if (unknown.length > 0) throw new CliError(`no live worker "${unknown.join('", "')}"`, 'see "refinery workers"', EXIT.notFound);
   const requestedBy = o.by ?? userInfo().username;
   for (const id of targets) await requestDrain(store, id, { requestedBy, requestedAt: new Date().toISOString() });
   o.log(`drain requested for ${targets.join(', ')}`);

@@ -12,6 +12,7 @@ import { layout, segment } from '../../storage/layout.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { CliError } from '../errors.js';
 import { checkRunRef, readManifest, runClosedAt, storeCall, type RunManifest, type RunRef } from '../run-records.js';
+import { EXIT } from '../exit-codes.js';
 
 export interface LogsOptions extends RunRef {
   stage?: string;
@@ -68,11 +69,11 @@ export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
     try {
       segment(opts.stage);
     } catch {
-      throw new CliError(`--stage "${opts.stage}" is not a stage id`, undefined, 2);
+      throw new CliError(`--stage "${opts.stage}" is not a stage id`, undefined, EXIT.badInput);
     }
   }
   if (opts.attempt !== undefined && !(Number.isInteger(opts.attempt) && opts.attempt >= 1)) {
-    throw new CliError(`--attempt "${String(opts.attempt)}" is not an attempt number`, 'attempts count from 1', 2);
+    throw new CliError(`--attempt "${String(opts.attempt)}" is not an attempt number`, 'attempts count from 1', EXIT.badInput);
   }
   const store = opts.store ?? new ObjectStore();
   const runKey = layout.run(prefix, opts.runId);
@@ -86,13 +87,13 @@ export async function streamLogs(opts: LogsOptions): Promise<LogsResult> {
     manifest = await storeCall(store, () => readManifest(store, runKey));
     if (manifest || (await store.list(`${runKey}/`, false)).length > 0) break;
     if (!opts.follow || Date.now() > appearDeadline || opts.signal?.aborted) {
-      throw new CliError(`no run "${opts.runId}" under ${store.uri(`${prefix}/runs/`)}`, 'pass --prefix with the spec\'s storage.prefix (the demo uses "demo")', 2);
+      throw new CliError(`no run "${opts.runId}" under ${store.uri(`${prefix}/runs/`)}`, 'pass --prefix with the spec\'s storage.prefix (the demo uses "demo")', EXIT.notFound);
     }
     await sleep(pollMs, opts.signal);
   }
   let order = (manifest?.plan?.stages ?? []).map((s) => s.id);
   if (opts.stage !== undefined && order.length > 0 && !order.includes(opts.stage)) {
-    throw new CliError(`run ${opts.runId} has no stage "${opts.stage}"`, `its stages: ${order.join(', ')}`, 2);
+    throw new CliError(`run ${opts.runId} has no stage "${opts.stage}"`, `its stages: ${order.join(', ')}`, EXIT.badInput);
   }
   const rank = (stage: string) => {
     const i = order.indexOf(stage);

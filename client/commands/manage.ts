@@ -7,6 +7,7 @@ import type { ApprovalDecision, PipelineStatus } from '../../workflows/types.js'
 import { SEARCH_ATTRIBUTES } from '../../workflows/search-attributes.js';
 import { CliError } from '../errors.js';
 import { currentRunStatus } from '../live-progress.js';
+import { EXIT } from '../exit-codes.js';
 
 /** The bucket, when this shell has storage settings (a finished run's status may be read from it). */
 function storeIfConfigured(): ObjectStore | undefined {
@@ -28,7 +29,7 @@ export async function runStatus(client: Client, runId: string, store: ObjectStor
     const quarantined = store ? await listQuarantined(store).catch(() => []) : [];
     return quarantined.length > 0 ? { ...status, quarantinedHosts: quarantined.map((q) => ({ host: q.host, since: q.since, reason: q.reason })) } : status;
   } catch (err) {
-    if ((err as Error).name === 'WorkflowNotFoundError') throw new CliError(`no run "${runId}"`, 'see "refinery list"');
+    if ((err as Error).name === 'WorkflowNotFoundError') throw new CliError(`no run "${runId}"`, 'see "refinery list"', EXIT.notFound);
     throw err;
   }
 }
@@ -43,7 +44,8 @@ export async function decideApproval(client: Client, runId: string, decision: Ap
     return await client.workflow.getHandle(runId).executeUpdate(approvalUpdate, { args: [decision] });
   } catch (err) {
     const msg = (err as { cause?: { message?: string } }).cause?.message ?? (err as Error).message;
-    throw new CliError(`cannot ${decision.approved ? 'approve' : 'reject'}: ${msg}`);
+    const notFound = (err as Error).name === 'WorkflowNotFoundError';
+    throw new CliError(`cannot ${decision.approved ? 'approve' : 'reject'}: ${msg}`, notFound ? 'see "refinery list"' : undefined, notFound ? EXIT.notFound : EXIT.problems);
   }
 }
 
@@ -62,7 +64,7 @@ export async function listRuns(client: Client, filter: { state?: string; pipelin
   if (filter.pipeline) clauses.push(`${SEARCH_ATTRIBUTES.pipeline} = '${quote(filter.pipeline)}'`);
   if (filter.since) {
     const since = new Date(filter.since);
-    if (Number.isNaN(since.getTime())) throw new CliError(`--since "${filter.since}" is not a date`, 'use e.g. 2026-11-01 or 2026-11-01T12:00:00Z');
+    if (Number.isNaN(since.getTime())) throw new CliError(`--since "${filter.since}" is not a date`, 'use e.g. 2026-11-01 or 2026-11-01T12:00:00Z', EXIT.badInput);
     clauses.push(`StartTime >= '${since.toISOString()}'`);
   }
   const out: RunSummary[] = [];
@@ -81,6 +83,6 @@ export async function listRuns(client: Client, filter: { state?: string; pipelin
 }
 
 function quote(v: string): string {
-  if (!/^[A-Za-z0-9_.-]+$/.test(v)) throw new CliError(`invalid filter value "${v}"`);
+  if (!/^[A-Za-z0-9_.-]+$/.test(v)) throw new CliError(`invalid filter value "${v}"`, 'letters, digits, ".", "_" and "-"', EXIT.badInput);
   return v;
 }

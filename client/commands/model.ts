@@ -10,6 +10,7 @@ import { isModelName, listModels, nameModel, pushModelDirectory, type ModelRecor
 import { ObjectStore } from '../../storage/object-store.js';
 import { CliError } from '../errors.js';
 import { whoAmI } from './run.js';
+import { EXIT } from '../exit-codes.js';
 
 export interface PushOptions {
   name: string;
@@ -28,8 +29,8 @@ export interface PushResult extends ModelRecord {
 }
 
 export async function pushModel(dir: string, options: PushOptions): Promise<PushResult> {
-  if (!isModelName(options.name)) throw new CliError(`model name "${options.name}" is not valid`, 'use letters, digits, ".", "_" and "-" (no "/"), at most 100 characters');
-  if (!(await stat(dir).then((s) => s.isDirectory()).catch(() => false))) throw new CliError(`${dir} is not a directory`, 'push a Hugging Face model directory (config.json, *.safetensors, tokenizer files)');
+  if (!isModelName(options.name)) throw new CliError(`model name "${options.name}" is not valid`, 'use letters, digits, ".", "_" and "-" (no "/"), at most 100 characters', EXIT.badInput);
+  if (!(await stat(dir).then((s) => s.isDirectory()).catch(() => false))) throw new CliError(`${dir} is not a directory`, 'push a Hugging Face model directory (config.json, *.safetensors, tokenizer files)', EXIT.badInput);
   const store = options.store ?? new ObjectStore();
   await store.ensureBucket();
   const started = Date.now();

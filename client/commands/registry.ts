@@ -11,6 +11,7 @@ import { CliError } from '../errors.js';
 import { readRun } from '../run-records.js';
 import { whoAmI } from './run.js';
 import { readSigningKey } from './signing.js';
+import { EXIT } from '../exit-codes.js';
 
 export interface PromoteCommand {
   runId: string;
@@ -33,7 +34,7 @@ async function signerOf(keyFile: string | undefined): Promise<RegistrySigner | u
 }
 
 const asCliError = (err: unknown): never => {
-  if (err instanceof RegistryError) throw new CliError(err.message, undefined, 2);
+  if (err instanceof RegistryError) throw new CliError(err.message, undefined, EXIT.badInput);
   throw err;
 };
 
@@ -41,12 +42,12 @@ export async function promoteRun(o: PromoteCommand): Promise<{ model: string; al
   const store = o.store ?? new ObjectStore();
   const run = await readRun({ runId: o.runId, prefix: o.prefix, store });
   const state = run.status?.state;
-  if (state !== 'completed') throw new CliError(`run ${o.runId} is ${state ?? 'not finished'}: only a completed run (its gates passed, its approvals given) can be promoted`, `see: refinery status ${o.runId}`, 2);
+  if (state !== 'completed') throw new CliError(`run ${o.runId} is ${state ?? 'not finished'}: only a completed run (its gates passed, its approvals given) can be promoted`, `see: refinery status ${o.runId}`, EXIT.badInput);
   const done = run.records.map((r) => r.event).find((e) => (e.type === 'stage-completed' || e.type === 'stage-reused') && e.stage === o.stage);
   const artifact = done?.artifact as { uri: string; prefix: string; manifestSha256: string } | undefined;
-  if (!artifact) throw new CliError(`run ${o.runId} has no completed stage "${o.stage}"`, `its stages: ${(run.status?.stages ?? []).map((s) => s.id).join(', ')}`, 2);
+  if (!artifact) throw new CliError(`run ${o.runId} has no completed stage "${o.stage}"`, `its stages: ${(run.status?.stages ?? []).map((s) => s.id).join(', ')}`, EXIT.badInput);
   const model = o.name ?? run.status?.pipeline ?? run.manifest?.pipeline;
-  if (!model) throw new CliError(`run ${o.runId}: no pipeline name to name the model by`, 'pass --name', 2);
+  if (!model) throw new CliError(`run ${o.runId}: no pipeline name to name the model by`, 'pass --name', EXIT.badInput);
   const target: RegistryTarget = { uri: artifact.uri, prefix: artifact.prefix, manifestSha256: artifact.manifestSha256, runId: o.runId, stage: o.stage };
   const record = await promote(store, o.prefix, { model, alias: o.alias, target, by: whoAmI(o.by), reason: o.reason, signer: await signerOf(o.keyFile) }).catch(asCliError);
   return { model, alias: o.alias, record };

@@ -15,6 +15,7 @@ import { CliError } from '../errors.js';
 import { renderReport } from '../report/html.js';
 import { assemble, type ReportData } from '../report/model.js';
 import { readJobEvents, readRun, type RunRef } from '../run-records.js';
+import { EXIT } from '../exit-codes.js';
 
 export { renderReport } from '../report/html.js';
 export { assemble, type AttemptOutcome, type AttemptView, type GateView, type ReportData, type StageView } from '../report/model.js';
@@ -43,7 +44,7 @@ export async function writeReport(opts: ReportOptions): Promise<ReportResult> {
   try {
     await writeFile(file, html);
   } catch (err) {
-    throw new CliError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'pass --out with a writable file path', 2);
+    throw new CliError(`cannot write ${file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, 'pass --out with a writable file path', EXIT.badInput);
   }
   return { runId: data.run.runId, file, bytes: Buffer.byteLength(html), stages: data.stages.length, charts, exitCode: 0 };
 }

@@ -9,6 +9,7 @@ import { pipelineWorkflow } from '../../workflows/pipeline.js';
 import type { PipelinePlan } from '../../spec/plan-types.js';
 import { CliError } from '../errors.js';
 import { newRunId, whoAmI } from './run.js';
+import { EXIT } from '../exit-codes.js';
 
 /** `stageId` and every stage that consumes it, directly or not. */
 export function downstreamOf(plan: PipelinePlan, stageId: string): string[] {
@@ -19,11 +20,12 @@ export function downstreamOf(plan: PipelinePlan, stageId: string): string[] {
 
 export async function retryRun(client: Client, runId: string, opts: { fromStage: string; id?: string; by?: string }): Promise<{ runId: string; forced: string[] }> {
   const previous = await client.workflow.getHandle(runId).query(inputQuery).catch((err: unknown) => {
+    if ((err as Error).name === 'WorkflowNotFoundError') throw new CliError(`cannot read run "${runId}": no such run`, 'see "refinery list"', EXIT.notFound);
     throw new CliError(`cannot read run "${runId}": ${(err as Error).message}`, 'is a worker running? see "refinery list"');
   });
   const { plan } = previous;
   if (!plan.stages.some((s) => s.id === opts.fromStage)) {
-    throw new CliError(`run "${runId}" has no stage "${opts.fromStage}"`, `stages: ${plan.stages.map((s) => s.id).join(', ')}`);
+    throw new CliError(`run "${runId}" has no stage "${opts.fromStage}"`, `stages: ${plan.stages.map((s) => s.id).join(', ')}`, EXIT.badInput);
   }
   const forced = downstreamOf(plan, opts.fromStage);
   const newId = opts.id ?? newRunId(plan.name);

@@ -19,6 +19,7 @@ import type { PipelineInput } from '../../workflows/types.js';
 import { CliError } from '../errors.js';
 import { whoAmI } from './run.js';
 import { validateSpec } from './validate.js';
+import { EXIT } from '../exit-codes.js';
 
 /** What `--overlap` accepts: a run still going when the next is due is skipped, queued (one), or cancelled. */
 export const OVERLAP_POLICIES = {
@@ -91,7 +92,7 @@ export function checkCreateOptions(options: ScheduleCreateOptions): { timing: Re
   const timing = scheduleTiming(options);
   const overlap = overlapPolicy(options.overlap);
   const catchupWindow = durationOption('--catchup-window', options.catchupWindow ?? DEFAULT_CATCHUP_WINDOW);
-  if (catchupWindow < 10_000) throw new CliError(`--catchup-window "${options.catchupWindow}" is shorter than 10s`, 'Temporal does not take a shorter one');
+  if (catchupWindow < 10_000) throw new CliError(`--catchup-window "${options.catchupWindow}" is shorter than 10s`, 'Temporal does not take a shorter one', EXIT.badInput);
   return { timing, overlap, catchupWindow };
 }
 
@@ -99,7 +100,7 @@ export async function createSchedule(client: Client, specFile: string, options: 
   const { timing, overlap, catchupWindow } = checkCreateOptions(options);
   const { plan } = await validateSpec(specFile);
   const scheduleId = options.id ?? plan.name;
-  if (!SCHEDULE_ID.test(scheduleId)) throw new CliError(`schedule id "${scheduleId}" is not valid`, 'use lowercase letters, digits, "-" and "_" (at most 63)');
+  if (!SCHEDULE_ID.test(scheduleId)) throw new CliError(`schedule id "${scheduleId}" is not valid`, 'use lowercase letters, digits, "-" and "_" (at most 63)', EXIT.badInput);
   const requestedBy = whoAmI(options.by);
   const args: [PipelineInput] = [{ plan, requestedBy, skipIfUnchanged: true, scheduleId }];
   const memo: ScheduleMemo = { pipeline: plan.name, spec: path.resolve(specFile), specSha256: plan.specSha256, when: timing.when, createdBy: requestedBy };
@@ -120,7 +121,7 @@ export async function createSchedule(client: Client, specFile: string, options: 
       typedSearchAttributes: [{ key: pipelineKey, value: plan.name }],
     });
   } catch (err) {
-    if (err instanceof ScheduleAlreadyRunning) throw new CliError(`schedule "${scheduleId}" already exists`, `pick another --id, or remove it with "refinery schedule delete ${scheduleId}"`);
+    if (err instanceof ScheduleAlreadyRunning) throw new CliError(`schedule "${scheduleId}" already exists`, `pick another --id, or remove it with "refinery schedule delete ${scheduleId}"`, EXIT.badInput);
     throw new CliError(`Temporal refused the schedule: ${grpcMessage(err)}`);
   }
   return describeSchedule(client, scheduleId);
@@ -231,12 +232,12 @@ export async function deleteSchedule(client: Client, scheduleId: string): Promis
 /** The schedule spec from --cron/--timezone or --every, checked here so a typo fails in one line. */
 export function scheduleTiming(options: Pick<ScheduleCreateOptions, 'cron' | 'every' | 'timezone'>): { spec: ScheduleSpec; when: string } {
   if ((options.cron === undefined) === (options.every === undefined)) {
-    throw new CliError('give either --cron or --every', 'e.g. --cron "0 2 * * *" for 02:00 every night, or --every 6h');
+    throw new CliError('give either --cron or --every', 'e.g. --cron "0 2 * * *" for 02:00 every night, or --every 6h', EXIT.badInput);
   }
   if (options.timezone !== undefined) validateTimezone(options.timezone);
   if (options.every !== undefined) {
     const every = durationOption('--every', options.every);
-    if (every < 1000) throw new CliError(`--every "${options.every}" is shorter than a second`, 'Temporal schedules fire at most once a second');
+    if (every < 1000) throw new CliError(`--every "${options.every}" is shorter than a second`, 'Temporal schedules fire at most once a second', EXIT.badInput);
     return { spec: { intervals: [{ every }] }, when: `every ${options.every}` };
   }
   const cron = options.cron!.trim().replace(/\s+/g, ' ');
@@ -247,7 +248,7 @@ export function scheduleTiming(options: Pick<ScheduleCreateOptions, 'cron' | 'ev
 
 export function overlapPolicy(name = 'skip'): ScheduleOverlapPolicy {
   if (!Object.hasOwn(OVERLAP_POLICIES, name)) {
-    throw new CliError(`--overlap "${name}" is not one of ${Object.keys(OVERLAP_POLICIES).join(', ')}`, 'skip (default): when a run is still going at the next time, that next run is skipped');
+    throw new CliError(`--overlap "${name}" is not one of ${Object.keys(OVERLAP_POLICIES).join(', ')}`, 'skip (default): when a run is still going at the next time, that next run is skipped', EXIT.badInput);
   }
   return OVERLAP_POLICIES[name as OverlapName];
 }
@@ -260,7 +261,7 @@ export function validateTimezone(tz: string): void {
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: tz });
   } catch {
-    throw new CliError(`--timezone "${tz}" is not a known time zone`, 'use an IANA name such as UTC, Europe/Berlin or America/New_York');
+    throw new CliError(`--timezone "${tz}" is not a known time zone`, 'use an IANA name such as UTC, Europe/Berlin or America/New_York', EXIT.badInput);
   }
 }
 
@@ -278,7 +279,7 @@ const CRON_FIELDS: { name: string; min: number; max: number; names?: string[] }[
  * `/n` and lists, month and weekday names; or a macro such as @daily. Throws one line naming the field.
  */
 export function validateCron(cron: string): void {
-  const bad = (why: string) => new CliError(`--cron "${cron}": ${why}`, 'five fields: minute hour day-of-month month day-of-week, e.g. "0 2 * * *" (02:00 every night)');
+  const bad = (why: string) => new CliError(`--cron "${cron}": ${why}`, 'five fields: minute hour day-of-month month day-of-week, e.g. "0 2 * * *" (02:00 every night)', EXIT.badInput);
   if (cron.startsWith('@')) {
     if (!CRON_MACROS.has(cron.toLowerCase())) throw bad(`unknown macro (use one of ${[...CRON_MACROS].join(', ')})`);
     return;
@@ -310,7 +311,7 @@ function durationOption(flag: string, value: string): number {
   try {
     return parseDuration(value);
   } catch {
-    throw new CliError(`${flag} "${value}" is not a duration`, 'e.g. "30s", "10m", "6h", "1d"');
+    throw new CliError(`${flag} "${value}" is not a duration`, 'e.g. "30s", "10m", "6h", "1d"', EXIT.badInput);
   }
 }
 
@@ -320,7 +321,7 @@ async function withSchedule<T>(client: Client, scheduleId: string, fn: (h: Sched
   try {
     return await fn(client.schedule.getHandle(scheduleId));
   } catch (err) {
-    if (err instanceof ScheduleNotFoundError) throw new CliError(`no schedule "${scheduleId}"`, 'see "refinery schedule list"');
+    if (err instanceof ScheduleNotFoundError) throw new CliError(`no schedule "${scheduleId}"`, 'see "refinery schedule list"', EXIT.notFound);
     throw err;
   }
 }

@@ -7,6 +7,7 @@ import { stat, readFile, writeFile } from 'node:fs/promises';
 import { generateSigningKeyPair, keyFingerprint, parsePrivateKey, signApproval, sshPublicKeyLine } from '../../storage/approval-signature.js';
 import type { ApprovalDecision } from '../../workflows/types.js';
 import { CliError } from '../errors.js';
+import { EXIT } from '../exit-codes.js';
 
 export interface GeneratedKey {
   privateKeyFile: string;
@@ -25,7 +26,7 @@ export async function generateKeyFiles(out: string, opts: { force?: boolean; com
     await writeFile(out, pair.privateKeyPem, { mode: 0o600, flag });
     await writeFile(publicKeyFile, pair.publicKeyPem, { mode: 0o644, flag });
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new CliError(`${(err as NodeJS.ErrnoException).path ?? out} exists`, 'choose another --out, or --force to replace the key');
+    if ((err as NodeJS.ErrnoException).code === 'EEXIST') throw new CliError(`${(err as NodeJS.ErrnoException).path ?? out} exists`, 'choose another --out, or --force to replace the key', EXIT.badInput);
     throw err;
   }
   return { privateKeyFile: out, publicKeyFile, fingerprint: keyFingerprint(pair.publicKey), sshLine: sshPublicKeyLine(pair.publicKey, opts.comment) };
@@ -39,13 +40,13 @@ export async function readSigningKey(file: string) {
     mode = (await stat(file)).mode;
     pem = await readFile(file, 'utf8');
   } catch (err) {
-    throw new CliError(`cannot read the signing key ${file}: ${(err as Error).message}`, 'create one with "refinery keygen --out FILE"');
+    throw new CliError(`cannot read the signing key ${file}: ${(err as Error).message}`, 'create one with "refinery keygen --out FILE"', EXIT.badInput);
   }
-  if ((mode & 0o077) !== 0) throw new CliError(`the signing key ${file} can be read by others (mode ${(mode & 0o777).toString(8)})`, `chmod 600 ${file}`);
+  if ((mode & 0o077) !== 0) throw new CliError(`the signing key ${file} can be read by others (mode ${(mode & 0o777).toString(8)})`, `chmod 600 ${file}`, EXIT.badInput);
   try {
     return parsePrivateKey(pem);
   } catch (err) {
-    throw new CliError(`the signing key ${file}: ${(err as Error).message}`, 'refinery keygen writes Ed25519 keys in PKCS#8 PEM');
+    throw new CliError(`the signing key ${file}: ${(err as Error).message}`, 'refinery keygen writes Ed25519 keys in PKCS#8 PEM', EXIT.badInput);
   }
 }
 

@@ -95,7 +95,7 @@ describe('refinery audit', () => {
 
   it('refuses a run that is not there, naming the prefix it is under', async () => {
     await expect(showAudit({ runId, prefix: 'no-such-prefix', store })).rejects.toThrow(CliError);
-    await expect(showAudit({ runId, prefix: 'no-such-prefix', store })).rejects.toMatchObject({ hint: `it is under prefix "${PREFIX}": pass --prefix ${PREFIX}`, exitCode: 2 });
+    await expect(showAudit({ runId, prefix: 'no-such-prefix', store })).rejects.toMatchObject({ hint: `it is under prefix "${PREFIX}": pass --prefix ${PREFIX}`, exitCode: 4 }); // not found (client/exit-codes.ts)
     await expect(showAudit({ runId: '../etc', prefix: PREFIX, store })).rejects.toThrow(/not a run id/);
     await expect(showAudit({ runId, prefix: '/abs', store })).rejects.toThrow(/not a storage prefix/);
   });
@@ -212,7 +212,7 @@ describe('refinery audit verify', () => {
     expect(bad.stdout).toMatch(/^FAILED: run .* problems$/m);
 
     const missing = await execa(cli, ['audit', 'verify', 'no-such-run', '--prefix', PREFIX], { env, reject: false });
-    expect(missing.exitCode).toBe(2);
+    expect(missing.exitCode).toBe(4); // not found
     expect(missing.stderr.split('\n')[0]).toBe(`error: no run "no-such-run" under s3://${s.bucket}/${PREFIX}/runs/`);
   });
 });

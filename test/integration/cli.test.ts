@@ -19,13 +19,19 @@ function refinery(args: string[]) {
   });
 }
 
-const COMMANDS = ['validate', 'run', 'status', 'list', 'retry', 'cancel', 'approve', 'reject', 'keygen', 'worker', 'codec-server', 'stack', 'make-tiny-model', 'gguf-generate', 'audit', 'report', 'logs', 'schedule'];
+const COMMANDS = ['validate', 'run', 'status', 'list', 'retry', 'cancel', 'approve', 'reject', 'keygen', 'worker', 'codec-server', 'stack', 'make-tiny-model', 'gguf-generate', 'audit', 'report', 'logs', 'schedule', 'workers', 'model', 'promote', 'rollback', 'completion'];
 
 describe('refinery CLI', () => {
-  it.each(COMMANDS)('%s --help describes the command', async (cmd) => {
+  it.each(COMMANDS)('%s --help describes the command, with examples', async (cmd) => {
     const r = await refinery([cmd, '--help']);
     expect(r.exitCode).toBe(0);
     expect(r.stdout).toMatch(new RegExp(`Usage: refinery ${cmd}`));
+    expect(r.stdout).toMatch(new RegExp(`\nExamples:\n {2}\\$ (\\S+=\\S+ )?(source <\\()?refinery ${cmd}`));
+  });
+
+  it('--help lists the exit codes', async () => {
+    const r = await refinery(['--help']);
+    expect(r.stdout).toMatch(/\nExit codes:\n {2}0 .*\n {2}1 .*\n {2}2 .*\n {2}3 .*\n {2}4 .*\n {2}130 /);
   });
 
   const bad: [string, string[], RegExp][] = [
