@@ -98,11 +98,11 @@ program
   .option('--limit <n>', 'at most this many', '50')
   .option('--json', 'machine-readable output')
   .action(async (opts: { state?: string; pipeline?: string; since?: string; limit: string; json?: boolean }) => {
-    const { listRuns } = await import('./commands/manage.js');
+    const { listRuns, renderRunList } = await import('./commands/manage.js');
     const { client, close } = await connectClient();
     try {
       const runs = await listRuns(client, { ...opts, limit: Number(opts.limit) });
-      print(opts.json, runs, () => runs.map((r) => `${r.runId.padEnd(40)} ${String(r.pipeline).padEnd(20)} ${String(r.state).padEnd(10)} ${r.startTime}`).join('\n') || 'no runs');
+      print(opts.json, runs, () => renderRunList(runs));
     } finally {
       await close();
     }

@@ -3,11 +3,12 @@ import type { Client } from '@temporalio/client';
 import { listQuarantined } from '../../storage/fleet.js';
 import { ObjectStore } from '../../storage/object-store.js';
 import { approvalUpdate } from '../../workflows/messages.js';
-import type { ApprovalDecision, PipelineStatus } from '../../workflows/types.js';
+import type { ApprovalDecision, Cost, PipelineStatus } from '../../workflows/types.js';
 import { SEARCH_ATTRIBUTES } from '../../workflows/search-attributes.js';
 import { CliError } from '../errors.js';
-import { currentRunStatus } from '../live-progress.js';
+import { currentRunStatus, finishedRunStatus } from '../live-progress.js';
 import { EXIT } from '../exit-codes.js';
+import { formatSeconds } from '../render.js';
 
 /** The bucket, when this shell has storage settings (a finished run's status may be read from it). */
 function storeIfConfigured(): ObjectStore | undefined {
@@ -55,6 +56,8 @@ export interface RunSummary {
   state: string | undefined;
   startTime: string;
   closeTime?: string;
+  /** A finished run's cost (workflows/cost.ts), from its result or status.json; absent for runs before it. */
+  cost?: Cost;
 }
 
 /** Lists pipeline runs through the visibility store (same filters as the Temporal UI). */
@@ -79,7 +82,21 @@ export async function listRuns(client: Client, filter: { state?: string; pipelin
     });
     if (out.length >= (filter.limit ?? 50)) break;
   }
+  // What each finished run cost: one close-event read per run (no worker needed).
+  const store = storeIfConfigured();
+  for (const r of out) {
+    if (!r.closeTime) continue;
+    const cost = (await finishedRunStatus(client, r.runId, store).catch(() => undefined))?.cost;
+    if (cost) r.cost = cost;
+  }
   return out;
+}
+
+/** `list`'s text: a line per run, with its wall time, attempts and GPU-hours once it finished. */
+export function renderRunList(runs: RunSummary[]): string {
+  if (runs.length === 0) return 'no runs';
+  const cost = (c?: Cost) => (c ? `${c.wallSeconds === null ? '?' : formatSeconds(c.wallSeconds)} wall, ${c.attempts} attempt${c.attempts === 1 ? '' : 's'}, ${(c.gpuSeconds / 3600).toFixed(2)} GPU-h` : '');
+  return runs.map((r) => `${r.runId.padEnd(40)} ${String(r.pipeline).padEnd(20)} ${String(r.state).padEnd(10)} ${r.startTime}  ${cost(r.cost)}`.trimEnd()).join('\n');
 }
 
 function quote(v: string): string {

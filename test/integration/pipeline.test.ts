@@ -7,7 +7,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Client } from '@temporalio/client';
 import { readCommitted, verifyCommitted } from '../../storage/commit.js';
 import { startRun } from '../../client/commands/run.js';
-import { runStatus } from '../../client/commands/manage.js';
+import { listRuns, renderRunList, runStatus } from '../../client/commands/manage.js';
+import { until } from '../helpers/processes.js';
 import { retryRun } from '../../client/commands/retry.js';
 import type { pipelineWorkflow } from '../../workflows/pipeline.js';
 import { startTestWorkers, testClient, testJobCommand, testStore, useTestStackEnv, type TestWorkers } from '../helpers/env.js';
@@ -71,6 +72,10 @@ describe('pipeline workflow on the real stack', () => {
     expect((await store.getJson<{ cost: unknown }>(`it-dag/runs/${runId}/status.json`))?.cost).toEqual(cost);
     const trail = await Promise.all((await store.list(`it-dag/runs/${runId}/audit/`)).map(async (o) => (await store.getJson<{ event: { type: string; total?: unknown } }>(o.key))!.event));
     expect(trail.find((e) => e.type === 'run-cost')?.total).toEqual(cost);
+    // `refinery list` shows it too (visibility catches up within moments).
+    const listed = await until('the run in the visibility store', async () => (await listRuns(client, { pipeline: 'dag-test', limit: 200 })).find((r) => r.runId === runId && r.state === 'completed'));
+    expect(listed.cost).toEqual(cost);
+    expect(renderRunList([listed])).toMatch(new RegExp(`^${runId} +dag-test +completed .* \\d+:\\d\\d wall, 4 attempts, 0\\.00 GPU-h$`));
 
     // Same spec again: every stage is reused, nothing runs.
     const again = await (await startRun(client, file, { id: `dag-again-${Date.now()}` })).handle.result();
