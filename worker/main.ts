@@ -12,7 +12,7 @@ import { DEFAULT_TASK_QUEUE } from '../spec/plan.js';
 import type { StageKind } from '../spec/schema.js';
 import { ObjectStore } from '../storage/object-store.js';
 import { stateDir } from '../config/paths.js';
-import { temporalSettings } from '../config/temporal.js';
+import { connectionOptions, describeSecurity, temporalSettings } from '../config/temporal.js';
 import { inputCacheBytes, jobMemoryLimit, jobsPython, preflightCommandOverride, quarantinePolicy, workerGpus } from '../config/worker.js';
 import { createWorkers } from './create-workers.js';
 import { reapStaleJobsOfHost } from './stale-jobs.js';
@@ -55,7 +55,7 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
   if (!options.scratchDir) await reapStaleJobsOfHost(scratchRoot, scratchDir);
   const store = new ObjectStore();
   await store.ensureBucket();
-  const connection = await NativeConnection.connect({ address: temporal.address });
+  const connection = await NativeConnection.connect(connectionOptions(temporal));
   const jobCommand = jobCommandOverride();
   const workers = await createWorkers({
     connection,
@@ -76,7 +76,7 @@ export async function runWorker(options: RunWorkerOptions = {}): Promise<void> {
   const payloads = dataConverter ? 'payloads encrypted' : 'payloads not encrypted';
   const fleet = workers.fleet ? `; host ${workers.health?.host}, worker id ${workers.fleet.workerId}` : '';
   const cache = workers.fleet ? `; input cache ${+(inputCache / GiB).toFixed(2)} GiB (LRU)` : '';
-  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace}; ${payloads}; scratch ${scratchDir}${cache}${fleet}`);
+  console.log(`[worker] ${workers.length} worker(s) on ${temporal.address}/${temporal.namespace} (${describeSecurity(temporal)}); ${payloads}; scratch ${scratchDir}${cache}${fleet}`);
   // A deploy's SIGTERM (or ^C) drains: running jobs checkpoint now, commit, and their attempts end
   // drained, to resume on another worker without losing steps or a stage attempt. A second signal
   // stops at once (the jobs die with the worker: their supervisor's parent-death signal).

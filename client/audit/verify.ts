@@ -22,7 +22,7 @@ import { Client, Connection, WorkflowFailedError } from '@temporalio/client';
 import { decodeFromPayloadsAtIndex } from '@temporalio/common/lib/internal-non-workflow/index.js';
 import { dataConverterFromEnv } from '../../codec/data-converter.js';
 import { approversFileFromEnv, loadApprovers, type Approvers } from '../../config/approvers.js';
-import { temporalSettings } from '../../config/temporal.js';
+import { connectionOptions, temporalSettings } from '../../config/temporal.js';
 import { checkLockedCopy, hashRecord, verifyChain, type AuditRecord, type LockedCopyFinding, type LockedCopyFindingKind } from '../../storage/audit-chain.js';
 import { attemptRecordKey, summarizeAttempt } from '../../storage/attempt-records.js';
 import { readCommitted, verifyCommitted } from '../../storage/commit.js';
@@ -562,7 +562,8 @@ type TemporalAnchor = { name: string; head: { seq: number; hash: string }; state
 async function temporalAnchor(opts: VerifyOptions, runId: string, env: NodeJS.ProcessEnv, firstEventAt: unknown, claim?: RunClaim): Promise<TemporalAnchor> {
   if (opts.temporal === false) return { unavailable: 'Temporal: not consulted' };
   if (opts.temporal) return headFromTemporal(opts.temporal, runId, firstEventAt, claim);
-  const { address, namespace } = temporalSettings(env);
+  const settings = temporalSettings(env);
+  const { address, namespace } = settings;
   let dataConverter;
   try {
     dataConverter = dataConverterFromEnv(env);
@@ -571,7 +572,7 @@ async function temporalAnchor(opts: VerifyOptions, runId: string, env: NodeJS.Pr
   }
   let connection: Connection;
   try {
-    connection = await Connection.connect({ address, connectTimeout: '3s' });
+    connection = await Connection.connect({ ...connectionOptions(settings), connectTimeout: '3s' });
   } catch {
     return { unavailable: `Temporal: not reachable at ${address}` };
   }

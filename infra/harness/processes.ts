@@ -18,6 +18,8 @@ export interface SpawnWorkerOptions {
   stackEnv: Record<string, string>;
   /** REFINERY_JOB_COMMAND: the argv of every job it launches. */
   jobCommand: string[];
+  /** Also the control worker (workflows, control activities); default: training only (`--no-control`). */
+  control?: boolean;
   /** Sets REFINERY_PYTHON. */
   python?: string;
   /** More variables, last (they override the above). */
@@ -58,7 +60,7 @@ export class WorkerProcess {
     return this.exitInfo === undefined;
   }
 
-  /** `bin/refinery worker --no-control --queue Q --scratch DIR`. */
+  /** `bin/refinery worker [--no-control] --queue Q --scratch DIR`. */
   static async spawn(opts: SpawnWorkerOptions): Promise<WorkerProcess> {
     await mkdir(opts.scratch, { recursive: true });
     const env = {
@@ -71,7 +73,7 @@ export class WorkerProcess {
       REFINERY_QUARANTINE_AFTER: '1000',
       ...opts.env,
     };
-    const argv = ['worker', '--no-control', '--queue', opts.queue, '--scratch', opts.scratch];
+    const argv = ['worker', ...(opts.control ? [] : ['--no-control']), '--queue', opts.queue, '--scratch', opts.scratch];
     const bin = path.join(REPO_ROOT, 'bin', 'refinery');
     const readyTimeoutMs = opts.readyTimeoutMs ?? 60_000;
     if (!opts.logDir) {
