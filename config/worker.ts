@@ -15,12 +15,19 @@ export function jobsPython(env: NodeJS.ProcessEnv = process.env): string {
   throw new Error(`no Python environment for the jobs: run "bash infra/bootstrap.sh" (or set REFINERY_PYTHON)`);
 }
 
-/** The llama.cpp tools the gguf job's llama.cpp exporter runs, keyed by the job's variable names. */
-const LLAMA_CPP_TOOLS = { REFINERY_LLAMA_CPP_CONVERT: 'llamaCppConvert', REFINERY_LLAMA_QUANTIZE: 'llamaQuantize' } as const;
+/**
+ * The tools the gguf job runs, keyed by the job's variable names: the llama.cpp exporter's two, and
+ * the Ollama Modelfile check (infra/ollama-check; without it the job reports the check as skipped).
+ */
+const LLAMA_CPP_TOOLS = {
+  REFINERY_LLAMA_CPP_CONVERT: 'llamaCppConvert',
+  REFINERY_LLAMA_QUANTIZE: 'llamaQuantize',
+  REFINERY_OLLAMA_CHECK: 'ollamaCheck',
+} as const;
 
 /**
- * Where the gguf job finds llama.cpp's convert script and llama-quantize: the worker's own
- * REFINERY_LLAMA_CPP_CONVERT / REFINERY_LLAMA_QUANTIZE when set (they reach the job with the rest of
+ * Where the gguf job finds llama.cpp's convert script and llama-quantize (and the Ollama check): the
+ * worker's own REFINERY_LLAMA_CPP_CONVERT / REFINERY_LLAMA_QUANTIZE / REFINERY_OLLAMA_CHECK when set (they reach the job with the rest of
  * its environment), else the ones infra/bootstrap.sh built (toolchain.json). Paths only: nothing
  * secret is read here. Missing tools are reported by the job, and only when a spec asks for them.
  */

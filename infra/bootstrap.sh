@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Installs Refinery's toolchain: npm packages, the Temporal dev + test servers, MinIO, the
-# Python environment for the training jobs, and llama.cpp's convert script + llama-quantize.
+# Python environment for the training jobs, llama.cpp's convert script + llama-quantize, and the
+# Go tools (the mover, the Ollama Modelfile check).
 # Idempotent; everything heavy is cached outside the clone under $REFINERY_CACHE, keyed by
 # version, so fresh clones reuse it. Prints one line per step.
 #
 #   bash infra/bootstrap.sh                 # everything
-#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, mover, python, llama.cpp, llama-factory, npm)
+#   bash infra/bootstrap.sh python minio    # only these steps (temporal, minio, mover, ollama-check, python, llama.cpp, llama-factory, npm)
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -15,7 +16,7 @@ CACHE="${REFINERY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/refinery}"
 STATE="${REFINERY_STATE_DIR:-$ROOT/.refinery}"
 mkdir -p "$CACHE" "$STATE"
 
-STEPS="${*:-temporal minio mover python llama.cpp llama-factory npm}"
+STEPS="${*:-temporal minio mover ollama-check python llama.cpp llama-factory npm}"
 want() { [[ " $STEPS " == *" $1 "* ]]; }
 step() { printf '[bootstrap] %-28s %s\n' "$1" "$2"; }
 t0=$(date +%s)
@@ -36,6 +37,15 @@ else
 fi
 TEMPORAL_BIN="$TEMPORAL_DIR/bin/temporal"
 TEMPORAL_TEST_SERVER_BIN="$TEMPORAL_DIR/bin/temporal-test-server"
+
+# The TLS tests make their certificates with openssl (test/helpers/tls-proxy.ts).
+if ! command -v openssl >/dev/null; then
+  if command -v apt-get >/dev/null && [[ $(id -u) == 0 ]]; then
+    step "openssl" "installing (apt-get)"; apt-get install -y -qq openssl >/dev/null
+  else
+    echo "[bootstrap] openssl is not installed; install it (apt-get install openssl) and rerun" >&2; exit 1
+  fi
+fi
 
 # --- MinIO, built from the Go module proxy at a pinned pseudo-version --------------------------
 MINIO_DIR="$CACHE/minio-$MINIO_VERSION"
@@ -69,6 +79,29 @@ else
   rm -rf "$MOVER_DIR"; mv "$MOVER_DIR.tmp" "$MOVER_DIR"
   MOVER_BIN="$MOVER_DIR/refinery-mover"
   step "mover" "done ($(elapsed))"
+fi
+
+# --- The Ollama Modelfile check (infra/ollama-check): Ollama's own Modelfile parser and template ---
+# renderer (github.com/ollama/ollama/parser, /template from the Go module proxy), keyed by its source's
+# hash like the mover. Optional: without it the gguf job still writes Modelfiles and reports the render
+# check as skipped (metrics modelfile_render_checked 0).
+OLLAMA_CHECK_HASH="$(cd "$ROOT/infra/ollama-check" && sha256sum go.mod go.sum ./*.go | sha256sum | cut -c1-16)"
+OLLAMA_CHECK_DIR="$CACHE/ollama-check-$OLLAMA_CHECK_HASH"
+OLLAMA_CHECK_BIN=""
+if [[ -x "$OLLAMA_CHECK_DIR/refinery-ollama-check" ]]; then
+  step "ollama-check" "cached ($OLLAMA_CHECK_DIR)"
+  OLLAMA_CHECK_BIN="$OLLAMA_CHECK_DIR/refinery-ollama-check"
+elif ! want ollama-check; then
+  step "ollama-check" "skipped (not built)"
+elif ! command -v go >/dev/null; then
+  step "ollama-check" "skipped: Go is not installed (Modelfiles are written, not rendered)"
+else
+  step "ollama-check" "building infra/ollama-check"
+  rm -rf "$OLLAMA_CHECK_DIR.tmp"; mkdir -p "$OLLAMA_CHECK_DIR.tmp"
+  (cd "$ROOT/infra/ollama-check" && GOFLAGS="-mod=mod -buildvcs=false" CGO_ENABLED=0 go build -trimpath -o "$OLLAMA_CHECK_DIR.tmp/refinery-ollama-check" .)
+  rm -rf "$OLLAMA_CHECK_DIR"; mv "$OLLAMA_CHECK_DIR.tmp" "$OLLAMA_CHECK_DIR"
+  OLLAMA_CHECK_BIN="$OLLAMA_CHECK_DIR/refinery-ollama-check"
+  step "ollama-check" "done ($(elapsed))"
 fi
 
 # --- Python environment for the jobs, keyed by the requirements' hash --------------------------
@@ -171,6 +204,7 @@ cat > "$STATE/toolchain.json" <<JSON
   "temporalTestServer": "$TEMPORAL_TEST_SERVER_BIN",
   "minio": "$MINIO_DIR/minio",
   "mover": "$MOVER_BIN",
+  "ollamaCheck": "$OLLAMA_CHECK_BIN",
   "python": "$PYENV/bin/python",
   "llamaCppConvert": "$LLAMA_DIR/src/convert_hf_to_gguf.py",
   "llamaQuantize": "$LLAMA_DIR/bin/llama-quantize",

@@ -8,6 +8,13 @@ Features
     names whichever exporter wrote them), plus greedy_reference.json: the HF model's greedy tokens on the check
     prompts. The worker then loads every file in llama.cpp (node-llama-cpp) and generates; for f16 (or f32) the
     greedy tokens must equal the HF model's, or the export is not committed
+  * Modelfile.<type> beside each file, for `ollama create NAME -f Modelfile.<type>`: FROM ./model-<type>.gguf, the
+    chat template translated to Ollama's syntax when it is one refinery_jobs/ollama.py knows (recognised by the
+    sha256 of its Jinja source; otherwise no TEMPLATE, a comment and metrics modelfile_template_known 0), the
+    end-of-turn stop token and num_ctx. With the worker's refinery-ollama-check (REFINERY_OLLAMA_CHECK, built by
+    infra/bootstrap.sh) each Modelfile is parsed by Ollama's own parser and its TEMPLATE rendered by Ollama's own
+    template code for the check prompts: metrics modelfile_render_match (share equal to HF's apply_chat_template;
+    a translation that fails is not shipped); without the tool modelfile_render_checked 0, never a match
   * events: started, one progress per step (model loaded, then one per file written) and, while a llama.cpp tool
     runs, the same progress again every 30 s so a long conversion is not taken for a stalled job
 
@@ -68,7 +75,7 @@ import sys
 import tempfile
 import threading
 
-from refinery_jobs import contract, models
+from refinery_jobs import contract, models, ollama
 from refinery_jobs.config import JobConfig, JobSpec
 
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0")  # gguf-py
@@ -411,6 +418,7 @@ class GGUFRecipe:
             metrics.update(self.export_llama_cpp())
         metrics["files"] = len(self.types)
         self.write_greedy_reference()
+        metrics.update(self.write_modelfiles())
         return metrics
 
     def output_path(self, qtype: str) -> str:
@@ -484,6 +492,96 @@ class GGUFRecipe:
                                         eos_id=tok.eos_token_id))
         contract.log(f"wrote tokenizer.model ({len(vocab['tokens'])} pieces, scores from the merge order) for "
                      f"llama.cpp's convert script")
+
+    def gguf_adds_bos(self) -> bool:
+        """Whether llama.cpp (and so Ollama's runner) adds BOS itself: the exported file's add_bos_token, else (a
+        file without the key) the HF tokenizer's habit, the rule gguf-py's writer follows."""
+        import gguf
+        reader = gguf.GGUFReader(self.output_path(self.types[0]))
+        field = reader.fields.get("tokenizer.ggml.add_bos_token")
+        if field is not None:
+            return bool(field.parts[field.data[0]][0])
+        probe = self.tokenizer("a").input_ids
+        adds = bool(probe) and probe[0] == self.tokenizer.bos_token_id
+        # Ollama's default for a file without the key differs between its model implementations: say so.
+        contract.log(f"{self.output_path(self.types[0])} has no tokenizer.ggml.add_bos_token; the Modelfile "
+                     f"assumes the runner {'adds' if adds else 'does not add'} BOS, as the HF tokenizer does")
+        return adds
+
+    def write_modelfiles(self) -> dict:
+        """Modelfile.<type> beside each model-<type>.gguf for `ollama create`, and the check of its TEMPLATE with
+        Ollama's own parser and renderer against HF's chat template (refinery_jobs/ollama.py)."""
+        tok = self.tokenizer
+        known = ollama.recognise(tok.chat_template)
+        tool = ollama.check_tool()
+        parameters = ollama.default_parameters(self.config, getattr(self.model, "generation_config", None))
+        metrics = {"modelfiles": len(self.types), "modelfile_template_known": int(known is not None),
+                   "modelfile_render_checked": 0}
+        title = f"{self.cfg.run_id}/{self.cfg.stage_id}"
+
+        def write_all(template, note, stop):
+            for t in self.types:
+                name = os.path.basename(self.output_path(t))
+                text = ollama.modelfile_text(name, title=title, template=template, template_note=note, stop=stop,
+                                             parameters=parameters)
+                ollama.write_atomic(self.modelfile_path(t), text)
+
+        if known is None:
+            why = ("the model's chat template is not one Refinery translates" if tok.chat_template
+                   else "the model has no chat template")
+            note = (f"No TEMPLATE: {why} (refinery_jobs/ollama.py knows {', '.join(ollama.OLLAMA_TEMPLATES)}).\n"
+                    "Ollama then uses what it makes of the GGUF's tokenizer.chat_template: check `ollama show "
+                    "--template NAME`.")
+            write_all(None, note, [])
+            contract.log(f"Modelfiles written without TEMPLATE: {why}")
+            return metrics
+
+        adds_bos = self.gguf_adds_bos()
+        template = ollama.fill(known, bos=tok.bos_token, eos=tok.eos_token, adds_bos=adds_bos)
+        stop = ollama.stop_tokens(known, tok.eos_token)
+        digest = ollama.jinja_digest(tok.chat_template)[:16]
+        note = (f"TEMPLATE: Refinery's Ollama translation \"{known.name}\" of the model's chat template (sha256 "
+                f"{digest}...)")
+        if "@BOS_FIRST@" in known.template:  # the Jinja opens with bos_token
+            note += f"; its leading BOS {'is added by the runner' if adds_bos else 'is in the TEMPLATE'}"
+        note += "."
+        write_all(template, note, stop)
+        if tool is None:
+            contract.log(f"Modelfiles written (TEMPLATE {known.name}); render check skipped: {ollama.CHECK_ENV} is "
+                         f"not set (`bash infra/bootstrap.sh` builds refinery-ollama-check)")
+            return metrics
+
+        prompts = [str(p) for p in (self.cfg.params.get("check_prompts") or CHECK_PROMPTS)]
+        conversations = ollama.check_conversations(prompts)
+        expected = ollama.hf_prompts(tok, conversations, adds_bos=adds_bos)
+        equal = compared = 0
+        problems: list[str] = []
+        for t in self.types:
+            try:
+                e, c, p = ollama.render_check(tool, self.modelfile_path(t),
+                                              gguf_name=os.path.basename(self.output_path(t)), stop=stop,
+                                              expected=expected, conversations=conversations)
+            except (ollama.CheckToolError, OSError, subprocess.SubprocessError) as err:
+                e, c, p = 0, len([x for x in expected if x is not None]), [f"refinery-ollama-check: {err}"]
+            equal, compared = equal + e, compared + c
+            problems += [f"Modelfile.{t}: {x}" for x in p]
+        metrics["modelfile_render_checked"] = 1
+        metrics["modelfile_render_match"] = equal / compared if compared else 0.0
+        if problems:
+            # Never ship a TEMPLATE that renders differently from the model's own: without one, Ollama at least
+            # does what it does for any GGUF, and the metrics say the translation failed.
+            for problem in problems:
+                contract.log(f"Ollama check failed: {problem}")
+            write_all(None, f"No TEMPLATE: Refinery's translation \"{known.name}\" of the model's chat template "
+                            f"failed its check ({equal} of {compared} renders equal to Hugging Face's).\n"
+                            "Ollama then uses what it makes of the GGUF's tokenizer.chat_template.", stop)
+        else:
+            contract.log(f"Modelfiles: TEMPLATE {known.name}, Ollama's render equals HF's chat template on "
+                         f"{compared} check conversations")
+        return metrics
+
+    def modelfile_path(self, qtype: str) -> str:
+        return os.path.join(self.cfg.output_dir, f"Modelfile.{qtype}")
 
     def write_greedy_reference(self) -> None:
         """greedy_reference.json: the HF model's greedy tokens on the check prompts (the worker

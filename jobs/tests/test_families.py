@@ -20,11 +20,12 @@ import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from refinery_jobs import families  # noqa: E402
+from refinery_jobs import families, ollama  # noqa: E402
 from tests import helpers  # noqa: E402
 from tests.helpers import REPO, demo, job_config, run_job, workdir  # noqa: E402
 from tests.test_gguf_llamacpp import llama_cpp_tools  # noqa: E402
 from tests.test_jobs import assert_contract  # noqa: E402
+from tests.test_ollama import ollama_check_tool  # noqa: E402
 
 DEFAULT_FAMILIES = ("qwen2", "mistral")
 TYPES = ["f16", "q8_0", "q4_0"]
@@ -275,7 +276,11 @@ class FamilyTest(unittest.TestCase):
         work = workdir(f"{name}-gguf")
         gguf = job_config("gguf", work, inputs={"model": merge["output_dir"]}, checkpoint_dir=None, datasets={},
                           params={"exporter": "llama.cpp", "types": TYPES, **CHECK})
-        assert_contract(self, timed("gguf", run_job("gguf", gguf, env=self.tools)), total_steps=1 + len(TYPES))
+        exported = timed("gguf", run_job("gguf", gguf, env={**self.tools, ollama.CHECK_ENV: ollama_check_tool()}))
+        assert_contract(self, exported, total_steps=1 + len(TYPES))
+        # The Ollama Modelfiles: the family's template translated, and Ollama's render equal to HF's (test_ollama).
+        done = exported.one("done")["metrics"]
+        self.assertEqual((done["modelfile_template_known"], done.get("modelfile_render_match")), (1, 1.0), done)
 
         vocab_file = families.vocab_path(families.family(name))
         out = gguf["output_dir"]

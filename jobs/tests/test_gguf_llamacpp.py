@@ -21,7 +21,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from tests import helpers  # noqa: E402
 from tests.helpers import REPO, job_config, run_job, workdir  # noqa: E402
+from refinery_jobs import ollama  # noqa: E402
 from tests.test_jobs import assert_contract  # noqa: E402
+from tests.test_ollama import ollama_check_tool  # noqa: E402
 
 CONVERT, QUANTIZE = "REFINERY_LLAMA_CPP_CONVERT", "REFINERY_LLAMA_QUANTIZE"
 TYPES = ["f16", "q4_k_m"]  # the convert script, then llama-quantize from its f16 file
@@ -67,9 +69,11 @@ class LlamaCppExporterTest(unittest.TestCase):
         work = workdir("gguf-llamacpp")
         cfg = job_config("gguf", work, inputs={"model": helpers.tiny_model()}, checkpoint_dir=None, datasets={},
                          params={"exporter": "llama.cpp", "types": TYPES, **CHECK})
-        result = run_job("gguf", cfg, env=self.tools)
+        result = run_job("gguf", cfg, env={**self.tools, ollama.CHECK_ENV: ollama_check_tool()})
         assert_contract(self, result, total_steps=1 + len(TYPES))
         self.assertEqual(result.of("progress")[-1]["step"], 1 + len(TYPES))
+        # The Ollama Modelfiles beside the files (tests/test_ollama.py): Ollama renders the demo's ChatML as HF does.
+        self.assertEqual(result.one("done")["metrics"]["modelfile_render_match"], 1.0)
         # The tools' own output reached the job log, one prefixed line at a time.
         self.assertIn("[convert_hf_to_gguf.py] ", result.stderr)
         self.assertIn("[llama-quantize] ", result.stderr)
@@ -77,6 +81,7 @@ class LlamaCppExporterTest(unittest.TestCase):
         with open(os.path.join(helpers.tiny_model(), "config.json"), encoding="utf-8") as f:
             vocab_size = json.load(f)["vocab_size"]
         self.assertEqual(sorted(os.listdir(out)), sorted([f"model-{t}.gguf" for t in TYPES] +
+                                                         [f"Modelfile.{t}" for t in TYPES] +
                                                          ["greedy_reference.json"]))
         self.assertFalse([d for d in os.listdir(work) if d.startswith("gguf-work-")], "work directory left behind")
         metrics = result.one("done")["metrics"]

@@ -34,6 +34,14 @@ describe('llamaCppToolEnv', () => {
     });
   });
 
+  it('passes the Ollama Modelfile check (infra/ollama-check) the same way', async () => {
+    await writeFile(path.join(state, 'toolchain.json'), JSON.stringify({ ollamaCheck: '/c/ollama-check-0123/refinery-ollama-check' }));
+    expect(llamaCppToolEnv({ REFINERY_STATE_DIR: state })).toEqual({ REFINERY_OLLAMA_CHECK: '/c/ollama-check-0123/refinery-ollama-check' });
+    expect(llamaCppToolEnv({ REFINERY_STATE_DIR: state, REFINERY_OLLAMA_CHECK: '/opt/refinery-ollama-check' })).toEqual({
+      REFINERY_OLLAMA_CHECK: '/opt/refinery-ollama-check',
+    });
+  });
+
   it('nothing when neither names them (the job then fails with a config error naming the variable)', async () => {
     await writeFile(path.join(state, 'toolchain.json'), JSON.stringify({ python: '/c/py/bin/python' }));
     expect(llamaCppToolEnv({ REFINERY_STATE_DIR: state })).toEqual({});
