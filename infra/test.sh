@@ -24,7 +24,9 @@ if [[ "${REFINERY_TEST_SERIAL:-}" == 1 ]]; then
   (cd jobs && HF_HUB_OFFLINE=1 "$PY" -m unittest discover -s tests -t . >"$PY_LOG" 2>&1) || py_rc=$?
   py_pid=
 else
-  (cd jobs && exec env HF_HUB_OFFLINE=1 "$PY" -m unittest discover -s tests -t . >"$PY_LOG" 2>&1) &
+  # One torch thread beside vitest: the integration tests' own training jobs (the nightly loop, the
+  # demo) are on the critical path and would otherwise wait for a core this suite holds.
+  (cd jobs && exec env HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 "$PY" -m unittest discover -s tests -t . >"$PY_LOG" 2>&1) &
   py_pid=$!
 fi
 echo "[test] vitest (unit + integration)"
